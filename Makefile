@@ -1,0 +1,58 @@
+# mykey: `make demo` and `make test` work from a fresh clone (Python 3.11+, a C
+# compiler, and apt-get as root on Debian for liblmdb-dev when it is missing).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mykey-installed
+EXT    := $(wildcard ext/*.pyx)
+SYSDEPS_APT := liblmdb-dev zlib1g-dev
+
+.PHONY: all setup sysdeps build test test-quick demo bench clean
+
+all: test
+
+# System headers the Cython extensions compile against.
+sysdeps:
+	@printf '#include <lmdb.h>\n#include <zlib.h>\nint main(void){return 0;}\n' > /tmp/mykey-sysdeps.c; \
+	if cc /tmp/mykey-sysdeps.c -llmdb -lz -o /tmp/mykey-sysdeps 2>/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing $(SYSDEPS_APT) with apt-get"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS_APT) >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS_APT) >/dev/null)); \
+	fi; \
+	if ! cc /tmp/mykey-sysdeps.c -llmdb -lz -o /tmp/mykey-sysdeps 2>/dev/null; then \
+	  echo "error: the LMDB and zlib development files are missing. Install them with:"; \
+	  echo "    sudo apt-get install -y $(SYSDEPS_APT)"; \
+	  exit 1; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mykey needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml setup.py | sysdeps
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: sysdeps $(STAMP) build
+
+# Rebuild the extensions in place whenever a .pyx changes.
+build: $(STAMP)
+	@$(BIN)/python setup.py -q build_ext --inplace >/dev/null 2>&1 || $(BIN)/python setup.py build_ext --inplace
+	@$(BIN)/python -c 'import mykey._framing, mykey._lmdb' 2>/dev/null || \
+	  { echo "error: the Cython extensions did not build; run: $(BIN)/python setup.py build_ext --inplace"; exit 1; }
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider bench --benchmark-disable
+
+demo: setup
+	$(BIN)/mykey demo
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build $(VENV) core/*.so ext/*.c *.egg-info .pytest_cache .hypothesis

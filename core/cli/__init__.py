@@ -1,0 +1,61 @@
+"""The `mykey` command line: one module per command group, all sharing one parser.
+
+Exit codes: 0 success, 1 refused (the command was understood but not carried
+out), 2 usage error. Every command prints a one-line result, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..datadir import default_data_dir
+from ..errors import MykeyError
+from . import log_cmds
+from .output import EXIT_REFUSED, EXIT_USAGE, Output
+
+GROUPS = [log_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every command has --help)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="data directory (env MYKEY_DATA, default ./mykey-data)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    parser = argparse.ArgumentParser(
+        prog="mykey",
+        description="mykey: event-sourced core of a MyKey ID platform.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in GROUPS:
+        group.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
+    args.data = Path(getattr(args, "data", None) or default_data_dir())
+    args.json = bool(getattr(args, "json", False))
+    out = Output(json_mode=args.json)
+    try:
+        return int(args.func(args, out) or 0)
+    except MykeyError as exc:
+        out.refused(str(exc), error=type(exc).__name__)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

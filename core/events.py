@@ -1,0 +1,442 @@
+"""Event types: immutable msgspec Structs in one tagged union, plus the envelope.
+
+Pure logic, no I/O. Each event type has a schema VERSION; a record written by an
+older schema is upcast on read (see ``upcasters``). An event, once written, is never
+changed: evolve by adding a version and an upcaster. New fields get defaults.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, ClassVar, Literal, Union
+
+import msgspec
+
+from . import ids
+from .errors import RecordDecodeError, ValidationError
+
+MAX_REASON = 256
+MAX_NAME = 128
+MAX_ISSUER = 1024
+MAX_SERIAL_HEX = 40  # RFC 5280: serials are at most 20 octets
+MAX_CERT_DER = 16 * 1024
+
+ActorKind = Literal["operator", "user", "terminal", "system"]
+
+
+class Actor(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """Who caused an event: an operator, a user (by MyKey ID), a terminal or the system."""
+
+    kind: ActorKind
+    id: str
+
+    def check(self) -> None:
+        if self.kind not in ("operator", "user", "terminal", "system"):
+            raise ValidationError(f"actor kind {self.kind!r} is not one of operator, user, terminal, system")
+        ids.check_actor_id(self.id)
+
+
+SYSTEM = Actor("system", "mykey")
+
+
+class _Event(msgspec.Struct, frozen=True, array_like=True, gc=False, tag_field="t"):
+    """Base of every event body. Subclasses set tag and VERSION and implement check()."""
+
+    VERSION: ClassVar[int] = 1
+    # True for MyKey-level changes that the sync feed carries to linked systems.
+    FEED: ClassVar[bool] = False
+
+    def check(self) -> None:  # pragma: no cover - every subclass overrides
+        raise ValidationError(f"{type(self).__name__} has no validation")
+
+
+def _fp(value: bytes, field: str) -> None:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValidationError(f"{field} must be a 32-byte SHA-256 digest")
+
+
+def _serial(value: str, field: str = "serial") -> None:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_SERIAL_HEX
+        or any(c not in "0123456789abcdef" for c in value)
+    ):
+        raise ValidationError(f"{field} {value!r} must be 1-{MAX_SERIAL_HEX} lower-case hex digits")
+
+
+def _issuer(value: str) -> None:
+    ids.check_text(value, "certificate issuer", MAX_ISSUER, allow_empty=False)
+
+
+# --- MyKey lifecycle -------------------------------------------------------
+
+
+class MyKeyCreated(_Event, tag="mk.created"):
+    """A user proved possession of their card certificate and got a MyKey ID.
+
+    v2: the serial is lower-case hex text (v1 stored an int, which overflows for
+    20-octet serials); the subject is kept only as a SHA-256 digest.
+    """
+
+    VERSION: ClassVar[int] = 2
+    FEED: ClassVar[bool] = True
+    mykey_id: str
+    cert_issuer: str
+    cert_serial: str
+    cert_fingerprint: bytes
+    subject_digest: bytes = b""
+    cert_not_after: int = 0  # unix seconds
+
+    def check(self) -> None:
+        ids.check_mykey_id(self.mykey_id)
+        _issuer(self.cert_issuer)
+        _serial(self.cert_serial, "cert_serial")
+        _fp(self.cert_fingerprint, "cert_fingerprint")
+        if self.subject_digest:
+            _fp(self.subject_digest, "subject_digest")
+
+
+class MyKeySuspended(_Event, tag="mk.suspended"):
+    """A MyKey ID was suspended (on request, or because its certificate was revoked)."""
+
+    FEED: ClassVar[bool] = True
+    mykey_id: str
+    reason: str
+
+    def check(self) -> None:
+        ids.check_mykey_id(self.mykey_id)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+
+
+class MyKeyResumed(_Event, tag="mk.resumed"):
+    """A suspended MyKey ID became valid again."""
+
+    FEED: ClassVar[bool] = True
+    mykey_id: str
+
+    def check(self) -> None:
+        ids.check_mykey_id(self.mykey_id)
+
+
+class MyKeyInvalidated(_Event, tag="mk.invalidated"):
+    """A MyKey ID was invalidated for good."""
+
+    FEED: ClassVar[bool] = True
+    mykey_id: str
+    reason: str
+
+    def check(self) -> None:
+        ids.check_mykey_id(self.mykey_id)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+
+
+class CertificateRenewed(_Event, tag="cert.renewed"):
+    """The MyKey ID moved from an old certificate to a new one (same subject)."""
+
+    FEED: ClassVar[bool] = True
+    mykey_id: str
+    old_fingerprint: bytes
+    new_issuer: str
+    new_serial: str
+    new_fingerprint: bytes
+    subject_digest: bytes = b""
+    new_not_after: int = 0
+
+    def check(self) -> None:
+        ids.check_mykey_id(self.mykey_id)
+        _fp(self.old_fingerprint, "old_fingerprint")
+        _issuer(self.new_issuer)
+        _serial(self.new_serial, "new_serial")
+        _fp(self.new_fingerprint, "new_fingerprint")
+        if self.subject_digest:
+            _fp(self.subject_digest, "subject_digest")
+
+
+class CertificateRevoked(_Event, tag="cert.revoked"):
+    """A CRL listed this certificate (issuer + serial) as revoked."""
+
+    issuer: str
+    serial: str
+    reason: str
+    revoked_at: int  # unix seconds
+    crl_fingerprint: bytes
+
+    def check(self) -> None:
+        _issuer(self.issuer)
+        _serial(self.serial)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+        _fp(self.crl_fingerprint, "crl_fingerprint")
+
+
+class CrlApplied(_Event, tag="crl.applied"):
+    """A verified CRL was applied (makes apply_crl idempotent and auditable)."""
+
+    issuer: str
+    number: int
+    crl_fingerprint: bytes
+    this_update: int
+    entries: int
+
+    def check(self) -> None:
+        _issuer(self.issuer)
+        _fp(self.crl_fingerprint, "crl_fingerprint")
+
+
+class TrustAnchorAdded(_Event, tag="trust.added"):
+    """A CA certificate became a trust anchor for user certificates and CRLs."""
+
+    fingerprint: bytes
+    der: bytes
+
+    def check(self) -> None:
+        _fp(self.fingerprint, "fingerprint")
+        if not isinstance(self.der, bytes) or not 0 < len(self.der) <= MAX_CERT_DER:
+            raise ValidationError(f"trust anchor certificate must be 1-{MAX_CERT_DER} bytes of DER")
+
+
+# --- businesses and terminals ----------------------------------------------
+
+
+class BusinessRegistered(_Event, tag="biz.registered"):
+    """A business (facility) got its business ID.
+
+    numeric_service_ids declares, attributably, that the business's own service
+    IDs are 12-digit numbers that may pass the Individual Number check digit.
+    """
+
+    business_id: str
+    name: str
+    municipality_code: str
+    numeric_service_ids: bool = False
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        ids.check_text(self.name, "business name", MAX_NAME, allow_empty=False)
+        ids.check_municipality(self.municipality_code)
+
+
+class BusinessDeactivated(_Event, tag="biz.deactivated"):
+    """A business was deactivated; its terminals no longer authenticate."""
+
+    business_id: str
+    reason: str
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+
+
+class TerminalEnrolled(_Event, tag="term.enrolled"):
+    """A terminal of a business was enrolled with its Ed25519 public key."""
+
+    terminal_id: str
+    business_id: str
+    public_key: bytes
+
+    def check(self) -> None:
+        ids.check_terminal_id(self.terminal_id)
+        ids.check_business_id(self.business_id)
+        if not self.terminal_id.startswith(self.business_id):
+            raise ValidationError(f"terminal {self.terminal_id} does not belong to business {self.business_id}")
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
+            raise ValidationError("terminal public_key must be a 32-byte raw Ed25519 public key")
+
+
+class TerminalRevoked(_Event, tag="term.revoked"):
+    """A terminal's credential was revoked; it no longer authenticates."""
+
+    terminal_id: str
+    reason: str
+
+    def check(self) -> None:
+        ids.check_terminal_id(self.terminal_id)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+
+
+# --- service IDs -------------------------------------------------------------
+
+
+class ServiceIdRegistered(_Event, tag="svc.registered"):
+    """A business registered one of its service IDs, not yet linked to a MyKey ID.
+
+    numeric_declared is set only when the business declared 12-digit service IDs.
+    """
+
+    business_id: str
+    service_id: str
+    customer_id: str | None = None
+    numeric_declared: bool = False
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
+        ids.check_customer_id(self.customer_id)
+
+
+class ServiceIdLinked(_Event, tag="svc.linked"):
+    """A service ID of a business was linked to a MyKey ID."""
+
+    business_id: str
+    service_id: str
+    mykey_id: str
+    numeric_declared: bool = False
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
+        ids.check_mykey_id(self.mykey_id)
+
+
+class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
+    """A service ID of a business was unlinked from its MyKey ID."""
+
+    business_id: str
+    service_id: str
+    mykey_id: str
+    numeric_declared: bool = False
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
+        ids.check_mykey_id(self.mykey_id)
+
+
+# --- linked systems ------------------------------------------------------------
+
+
+class FeedAcked(_Event, tag="feed.acked"):
+    """A linked system's sync-feed consumer confirmed it processed events up to seq."""
+
+    consumer: str
+    seq: int
+
+    def check(self) -> None:
+        ids.check_actor_id(self.consumer, "consumer")
+        if not isinstance(self.seq, int) or self.seq < 0:
+            raise ValidationError("feed position must be a non-negative sequence number")
+
+
+Event = Union[
+    MyKeyCreated,
+    MyKeySuspended,
+    MyKeyResumed,
+    MyKeyInvalidated,
+    CertificateRenewed,
+    CertificateRevoked,
+    CrlApplied,
+    TrustAnchorAdded,
+    BusinessRegistered,
+    BusinessDeactivated,
+    TerminalEnrolled,
+    TerminalRevoked,
+    ServiceIdRegistered,
+    ServiceIdLinked,
+    ServiceIdUnlinked,
+    FeedAcked,
+]
+EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
+TAGS: dict[str, type] = {t.__struct_config__.tag: t for t in EVENT_TYPES}
+
+
+class Envelope(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One log record: sequence number, UTC time (µs), actor, schema version, body."""
+
+    seq: int
+    ts: int
+    actor: Actor
+    v: int
+    body: Event
+
+    @property
+    def time(self) -> datetime:
+        """The event's UTC timestamp as an aware datetime."""
+        return datetime.fromtimestamp(self.ts / 1_000_000, tz=timezone.utc)
+
+
+# --- encoding and upcasting ------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+_env_decoder = msgspec.msgpack.Decoder(Envelope)
+encode_envelope: Callable[[Envelope], bytes] = _encoder.encode
+
+Upcaster = Callable[[list[Any]], list[Any]]
+# (tag, from_version) -> function turning a body's fields (without the tag) into the next version's.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def upcaster(tag: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function that lifts a body of `tag` from `from_version` to the next version."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        UPCASTERS[(tag, from_version)] = fn
+        return fn
+
+    return register
+
+
+@upcaster("mk.created", 1)
+def _mykey_created_v1(fields: list[Any]) -> list[Any]:
+    # v1: [mykey_id, cert_issuer, cert_serial:int, cert_fingerprint]
+    out = list(fields)
+    if isinstance(out[2], int):
+        out[2] = format(out[2], "x")
+    return out
+
+
+def now_us() -> int:
+    """Current UTC time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def decode_envelope(payload: bytes | memoryview) -> Envelope:
+    """Decode one record into today's Envelope, upcasting older schema versions."""
+    try:
+        env = _env_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return _decode_upcasting(payload)
+    if env.v != env.body.VERSION:
+        return _decode_upcasting(payload)
+    return env
+
+
+def _decode_upcasting(payload: bytes | memoryview) -> Envelope:
+    try:
+        raw = msgspec.msgpack.decode(payload)
+    except (msgspec.DecodeError, ValueError, TypeError) as exc:
+        raise RecordDecodeError(f"record is not valid MessagePack: {exc}") from None
+    if not (isinstance(raw, list) and len(raw) == 5 and isinstance(raw[4], list) and raw[4]):
+        raise RecordDecodeError("record is not an event envelope [seq, ts, actor, v, body]")
+    seq, ts, actor, version, body = raw
+    tag = body[0]
+    cls = TAGS.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise RecordDecodeError(f"record {seq!r} has unknown event type {tag!r}; upgrade mykey to read it")
+    if not isinstance(version, int) or not 1 <= version <= cls.VERSION:
+        raise RecordDecodeError(
+            f"record {seq!r} ({tag}) has schema version {version!r}; this mykey reads up to {cls.VERSION}"
+        )
+    fields = body[1:]
+    while version < cls.VERSION:
+        step = UPCASTERS.get((tag, version))
+        if step is None:
+            raise RecordDecodeError(f"no upcaster for {tag} v{version}; register one in mykey.events")
+        try:
+            fields = step(fields)
+        except Exception as exc:
+            raise RecordDecodeError(f"record {seq!r} ({tag} v{version}) could not be upcast: {exc!r}") from None
+        version += 1
+    try:
+        return msgspec.convert([seq, ts, actor, version, [tag, *fields]], Envelope)
+    except msgspec.ValidationError as exc:
+        raise RecordDecodeError(f"record {seq!r} ({tag}) does not match its schema: {exc}") from None
+
+
+def check_event(event: Any) -> None:
+    """Validate one event body before it is written; raises ValidationError."""
+    if type(event) not in _EVENT_TYPE_SET:
+        raise ValidationError(f"{type(event).__name__} is not a mykey event type")
+    event.check()
+
+
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)

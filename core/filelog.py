@@ -1,0 +1,595 @@
+"""The embedded LogStore: segmented, CRC-framed, fsync'ed files in DATA/log/.
+
+Layout: ``{first_seq:020d}.seg`` segments (a 16-byte file header, then batches as
+framed by mykey.framing), each with a sparse ``.idx`` of (first_seq, offset)
+pairs so a reader finds a sequence number without scanning, and ``LOCK`` (the
+single writer's OS lock). Segments roll at batch boundaries once they pass
+``segment_bytes``.
+
+Durability (fsync modes):
+- ``always``: append returns after fdatasync; an acknowledged batch survives
+  process and OS crashes and power loss.
+- ``interval``: a background thread fdatasyncs every ``fsync_interval_ms``;
+  survives a process crash; an OS crash or power loss may lose the last interval.
+- ``never``: no fsync until close(); survives a process crash only.
+In every mode a batch is atomic: after any crash it is wholly present or absent.
+
+Recovery on open (writer): the tail of the newest segment is scanned; a torn or
+garbage tail (an incomplete or damaged last batch with no valid batch after it)
+is cut off, saved under ``log/torn/`` and reported. Damage with valid data after
+it is never skipped: opening fails with CorruptLogError naming segment, offset
+and sequence number.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import framing
+from .accel import framing_module
+from .errors import ConcurrencyError, CorruptLogError, LogError, LogLockedError, ValidationError
+from .events import SYSTEM, Actor, Envelope, Event, check_event, encode_envelope, now_us
+from .logstore import FSYNC_MODES, LogStore, should_stop
+
+log = logging.getLogger("mykey.log")
+
+SEGMENT_MAGIC = b"MKLOG\x00\x01\x00"  # format version 1
+SEGMENT_HEADER = struct.Struct("<8sQ")  # magic, first_seq
+SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
+IDX_ENTRY = struct.Struct("<QQ")  # first_seq of a batch, its offset
+IDX_STRIDE = 64 * 1024  # write an index entry at most every this many bytes
+READ_CHUNK = 4 * 1024 * 1024
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+_ALL = 1 << 62
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What recovery cut from the tail of the newest segment, and why."""
+
+    segment: str
+    offset: int
+    dropped_bytes: int
+    reason: str
+    saved_to: str | None
+
+    def __str__(self) -> str:
+        return (
+            f"truncated torn tail of {self.segment} at offset {self.offset}: "
+            f"{self.dropped_bytes} bytes ({self.reason}); saved to {self.saved_to}"
+        )
+
+
+@dataclass(frozen=True)
+class Segment:
+    first_seq: int
+    path: Path
+
+    @property
+    def idx_path(self) -> Path:
+        return self.path.with_suffix(".idx")
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}.seg"
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    """Segments in the log directory, oldest first."""
+    segs = []
+    for p in directory.glob("*.seg"):
+        try:
+            segs.append(Segment(int(p.stem), p))
+        except ValueError:
+            continue
+    segs.sort(key=lambda s: s.first_seq)
+    return segs
+
+
+def read_idx(seg: Segment) -> list[tuple[int, int]]:
+    """The segment's sparse index entries (first_seq, offset); a torn last entry is ignored."""
+    try:
+        data = seg.idx_path.read_bytes()
+    except FileNotFoundError:
+        return []
+    n = len(data) // IDX_ENTRY.size
+    return [IDX_ENTRY.unpack_from(data, i * IDX_ENTRY.size) for i in range(n)]
+
+
+def _check_segment_header(seg: Segment, head: bytes) -> None:
+    if len(head) < SEGMENT_HEADER_SIZE:
+        raise CorruptLogError(f"{seg.path}: segment header is missing; restore the file from a backup")
+    magic, first = SEGMENT_HEADER.unpack_from(head)
+    if magic != SEGMENT_MAGIC or first != seg.first_seq:
+        raise CorruptLogError(
+            f"{seg.path}: bad segment header (magic {magic!r}, first seq {first}); "
+            "the file is not a mykey log segment or is damaged"
+        )
+
+
+class FileLog(LogStore):
+    """Segmented file log. Open with FileLog.open(); one writer, any number of readers."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        readonly: bool,
+        fsync: str = "always",
+        fsync_interval_ms: int = 50,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        framing_impl: str | None = None,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise ValidationError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
+        self.directory = Path(directory)
+        self.readonly = readonly
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval_ms / 1000.0
+        self.segment_bytes = segment_bytes
+        self.recovery: RecoveryReport | None = None
+        self._frames = framing_module(framing_impl)
+        self._last_seq = 0
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._idx_fd: int | None = None
+        self._segment: Segment | None = None
+        self._offset = 0  # end of the active segment
+        self._idx_last_offset = -IDX_STRIDE
+        self._closed = False
+        self._failed: str | None = None
+        self._mutex = threading.Lock()
+        self._dirty = False
+        self._syncer: threading.Thread | None = None
+        self._stop_syncer = threading.Event()
+
+    # --- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        fsync: str = "always",
+        fsync_interval_ms: int = 50,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        framing_impl: str | None = None,
+    ) -> FileLog:
+        """Open the log in `directory` as the writer (default) or as a reader (readonly=True)."""
+        self = cls(
+            directory,
+            readonly=readonly,
+            fsync=fsync,
+            fsync_interval_ms=fsync_interval_ms,
+            segment_bytes=segment_bytes,
+            framing_impl=framing_impl,
+        )
+        d = self.directory
+        if readonly:
+            if not d.is_dir():
+                raise LogError(f"no log at {d}; create one with `mykey init` or open it as the writer")
+            self.refresh()
+            return self
+        if not d.is_dir():
+            if not create:
+                raise LogError(f"no log at {d}; pass create=True or run `mykey init`")
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            self._take_lock()
+            self._open_writer()
+        except BaseException:
+            self._release()
+            raise
+        if fsync == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="mykey-log-fsync", daemon=True)
+            self._syncer.start()
+        return self
+
+    def _take_lock(self) -> None:
+        path = self.directory / "LOCK"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LogLockedError(
+                    f"another writer (pid {holder}) holds {path}; stop it, or open the log read-only"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _open_writer(self) -> None:
+        segs = list_segments(self.directory)
+        if not segs:
+            self._start_segment(1)
+            self._last_seq = 0
+            return
+        seg = segs[-1]
+        last_seq, end = self._recover(seg)
+        self._segment = seg
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self._offset = end
+        self._last_seq = last_seq
+        self._rewrite_idx(seg, end)
+
+    def _recover(self, seg: Segment) -> tuple[int, int]:
+        """Scan the newest segment's tail; cut a torn tail. Returns (last_seq, end offset)."""
+        with open(seg.path, "rb") as f:
+            head = f.read(SEGMENT_HEADER_SIZE)
+            if len(head) < SEGMENT_HEADER_SIZE and seg.first_seq > 1 and len(head) == f.seek(0, 2):
+                # A crash between creating a segment and writing its header.
+                self._write_segment_header(seg)
+                return seg.first_seq - 1, SEGMENT_HEADER_SIZE
+            _check_segment_header(seg, head)
+            start, expected = self._scan_start(seg, f)
+            f.seek(start)
+            data = f.read()
+        last_seq, pos, problem = self._scan(seg, data, start, expected)
+        end = start + pos
+        if problem is not None:
+            reason, seq = problem
+            later = framing.find_header(data, pos + 1)
+            if later != -1:
+                raise CorruptLogError(
+                    f"{seg.path.name}: damaged batch at offset {end} (sequence {seq}): {reason}, "
+                    f"and valid data follows at offset {start + later}. The log is not truncated; "
+                    "restore the segment from a replica or backup (see `mykey log verify`)."
+                )
+            self.recovery = self._truncate_tail(seg, end, data[pos:], reason)
+        return last_seq, end
+
+    def _scan_start(self, seg: Segment, f) -> tuple[int, int]:
+        """Where to start scanning the tail: the last index entry that checks out."""
+        for first_seq, offset in reversed(read_idx(seg)):
+            f.seek(offset)
+            head = framing.parse_header(f.read(framing.HEADER_SIZE), 0)
+            if head is not None and head[0] == first_seq:
+                return offset, first_seq
+        return SEGMENT_HEADER_SIZE, seg.first_seq
+
+    def _scan(self, seg: Segment, data: bytes, base: int, expected: int) -> tuple[int, int, tuple[str, int] | None]:
+        """Walk batches in data; returns (last_seq, stop pos, problem or None)."""
+        pos = 0
+        frames = self._frames
+        while True:
+            batches, npos, status, err_off, err_rec = frames.parse_batches(data, pos, _ALL)
+            for off, first_seq, payloads in batches:
+                if first_seq != expected:
+                    return expected - 1, off, (f"sequence gap: batch starts at {first_seq}, expected {expected}", expected)
+                expected += len(payloads)
+            pos = npos
+            if status == framing.OK:
+                return expected - 1, pos, None
+            if status == framing.INCOMPLETE:
+                return expected - 1, pos, ("incomplete final batch", expected)
+            if status == framing.BAD_HEADER:
+                return expected - 1, pos, ("bad batch header", expected)
+            return expected - 1, pos, (f"CRC or framing error in record at offset {base + err_off}", expected + err_rec)
+
+    def _truncate_tail(self, seg: Segment, end: int, dropped: bytes, reason: str) -> RecoveryReport:
+        torn = self.directory / "torn"
+        torn.mkdir(exist_ok=True)
+        saved = torn / f"{seg.path.stem}-{end}.bin"
+        saved.write_bytes(dropped)
+        fd = os.open(seg.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        report = RecoveryReport(seg.path.name, end, len(dropped), reason, str(saved))
+        log.warning("log recovery: %s", report)
+        return report
+
+    def _rewrite_idx(self, seg: Segment, end: int) -> None:
+        entries = [(s, o) for s, o in read_idx(seg) if o < end]
+        # Keep only entries that are in order; the scan validated the tail.
+        data = b"".join(IDX_ENTRY.pack(s, o) for s, o in entries)
+        tmp = seg.idx_path.with_suffix(".idx.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, seg.idx_path)
+        self._idx_fd = os.open(seg.idx_path, os.O_WRONLY | os.O_APPEND)
+        self._idx_last_offset = entries[-1][1] if entries else -IDX_STRIDE
+
+    def _write_segment_header(self, seg: Segment) -> None:
+        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, seg.first_seq))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _start_segment(self, first_seq: int) -> None:
+        """Create a new segment (and its index) for batches from first_seq on; fsync the directory."""
+        seg = Segment(first_seq, self.directory / segment_name(first_seq))
+        self._write_segment_header(seg)
+        idx_fd = os.open(seg.idx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._fsync_dir()
+        for fd in (self._fd, self._idx_fd):
+            if fd is not None:
+                os.close(fd)
+        self._segment = seg
+        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self._idx_fd = idx_fd
+        self._offset = SEGMENT_HEADER_SIZE
+        self._idx_last_offset = -IDX_STRIDE
+
+    def _fsync_dir(self) -> None:
+        dfd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # --- writing ---------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def append(
+        self,
+        events: Sequence[Event],
+        actor: Actor = SYSTEM,
+        *,
+        expected_last_seq: int | None = None,
+        ts: int | None = None,
+    ) -> list[Envelope]:
+        """Atomically append a batch of events; see LogStore.append."""
+        if self.readonly:
+            raise LogError("this log handle is read-only; open it without readonly=True to append")
+        if self._closed:
+            raise LogError("the log is closed; open it again")
+        if self._failed:
+            raise LogError(f"the log stopped after an I/O error ({self._failed}); reopen it to recover")
+        if not events:
+            return []
+        actor.check()
+        for ev in events:
+            check_event(ev)
+        ts = now_us() if ts is None else ts
+        with self._mutex:
+            if expected_last_seq is not None and expected_last_seq != self._last_seq:
+                raise ConcurrencyError(
+                    f"expected last sequence {expected_last_seq} but the log is at {self._last_seq}; "
+                    "re-read the state and retry the command"
+                )
+            first = self._last_seq + 1
+            envs = [Envelope(first + i, ts, actor, ev.VERSION, ev) for i, ev in enumerate(events)]
+            frame = self._frames.encode_batch(first, [encode_envelope(e) for e in envs])
+            if self._offset + len(frame) > self.segment_bytes and self._offset > SEGMENT_HEADER_SIZE:
+                self._start_segment(first)
+            self._write_frame(frame, first)
+            self._last_seq = first + len(envs) - 1
+        return envs
+
+    def _write_frame(self, frame: bytes, first_seq: int) -> None:
+        fd = self._fd
+        assert fd is not None
+        start = self._offset
+        try:
+            view = memoryview(frame)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self.fsync == "always":
+                os.fdatasync(fd)
+            else:
+                self._dirty = True
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                self._failed = str(exc)
+            else:
+                if exc.errno == errno.EIO:
+                    self._failed = str(exc)
+            raise LogError(f"append failed ({exc}); nothing was appended. Free disk space or check the disk") from exc
+        self._offset = start + len(frame)
+        if start - self._idx_last_offset >= IDX_STRIDE:
+            os.write(self._idx_fd, IDX_ENTRY.pack(first_seq, start))
+            self._idx_last_offset = start
+
+    def _sync_loop(self) -> None:
+        while not self._stop_syncer.wait(self.fsync_interval):
+            try:
+                self.sync()
+            except Exception as exc:  # pragma: no cover - disk failure
+                self._failed = str(exc)
+                log.error("log fsync failed: %s", exc)
+
+    def sync(self) -> None:
+        """fdatasync the active segment now (a no-op for readers)."""
+        with self._mutex:
+            if self._fd is not None and self._dirty:
+                os.fdatasync(self._fd)
+                self._dirty = False
+
+    # --- reading ---------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Find the last committed sequence number by reading the tail; returns it."""
+        if not self.readonly:
+            return self._last_seq
+        last = 0
+        for _seq, _payload in self.read_raw(self._tail_hint(), None):
+            last = _seq
+        self._last_seq = max(self._last_seq, last)
+        return self._last_seq
+
+    def _tail_hint(self) -> int:
+        segs = list_segments(self.directory)
+        if not segs:
+            return 1
+        idx = read_idx(segs[-1])
+        return max(self._last_seq + 1, idx[-1][0] if idx else segs[-1].first_seq)
+
+    def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Committed (seq, record bytes) in [from_seq, to_seq]; see LogStore.read_raw."""
+        return self._iter(from_seq, to_seq, follow=False)
+
+    def follow_raw(
+        self,
+        from_seq: int = 1,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        """Committed records from from_seq on, waiting at the tail until stop."""
+        return self._iter(from_seq, None, follow=True, poll_interval=poll_interval, stop=stop)
+
+    def read_batches(self, from_seq: int = 1) -> Iterator[tuple[int, list[bytes]]]:
+        """Whole committed batches (first_seq, payloads) from the one holding from_seq (fast path)."""
+        return self._iter_batches(from_seq, follow=False)
+
+    def _iter(
+        self,
+        from_seq: int,
+        to_seq: int | None,
+        *,
+        follow: bool,
+        poll_interval: float = 0.05,
+        stop: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        if from_seq < 1:
+            raise ValidationError("sequence numbers start at 1")
+        hi = _ALL if to_seq is None else to_seq
+        for first_seq, payloads in self._iter_batches(from_seq, follow, poll_interval, stop):
+            if first_seq > hi:
+                return
+            skip = from_seq - first_seq if first_seq < from_seq else 0
+            seq = first_seq + skip
+            for i in range(skip, len(payloads)):
+                if seq > hi:
+                    return
+                yield seq, payloads[i]
+                seq += 1
+
+    def _locate(self, from_seq: int) -> tuple[list[Segment], int, int, int]:
+        """(segments, index of the segment holding from_seq, start offset, first seq there)."""
+        segs = list_segments(self.directory)
+        if not segs:
+            raise LogError(f"no log segments in {self.directory}; run `mykey init`")
+        i = max(0, bisect.bisect_right([s.first_seq for s in segs], from_seq) - 1)
+        seg = segs[i]
+        entries = read_idx(seg)
+        j = bisect.bisect_right([e[0] for e in entries], from_seq) - 1
+        if j >= 0:
+            first_seq, offset = entries[j]
+            with open(seg.path, "rb") as f:
+                f.seek(offset)
+                head = framing.parse_header(f.read(framing.HEADER_SIZE), 0)
+            if head is not None and head[0] == first_seq:
+                return segs, i, offset, first_seq
+        return segs, i, SEGMENT_HEADER_SIZE, seg.first_seq
+
+    def _iter_batches(
+        self,
+        from_seq: int,
+        follow: bool,
+        poll_interval: float = 0.05,
+        stop: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, list[bytes]]]:
+        segs, i, offset, expected = self._locate(from_seq)
+        frames = self._frames
+        while True:
+            seg = segs[i]
+            f = open(seg.path, "rb")
+            try:
+                if offset == SEGMENT_HEADER_SIZE:
+                    _check_segment_header(seg, f.read(SEGMENT_HEADER_SIZE))
+                f.seek(offset)
+                buf = b""  # bytes of an incomplete batch carried to the next read
+                base = offset  # file offset of buf[0]
+                while True:
+                    chunk = f.read(READ_CHUNK)
+                    damaged_tail = False
+                    if chunk:
+                        buf = buf + chunk if buf else chunk
+                        batches, pos, status, err_off, err_rec = frames.parse_batches(buf, 0, _ALL)
+                        for _off, first_seq, payloads in batches:
+                            if first_seq != expected:
+                                raise CorruptLogError(
+                                    f"{seg.path.name}: sequence gap at offset {base + _off}: batch starts at "
+                                    f"{first_seq}, expected {expected}; run `mykey log verify`"
+                                )
+                            expected += len(payloads)
+                            yield first_seq, payloads
+                        base += pos
+                        buf = buf[pos:]
+                        if status == framing.OK or status == framing.INCOMPLETE:
+                            continue
+                        # Damage at the tail of the newest segment (a write in progress, or a torn
+                        # tail the writer will cut) ends the readable log; elsewhere it is corruption.
+                        rest = buf + f.read()
+                        newest = i == len(list_segments(self.directory)) - 1
+                        if not newest or framing.find_header(rest, 1) != -1:
+                            what = "bad batch header" if status == framing.BAD_HEADER else "record CRC or framing error"
+                            where = base if status == framing.BAD_HEADER else base + err_off
+                            raise CorruptLogError(
+                                f"{seg.path.name}: {what} at offset {where} (sequence "
+                                f"{expected + max(err_rec, 0)}); run `mykey log verify` and restore the segment"
+                            )
+                        damaged_tail = True
+                        buf = b""
+                    # End of this file for now.
+                    segs = list_segments(self.directory)
+                    if i + 1 < len(segs) and not damaged_tail:
+                        if buf:
+                            raise CorruptLogError(
+                                f"{seg.path.name}: {len(buf)} bytes of an incomplete batch at offset {base} "
+                                "in a segment that is not the newest; run `mykey log verify`"
+                            )
+                        break
+                    if not follow or should_stop(stop):
+                        return
+                    time.sleep(poll_interval)
+                    if should_stop(stop):
+                        return
+                    f.seek(base + len(buf))
+            finally:
+                f.close()
+            i += 1
+            offset = SEGMENT_HEADER_SIZE
+
+    # --- closing ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush (in every fsync mode), release the writer lock and close files."""
+        if self._closed:
+            return
+        self._stop_syncer.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        try:
+            if self._fd is not None and not self._failed and self.fsync != "always":
+                os.fdatasync(self._fd)
+        finally:
+            self._release()
+            self._closed = True
+
+    def _release(self) -> None:
+        for name in ("_fd", "_idx_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, None)

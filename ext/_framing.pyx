@@ -1,0 +1,129 @@
+# cython: language_level=3
+"""C loops for batch framing (twin of mykey.framing; same bytes, same results).
+
+Thin by design: builds and parses the byte layout described in mykey.framing;
+all decisions about what an error means stay in Python.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memcmp
+
+from mykey.framing import (
+    BAD_HEADER,
+    BAD_RECORD,
+    HEADER_SIZE,
+    INCOMPLETE,
+    OK,
+    RECORD_HEAD_SIZE,
+)
+
+cdef extern from "zlib.h":
+    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
+
+DEF HSIZE = 32
+DEF RSIZE = 8
+
+
+cdef inline void put32(char *p, uint32_t v) noexcept nogil:
+    p[0] = <char>(v & 0xff); p[1] = <char>((v >> 8) & 0xff)
+    p[2] = <char>((v >> 16) & 0xff); p[3] = <char>((v >> 24) & 0xff)
+
+
+cdef inline void put64(char *p, uint64_t v) noexcept nogil:
+    put32(p, <uint32_t>(v & 0xffffffffu)); put32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef inline uint32_t get32(const uint8_t *p) noexcept nogil:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t get64(const uint8_t *p) noexcept nogil:
+    return get32(p) | (<uint64_t>get32(p + 4) << 32)
+
+
+def encode_batch(uint64_t first_seq, list payloads):
+    """Frame payloads as one batch whose first record has sequence number first_seq."""
+    cdef Py_ssize_t n = len(payloads), i, plen, body_len = 0
+    cdef bytes p
+    for i in range(n):
+        p = <bytes?>payloads[i]
+        body_len += RSIZE + PyBytes_GET_SIZE(p)
+    if body_len > 0xffffffff:
+        raise ValueError("batch body exceeds 4 GiB; split the batch")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, HSIZE + body_len)
+    cdef char *o = PyBytes_AS_STRING(out)
+    memcpy(o, b"MKB1", 4)
+    put64(o + 8, first_seq)
+    put32(o + 16, <uint32_t>n)
+    put32(o + 20, <uint32_t>body_len)
+    put32(o + 24, 0)
+    put32(o + 28, 0)
+    put32(o + 4, <uint32_t>crc32(0, <const unsigned char *>(o + 8), HSIZE - 8))
+    cdef char *w = o + HSIZE
+    cdef const char *src
+    for i in range(n):
+        p = <bytes>payloads[i]
+        plen = PyBytes_GET_SIZE(p)
+        src = PyBytes_AS_STRING(p)
+        put32(w, <uint32_t>plen)
+        put32(w + 4, <uint32_t>crc32(0, <const unsigned char *>src, <unsigned int>plen))
+        memcpy(w + RSIZE, src, plen)
+        w += RSIZE + plen
+    return out
+
+
+cdef inline bint header_ok(const uint8_t *h) noexcept nogil:
+    if memcmp(h, b"MKB1", 4) != 0:
+        return False
+    if crc32(0, h + 8, HSIZE - 8) != get32(h + 4):
+        return False
+    return get32(h + 20) >= <uint64_t>get32(h + 16) * RSIZE
+
+
+def parse_header(const uint8_t[::1] buf, Py_ssize_t pos):
+    """Return (first_seq, count, body_len) if a valid header starts at pos, else None."""
+    if buf.shape[0] - pos < HSIZE or not header_ok(&buf[pos]):
+        return None
+    return get64(&buf[pos + 8]), get32(&buf[pos + 16]), get32(&buf[pos + 20])
+
+
+def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records):
+    """Parse consecutive batches from pos; same contract as mykey.framing.parse_batches."""
+    cdef Py_ssize_t end = buf.shape[0], rpos, bend, got = 0, i
+    cdef uint32_t count, body_len, n, crc
+    cdef uint64_t first_seq
+    cdef const uint8_t *base = &buf[0] if end > 0 else NULL
+    cdef list batches = []
+    cdef list payloads
+    while pos < end and got < max_records:
+        if end - pos < HSIZE:
+            return batches, pos, INCOMPLETE, pos, -1
+        if not header_ok(base + pos):
+            return batches, pos, BAD_HEADER, pos, -1
+        first_seq = get64(base + pos + 8)
+        count = get32(base + pos + 16)
+        body_len = get32(base + pos + 20)
+        if end - pos - HSIZE < body_len:
+            return batches, pos, INCOMPLETE, pos, -1
+        rpos = pos + HSIZE
+        bend = rpos + body_len
+        payloads = []
+        for i in range(count):
+            if bend - rpos < RSIZE:
+                return batches, pos, BAD_RECORD, rpos, i
+            n = get32(base + rpos)
+            crc = get32(base + rpos + 4)
+            rpos += RSIZE
+            if n > bend - rpos:
+                return batches, pos, BAD_RECORD, rpos - RSIZE, i
+            if crc32(0, base + rpos, n) != crc:
+                return batches, pos, BAD_RECORD, rpos - RSIZE, i
+            payloads.append(PyBytes_FromStringAndSize(<const char *>(base + rpos), n))
+            rpos += n
+        if rpos != bend:
+            return batches, pos, BAD_RECORD, rpos, count
+        batches.append((pos, first_seq, payloads))
+        got += count
+        pos = bend
+    return batches, pos, OK, pos, -1
