@@ -106,6 +106,28 @@ def read_idx(seg: Segment) -> list[tuple[int, int]]:
     return [IDX_ENTRY.unpack_from(data, i * IDX_ENTRY.size) for i in range(n)]
 
 
+def checked_index_entry(seg: Segment, seq: int) -> tuple[int, int]:
+    """(offset, first_seq) of the last indexed batch at or before seq that really is there.
+
+    The index is a hint written without fsync: every entry is checked against the
+    batch header it points at; when none checks out, the segment start is used.
+    """
+    entries = read_idx(seg)
+    j = bisect.bisect_right([e[0] for e in entries], seq) - 1
+    if j < 0:
+        return SEGMENT_HEADER_SIZE, seg.first_seq
+    with open(seg.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        for first_seq, offset in reversed(entries[: j + 1]):
+            if not SEGMENT_HEADER_SIZE <= offset <= size - framing.HEADER_SIZE or first_seq < seg.first_seq:
+                continue
+            f.seek(offset)
+            head = framing.parse_header(f.read(framing.HEADER_SIZE), 0)
+            if head is not None and head[0] == first_seq:
+                return offset, first_seq
+    return SEGMENT_HEADER_SIZE, seg.first_seq
+
+
 def _check_segment_header(seg: Segment, head: bytes) -> None:
     if len(head) < SEGMENT_HEADER_SIZE:
         raise CorruptLogError(f"{seg.path}: segment header is missing; restore the file from a backup")
@@ -237,7 +259,7 @@ class FileLog(LogStore):
                 self._write_segment_header(seg)
                 return seg.first_seq - 1, SEGMENT_HEADER_SIZE
             _check_segment_header(seg, head)
-            start, expected = self._scan_start(seg, f)
+            start, expected = checked_index_entry(seg, 1 << 62)
             f.seek(start)
             data = f.read()
         last_seq, pos, problem = self._scan(seg, data, start, expected)
@@ -253,15 +275,6 @@ class FileLog(LogStore):
                 )
             self.recovery = self._truncate_tail(seg, end, data[pos:], reason)
         return last_seq, end
-
-    def _scan_start(self, seg: Segment, f) -> tuple[int, int]:
-        """Where to start scanning the tail: the last index entry that checks out."""
-        for first_seq, offset in reversed(read_idx(seg)):
-            f.seek(offset)
-            head = framing.parse_header(f.read(framing.HEADER_SIZE), 0)
-            if head is not None and head[0] == first_seq:
-                return offset, first_seq
-        return SEGMENT_HEADER_SIZE, seg.first_seq
 
     def _scan(self, seg: Segment, data: bytes, base: int, expected: int) -> tuple[int, int, tuple[str, int] | None]:
         """Walk batches in data; returns (last_seq, stop pos, problem or None)."""
@@ -437,8 +450,8 @@ class FileLog(LogStore):
         segs = list_segments(self.directory)
         if not segs:
             return 1
-        idx = read_idx(segs[-1])
-        return max(self._last_seq + 1, idx[-1][0] if idx else segs[-1].first_seq)
+        _offset, first_seq = checked_index_entry(segs[-1], 1 << 62)
+        return max(self._last_seq + 1, first_seq)
 
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Committed (seq, record bytes) in [from_seq, to_seq]; see LogStore.read_raw."""
@@ -487,17 +500,8 @@ class FileLog(LogStore):
         if not segs:
             raise LogError(f"no log segments in {self.directory}; run `mykey init`")
         i = max(0, bisect.bisect_right([s.first_seq for s in segs], from_seq) - 1)
-        seg = segs[i]
-        entries = read_idx(seg)
-        j = bisect.bisect_right([e[0] for e in entries], from_seq) - 1
-        if j >= 0:
-            first_seq, offset = entries[j]
-            with open(seg.path, "rb") as f:
-                f.seek(offset)
-                head = framing.parse_header(f.read(framing.HEADER_SIZE), 0)
-            if head is not None and head[0] == first_seq:
-                return segs, i, offset, first_seq
-        return segs, i, SEGMENT_HEADER_SIZE, seg.first_seq
+        offset, first_seq = checked_index_entry(segs[i], from_seq)
+        return segs, i, offset, first_seq
 
     def _iter_batches(
         self,
