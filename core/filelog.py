@@ -468,8 +468,18 @@ class FileLog(LogStore):
         return self._iter(from_seq, None, follow=True, poll_interval=poll_interval, stop=stop)
 
     def read_batches(self, from_seq: int = 1) -> Iterator[tuple[int, list[bytes]]]:
-        """Whole committed batches (first_seq, payloads) from the one holding from_seq (fast path)."""
+        """Whole committed batches (first_seq, payloads) from the one holding from_seq."""
         return self._iter_batches(from_seq, follow=False)
+
+    def follow_batches(
+        self,
+        from_seq: int = 1,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, list[bytes]]]:
+        """Whole committed batches from the one holding from_seq, waiting at the tail until stop."""
+        return self._iter_batches(from_seq, True, poll_interval, stop)
 
     def _iter(
         self,

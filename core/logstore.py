@@ -44,6 +44,23 @@ class LogStore(abc.ABC):
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Yield (seq, stored record bytes) for committed events in [from_seq, to_seq]."""
 
+    @abc.abstractmethod
+    def read_batches(self, from_seq: int = 1) -> Iterator[tuple[int, list[bytes]]]:
+        """Yield whole committed batches (first_seq, record bytes) from the one holding from_seq.
+
+        Projections apply whole batches so that a command's events become visible together.
+        """
+
+    @abc.abstractmethod
+    def follow_batches(
+        self,
+        from_seq: int = 1,
+        *,
+        poll_interval: float = 0.05,
+        stop: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[tuple[int, list[bytes]]]:
+        """Whole batches from the one holding from_seq on, waiting at the tail until stop."""
+
     def read(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Envelope]:
         """Yield decoded envelopes (upcast to today's schema) in [from_seq, to_seq]."""
         for _seq, payload in self.read_raw(from_seq, to_seq):

@@ -1,0 +1,311 @@
+"""The LMDB index: the log projected into named databases (writer side, and rebuild).
+
+DATA/index is a symlink to the current generation directory (index-000001, ...).
+Each batch of events is applied in one write transaction that also stores the
+last applied sequence number, so the index always sits at a batch boundary and
+reopening resumes from there. `rebuild` replays the log into a new generation and
+swaps the symlink atomically; resolvers with the old one open keep working.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from . import keys as k
+from .datadir import DataDir
+from .errors import IndexError_
+from .events import Envelope, decode_envelope
+from .lmdbenv import binding as default_binding
+from .logstore import LogStore
+from .projection import Dbs, apply_envelopes
+
+GENERATION_PREFIX = "index-"
+
+
+class IndexLockedError(IndexError_):
+    """Another process is writing the index (an engine, projector or rebuild)."""
+
+
+class IndexGapError(IndexError_):
+    """Events given to apply() do not follow the index's last applied sequence number."""
+
+
+def open_dbs(env, *, create: bool) -> Dbs:
+    """Open every named database of the index in env."""
+    return Dbs(**{name.decode(): env.open_db(name, create=create) for name in k.DB_NAMES})
+
+
+def current_generation(data: DataDir) -> Path | None:
+    """The generation directory DATA/index points at, or None before the first index."""
+    link = data.index
+    if not link.is_symlink():
+        return None
+    return (link.parent / os.readlink(link)).resolve()
+
+
+def _next_generation(data: DataDir) -> Path:
+    nums = [int(p.name[len(GENERATION_PREFIX) :].split(".")[0]) for p in data.root.glob(GENERATION_PREFIX + "*")
+            if p.name[len(GENERATION_PREFIX) :].split(".")[0].isdigit()]
+    return data.root / f"{GENERATION_PREFIX}{max(nums, default=0) + 1:06d}"
+
+
+def _point_index_at(data: DataDir, generation: Path) -> None:
+    """Atomically make DATA/index point at generation (rename of a fresh symlink)."""
+    tmp = data.root / f".index-link-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(generation.name, tmp)
+    os.replace(tmp, data.index)
+    dfd = os.open(data.root, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_meta_last_seq(txn, dbs: Dbs) -> int:
+    raw = txn.get(dbs.meta, b"last_seq")
+    return 0 if raw is None else k.parse_u64(raw)
+
+
+class Index:
+    """Writer side of the LMDB index. One per data directory at a time (an OS lock)."""
+
+    def __init__(self, data: DataDir, env, dbs: Dbs, lock_fd: int, binding: ModuleType) -> None:
+        self.data = data
+        self.env = env
+        self.dbs = dbs
+        self.binding = binding
+        self._lock_fd: int | None = lock_fd
+        with env.begin() as txn:
+            self._last_seq = read_meta_last_seq(txn, dbs)
+
+    @classmethod
+    def open(cls, data: DataDir, *, binding: ModuleType | None = None, sync: bool = True) -> Index:
+        """Open (creating if needed) the live index for writing; takes the index lock."""
+        binding = binding or default_binding()
+        data.root.mkdir(parents=True, exist_ok=True)
+        lock_fd = _take_index_lock(data)
+        try:
+            gen = current_generation(data)
+            if gen is None or not gen.is_dir():
+                gen = _next_generation(data)
+                gen.mkdir()
+                _point_index_at(data, gen)
+            env = binding.Env(str(gen), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=sync)
+            try:
+                dbs = open_dbs(env, create=True)
+                _check_schema(env, dbs)
+            except BaseException:
+                env.close()
+                raise
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(data, env, dbs, lock_fd, binding)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last event applied."""
+        return self._last_seq
+
+    def apply(self, envs: Sequence[Envelope]) -> int:
+        """Apply one batch in one write transaction (with the new last_seq); returns last_seq.
+
+        Envelopes at or below last_seq are skipped, so applying twice is harmless;
+        a gap raises IndexGapError and changes nothing.
+        """
+        start = 0
+        while start < len(envs) and envs[start].seq <= self._last_seq:
+            start += 1
+        if start == len(envs):
+            return self._last_seq
+        if envs[start].seq != self._last_seq + 1:
+            raise IndexGapError(
+                f"index is at sequence {self._last_seq} but the next event given is {envs[start].seq}; "
+                "catch up from the log instead"
+            )
+        txn = self.env.begin(write=True)
+        try:
+            last = apply_envelopes(txn, self.dbs, envs[start:] if start else envs)
+            txn.put(self.dbs.meta, b"last_seq", k.u64(last))
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        self._last_seq = last
+        return last
+
+    def catch_up(self, log: LogStore, *, progress: Callable[[int], None] | None = None,
+                 max_events_per_txn: int = 50_000) -> int:
+        """Apply every committed log batch after last_seq; returns the new last_seq.
+
+        Whole log batches only (a command's events become visible together); small
+        consecutive batches share a transaction up to max_events_per_txn.
+        """
+        pending: list[Envelope] = []
+        for first_seq, payloads in log.read_batches(self._last_seq + 1):
+            envs = [decode_envelope(p) for p in payloads]
+            if first_seq <= self._last_seq:
+                envs = envs[self._last_seq + 1 - first_seq :]
+            pending.extend(envs)
+            if len(pending) >= max_events_per_txn:
+                self.apply(pending)
+                if progress:
+                    progress(len(pending))
+                pending = []
+        if pending:
+            self.apply(pending)
+            if progress:
+                progress(len(pending))
+        return self._last_seq
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        """Close the environment and release the index lock. Idempotent."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _take_index_lock(data: DataDir) -> int:
+    path = data.root / "index.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise IndexLockedError(
+            f"another process (pid {holder}) writes the index of {data.root}; "
+            "stop it first (an engine, projector or rebuild), or use a read-only Resolver"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _check_schema(env, dbs: Dbs) -> None:
+    with env.begin(write=True) as txn:
+        raw = txn.get(dbs.meta, b"schema")
+        if raw is None:
+            txn.put(dbs.meta, b"schema", k.u64(k.INDEX_SCHEMA))
+        elif k.parse_u64(raw) != k.INDEX_SCHEMA:
+            raise IndexError_(
+                f"index schema {k.parse_u64(raw)} is not {k.INDEX_SCHEMA}; run `mykey rebuild` to rebuild it from the log"
+            )
+
+
+def build_generation(
+    data: DataDir,
+    log: LogStore,
+    *,
+    to_seq: int | None = None,
+    into: Path | None = None,
+    binding: ModuleType | None = None,
+    progress: Callable[[int], None] | None = None,
+    batch_events: int = 100_000,
+) -> Path:
+    """Replay the log (up to to_seq, at a batch boundary at or before it) into a fresh env directory."""
+    binding = binding or default_binding()
+    target = into or _next_generation(data).with_suffix(".building")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    env = binding.Env(str(target), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=False)
+    try:
+        dbs = open_dbs(env, create=True)
+        _check_schema(env, dbs)
+        pending: list[Envelope] = []
+        last = 0
+
+        def flush() -> None:
+            nonlocal pending, last
+            if not pending:
+                return
+            with env.begin(write=True) as txn:
+                last = apply_envelopes(txn, dbs, pending)
+                txn.put(dbs.meta, b"last_seq", k.u64(last))
+            if progress:
+                progress(len(pending))
+            pending = []
+
+        for first_seq, payloads in log.read_batches(1):
+            if to_seq is not None and first_seq + len(payloads) - 1 > to_seq:
+                break
+            pending.extend(decode_envelope(p) for p in payloads)
+            if len(pending) >= batch_events:
+                flush()
+        flush()
+        env.sync(True)
+    finally:
+        env.close()
+    return target
+
+
+def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
+            progress: Callable[[int], None] | None = None) -> Path:
+    """Build a fresh index from the whole log and swap it in atomically; returns the new generation.
+
+    Takes the index lock, so no engine or projector may be writing the index.
+    """
+    lock_fd = _take_index_lock(data)
+    try:
+        building = build_generation(data, log, binding=binding, progress=progress)
+        final = building.with_suffix("")
+        os.rename(building, final)
+        old = current_generation(data)
+        _point_index_at(data, final)
+        if old is not None and old != final and old.is_dir():
+            # Resolvers that still have it open keep their mapping; the files go when they close.
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+    finally:
+        os.close(lock_fd)
+
+
+
+
+def diff_indexes(env_a, dbs_a: Dbs, env_b, dbs_b: Dbs, *, limit: int = 100) -> list[str]:
+    """Differences between two indexes, streamed key by key (empty when they are equal)."""
+    diffs: list[str] = []
+    with env_a.begin() as ta, env_b.begin() as tb:
+        for name in k.DB_NAMES:
+            attr = name.decode()
+            ca, cb = ta.cursor(getattr(dbs_a, attr)), tb.cursor(getattr(dbs_b, attr))
+            try:
+                ia, ib = ca.iter_from(b""), cb.iter_from(b"")
+                xa, xb = next(ia, None), next(ib, None)
+                while xa is not None or xb is not None:
+                    if xb is None or (xa is not None and xa[0] < xb[0]):
+                        diffs.append(f"{attr}: {xa[0]!r} only in the first index")
+                        xa = next(ia, None)
+                    elif xa is None or xb[0] < xa[0]:
+                        diffs.append(f"{attr}: {xb[0]!r} only in the second index")
+                        xb = next(ib, None)
+                    else:
+                        if xa[1] != xb[1]:
+                            diffs.append(f"{attr}: {xa[0]!r}: {xa[1]!r} != {xb[1]!r}")
+                        xa, xb = next(ia, None), next(ib, None)
+                    if len(diffs) >= limit:
+                        return diffs
+            finally:
+                ca.close()
+                cb.close()
+    return diffs

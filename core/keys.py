@@ -1,0 +1,137 @@
+"""Key and value encodings of the LMDB index (pure functions, no I/O).
+
+The service key is the business ID (always 5 ASCII bytes) followed by the
+service ID, so one business's keys are contiguous and a key never collides
+across businesses. A service value starts with its final answer (a Status byte)
+so the hot path reads one byte per lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import msgspec
+
+from .status import MyKeyState, Status
+
+# Named databases inside the index environment.
+DB_NAMES = (
+    b"svc",  # business_id + service_id -> SvcValue
+    b"mykey",  # mykey_id -> MyKeyRecord
+    b"mkref",  # ref (u64 BE) -> mykey_id
+    b"mksvc",  # mykey_id + service key -> b""
+    b"mkevents",  # mykey_id + seq (u64 BE) -> b"" (every event about the MyKey ID)
+    b"cert",  # b"f" + fingerprint | b"s" + issuer digest + serial -> mykey_id
+    b"revoked",  # issuer digest + serial -> RevokedRecord
+    b"crl",  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
+    b"business",  # business_id -> BusinessRecord
+    b"terminal",  # terminal_id -> TerminalRecord
+    b"trust",  # fingerprint -> certificate DER
+    b"feed",  # consumer -> u64 BE position
+    b"meta",  # b"last_seq" -> u64 BE, b"schema" -> u32 BE
+)
+INDEX_SCHEMA = 1
+
+_SVC = struct.Struct(">BQQ")  # status, mykey ref (0 = unlinked), seq of the registration
+_U64 = struct.Struct(">Q")
+
+
+def service_key(business_id: str, service_id: str) -> bytes:
+    """business_id (5 bytes) + service_id."""
+    return (business_id + service_id).encode("ascii")
+
+
+def split_service_key(key: bytes) -> tuple[str, str]:
+    k = key.decode("ascii")
+    return k[:5], k[5:]
+
+
+def svc_value(status: Status, ref: int, reg_seq: int, customer_id: str | None) -> bytes:
+    """Service value: status byte first (the hot path reads only that)."""
+    return _SVC.pack(status, ref, reg_seq) + (customer_id.encode("ascii") if customer_id else b"")
+
+
+def parse_svc_value(value: bytes) -> tuple[Status, int, int, str | None]:
+    status, ref, reg_seq = _SVC.unpack_from(value)
+    customer = value[_SVC.size :].decode("ascii") or None
+    return Status(status), ref, reg_seq, customer
+
+
+def with_status(value: bytes, status: Status, ref: int | None = None) -> bytes:
+    """The same service value with a new status (and ref)."""
+    _, old_ref, reg_seq = _SVC.unpack_from(value)
+    return _SVC.pack(status, old_ref if ref is None else ref, reg_seq) + value[_SVC.size :]
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def parse_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+def issuer_digest(issuer: str) -> bytes:
+    """16-byte digest of an issuer DN string, to key certificates by (issuer, serial)."""
+    return hashlib.sha256(issuer.encode("utf-8")).digest()[:16]
+
+
+def cert_serial_key(issuer: str, serial_hex: str) -> bytes:
+    return b"s" + issuer_digest(issuer) + serial_hex.encode("ascii")
+
+
+def cert_fp_key(fingerprint: bytes) -> bytes:
+    return b"f" + fingerprint
+
+
+def revoked_key(issuer: str, serial_hex: str) -> bytes:
+    return issuer_digest(issuer) + serial_hex.encode("ascii")
+
+
+class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A MyKey ID's current state and certificate (no names)."""
+
+    state: MyKeyState
+    ref: int
+    cert_issuer: str
+    cert_serial: str
+    cert_fingerprint: bytes
+    subject_digest: bytes
+    cert_not_after: int
+    created_seq: int
+    reason: str = ""
+
+
+class BusinessRecord(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    municipality_code: str
+    numeric_service_ids: bool
+    active: bool
+    terminals: int  # how many terminals were ever enrolled (numbers the next one)
+
+
+class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):
+    business_id: str
+    public_key: bytes
+    active: bool
+
+
+class RevokedRecord(msgspec.Struct, array_like=True, frozen=True):
+    reason: str
+    revoked_at: int
+    seq: int
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return msgspec.msgpack.encode(record)
+
+
+_decoders: dict[type, msgspec.msgpack.Decoder] = {}
+
+
+def decode(cls: type, data: bytes):
+    dec = _decoders.get(cls)
+    if dec is None:
+        dec = _decoders[cls] = msgspec.msgpack.Decoder(cls)
+    return dec.decode(data)

@@ -1,0 +1,274 @@
+"""How each event changes the index: one handler per event type, over a write txn.
+
+No file or LMDB handling here beyond the txn interface (get/put/delete/cursor),
+so the same rules serve the live projector, rebuild and point-in-time replay.
+Events are facts: handlers never refuse them (the engine validated the command);
+they only make the index say what the log says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import events as ev
+from . import keys as k
+from .status import MyKeyState, Status
+
+
+@dataclass(frozen=True)
+class Dbs:
+    """Integer handles of the index's named databases."""
+
+    svc: int
+    mykey: int
+    mkref: int
+    mksvc: int
+    mkevents: int
+    cert: int
+    revoked: int
+    crl: int
+    business: int
+    terminal: int
+    trust: int
+    feed: int
+    meta: int
+
+
+Handler = Callable[[Any, Dbs, ev.Envelope, Any], None]
+HANDLERS: dict[type, Handler] = {}
+
+
+def handles(etype: type) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[etype] = fn
+        return fn
+
+    return register
+
+
+def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope]) -> int:
+    """Apply envelopes in order inside txn; returns the last seq applied (0 if none)."""
+    last = 0
+    svc_run: list[tuple[bytes, bytes]] = []
+    for env in envs:
+        body = env.body
+        if type(body) is ev.ServiceIdRegistered:
+            # Bulk imports: batch consecutive registrations into one C-level put loop.
+            svc_run.append(_registration(env, body))
+        else:
+            if svc_run:
+                txn.put_many(dbs.svc, svc_run)
+                svc_run = []
+            HANDLERS[type(body)](txn, dbs, env, body)
+        last = env.seq
+    if svc_run:
+        txn.put_many(dbs.svc, svc_run)
+    return last
+
+
+def get_mykey(txn: Any, dbs: Dbs, mykey_id: str) -> k.MyKeyRecord | None:
+    raw = txn.get(dbs.mykey, mykey_id.encode("ascii"))
+    return None if raw is None else k.decode(k.MyKeyRecord, raw)
+
+
+def _put_mykey(txn: Any, dbs: Dbs, mykey_id: str, rec: k.MyKeyRecord) -> None:
+    txn.put(dbs.mykey, mykey_id.encode("ascii"), k.encode(rec))
+
+
+def _note_event(txn: Any, dbs: Dbs, mykey_id: str, seq: int) -> None:
+    txn.put(dbs.mkevents, mykey_id.encode("ascii") + k.u64(seq), b"")
+
+
+def _set_state(txn: Any, dbs: Dbs, env: ev.Envelope, mykey_id: str, state: MyKeyState, reason: str) -> None:
+    rec = get_mykey(txn, dbs, mykey_id)
+    if rec is None:
+        raise KeyError(f"event {env.seq} changes unknown MyKey ID {mykey_id}")
+    _put_mykey(txn, dbs, mykey_id, k.MyKeyRecord(**{**_fields(rec), "state": state, "reason": reason}))
+    _note_event(txn, dbs, mykey_id, env.seq)
+    # Denormalised answers: rewrite every linked service key in the same transaction.
+    prefix = mykey_id.encode("ascii")
+    cur = txn.cursor(dbs.mksvc)
+    try:
+        svc_keys = [key[len(prefix) :] for key, _ in cur.iter_from(prefix, prefix)]
+    finally:
+        cur.close()
+    status = state.status
+    for skey in svc_keys:
+        old = txn.get(dbs.svc, skey)
+        if old is not None:
+            txn.put(dbs.svc, skey, k.with_status(old, status))
+
+
+def _fields(rec: Any) -> dict[str, Any]:
+    return {f: getattr(rec, f) for f in rec.__struct_fields__}
+
+
+@handles(ev.MyKeyCreated)
+def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
+    rec = k.MyKeyRecord(
+        MyKeyState.VALID,
+        env.seq,
+        b.cert_issuer,
+        b.cert_serial,
+        b.cert_fingerprint,
+        b.subject_digest,
+        b.cert_not_after,
+        env.seq,
+    )
+    mk = b.mykey_id.encode("ascii")
+    _put_mykey(txn, dbs, b.mykey_id, rec)
+    txn.put(dbs.mkref, k.u64(env.seq), mk)
+    txn.put(dbs.cert, k.cert_fp_key(b.cert_fingerprint), mk)
+    txn.put(dbs.cert, k.cert_serial_key(b.cert_issuer, b.cert_serial), mk)
+    _note_event(txn, dbs, b.mykey_id, env.seq)
+
+
+@handles(ev.MyKeySuspended)
+def _suspended(txn, dbs, env, b: ev.MyKeySuspended) -> None:
+    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.SUSPENDED, b.reason)
+
+
+@handles(ev.MyKeyResumed)
+def _resumed(txn, dbs, env, b: ev.MyKeyResumed) -> None:
+    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.VALID, "")
+
+
+@handles(ev.MyKeyInvalidated)
+def _invalidated(txn, dbs, env, b: ev.MyKeyInvalidated) -> None:
+    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.INVALID, b.reason)
+
+
+@handles(ev.CertificateRenewed)
+def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
+    rec = get_mykey(txn, dbs, b.mykey_id)
+    if rec is None:
+        raise KeyError(f"event {env.seq} renews unknown MyKey ID {b.mykey_id}")
+    mk = b.mykey_id.encode("ascii")
+    # The old certificate no longer resolves to the MyKey ID.
+    if txn.get(dbs.cert, k.cert_fp_key(rec.cert_fingerprint)) == mk:
+        txn.delete(dbs.cert, k.cert_fp_key(rec.cert_fingerprint))
+    if txn.get(dbs.cert, k.cert_serial_key(rec.cert_issuer, rec.cert_serial)) == mk:
+        txn.delete(dbs.cert, k.cert_serial_key(rec.cert_issuer, rec.cert_serial))
+    new = k.MyKeyRecord(
+        **{
+            **_fields(rec),
+            "cert_issuer": b.new_issuer,
+            "cert_serial": b.new_serial,
+            "cert_fingerprint": b.new_fingerprint,
+            "subject_digest": b.subject_digest or rec.subject_digest,
+            "cert_not_after": b.new_not_after,
+        }
+    )
+    _put_mykey(txn, dbs, b.mykey_id, new)
+    txn.put(dbs.cert, k.cert_fp_key(b.new_fingerprint), mk)
+    txn.put(dbs.cert, k.cert_serial_key(b.new_issuer, b.new_serial), mk)
+    _note_event(txn, dbs, b.mykey_id, env.seq)
+
+
+@handles(ev.CertificateRevoked)
+def _revoked(txn, dbs, env, b: ev.CertificateRevoked) -> None:
+    txn.put(dbs.revoked, k.revoked_key(b.issuer, b.serial), k.encode(k.RevokedRecord(b.reason, b.revoked_at, env.seq)))
+    mk = txn.get(dbs.cert, k.cert_serial_key(b.issuer, b.serial))
+    if mk is not None:
+        _note_event(txn, dbs, mk.decode("ascii"), env.seq)
+
+
+@handles(ev.CrlApplied)
+def _crl(txn, dbs, env, b: ev.CrlApplied) -> None:
+    txn.put(dbs.crl, b"f" + b.crl_fingerprint, k.u64(b.number))
+    ikey = b"i" + k.issuer_digest(b.issuer)
+    old = txn.get(dbs.crl, ikey)
+    if old is None or k.parse_u64(old) < b.number:
+        txn.put(dbs.crl, ikey, k.u64(b.number))
+
+
+@handles(ev.TrustAnchorAdded)
+def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
+    txn.put(dbs.trust, b.fingerprint, b.der)
+
+
+@handles(ev.BusinessRegistered)
+def _business(txn, dbs, env, b: ev.BusinessRegistered) -> None:
+    rec = k.BusinessRecord(b.name, b.municipality_code, b.numeric_service_ids, True, 0)
+    txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(rec))
+
+
+def get_business(txn: Any, dbs: Dbs, business_id: str) -> k.BusinessRecord | None:
+    raw = txn.get(dbs.business, business_id.encode("ascii"))
+    return None if raw is None else k.decode(k.BusinessRecord, raw)
+
+
+@handles(ev.BusinessDeactivated)
+def _business_off(txn, dbs, env, b: ev.BusinessDeactivated) -> None:
+    rec = get_business(txn, dbs, b.business_id)
+    if rec is None:
+        raise KeyError(f"event {env.seq} deactivates unknown business {b.business_id}")
+    txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(k.BusinessRecord(**{**_fields(rec), "active": False})))
+
+
+@handles(ev.TerminalEnrolled)
+def _terminal(txn, dbs, env, b: ev.TerminalEnrolled) -> None:
+    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(k.TerminalRecord(b.business_id, b.public_key, True)))
+    rec = get_business(txn, dbs, b.business_id)
+    if rec is not None:
+        txn.put(
+            dbs.business,
+            b.business_id.encode("ascii"),
+            k.encode(k.BusinessRecord(**{**_fields(rec), "terminals": rec.terminals + 1})),
+        )
+
+
+def get_terminal(txn: Any, dbs: Dbs, terminal_id: str) -> k.TerminalRecord | None:
+    raw = txn.get(dbs.terminal, terminal_id.encode("ascii"))
+    return None if raw is None else k.decode(k.TerminalRecord, raw)
+
+
+@handles(ev.TerminalRevoked)
+def _terminal_off(txn, dbs, env, b: ev.TerminalRevoked) -> None:
+    rec = get_terminal(txn, dbs, b.terminal_id)
+    if rec is None:
+        raise KeyError(f"event {env.seq} revokes unknown terminal {b.terminal_id}")
+    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(k.TerminalRecord(rec.business_id, rec.public_key, False)))
+
+
+def _registration(env: ev.Envelope, b: ev.ServiceIdRegistered) -> tuple[bytes, bytes]:
+    return k.service_key(b.business_id, b.service_id), k.svc_value(Status.UNLINKED, 0, env.seq, b.customer_id)
+
+
+@handles(ev.ServiceIdRegistered)
+def _svc_registered(txn, dbs, env, b: ev.ServiceIdRegistered) -> None:
+    txn.put(dbs.svc, *_registration(env, b))
+
+
+@handles(ev.ServiceIdLinked)
+def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
+    skey = k.service_key(b.business_id, b.service_id)
+    old = txn.get(dbs.svc, skey)
+    rec = get_mykey(txn, dbs, b.mykey_id)
+    if old is None or rec is None:
+        raise KeyError(f"event {env.seq} links {b.business_id}/{b.service_id} to {b.mykey_id}, which the index lacks")
+    txn.put(dbs.svc, skey, k.with_status(old, rec.state.status, rec.ref))
+    txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
+    _note_event(txn, dbs, b.mykey_id, k.parse_svc_value(old)[2])  # the registration is about them too
+    _note_event(txn, dbs, b.mykey_id, env.seq)
+
+
+@handles(ev.ServiceIdUnlinked)
+def _svc_unlinked(txn, dbs, env, b: ev.ServiceIdUnlinked) -> None:
+    skey = k.service_key(b.business_id, b.service_id)
+    old = txn.get(dbs.svc, skey)
+    if old is not None:
+        txn.put(dbs.svc, skey, k.with_status(old, Status.UNLINKED, 0))
+    txn.delete(dbs.mksvc, b.mykey_id.encode("ascii") + skey)
+    _note_event(txn, dbs, b.mykey_id, env.seq)
+
+
+@handles(ev.FeedAcked)
+def _feed(txn, dbs, env, b: ev.FeedAcked) -> None:
+    txn.put(dbs.feed, b.consumer.encode("ascii"), k.u64(b.seq))
+
+
+missing = set(ev.EVENT_TYPES) - set(HANDLERS)
+assert not missing, f"no projection handler for {missing}"
