@@ -461,6 +461,10 @@ class TrustStore:
         except _PARSE_ERRORS as exc:
             raise CertificateError(f"{_describe(cert)}: cannot be encoded ({exc})") from exc
 
+    def verify_ca(self, ca: x509.Certificate | bytes, *, at: datetime) -> None:
+        """Check that an intermediate CA certificate chains to a trust anchor at ``at``."""
+        self._verify_path(_to_cert(ca), at, None, (), leaf_role="intermediate")
+
     def _verify_crl_issuer(self, ca: x509.Certificate, at: datetime, revoked: Revoked | None) -> None:
         if self._is_anchor(ca):
             _check_validity(ca, at, "trust anchor")

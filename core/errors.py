@@ -39,3 +39,34 @@ class IndexError_(MykeyError):
 
 class EnvAlreadyOpenError(IndexError_):
     """The LMDB environment is already open in this process through a binding."""
+
+
+# --- domain command refusals (the engine appends nothing when it raises these) ---
+
+
+class CommandRefused(MykeyError):
+    """A command was understood but refused by the rules; nothing was appended."""
+
+
+class NotFoundError(CommandRefused, LookupError):
+    """The command names something that does not exist (a MyKey ID, business, terminal, service ID)."""
+
+
+class AlreadyExistsError(CommandRefused):
+    """The command would create something that already exists."""
+
+
+class IllegalTransitionError(CommandRefused):
+    """The MyKey ID's state does not allow this change (see mykey.transitions)."""
+
+
+class ChallengeError(CommandRefused):
+    """The challenge is unknown, expired or already used; ask for a new one."""
+
+
+class InactiveError(CommandRefused):
+    """The business or terminal is deactivated or revoked."""
+
+
+class StaleCrlError(CommandRefused):
+    """A CRL older than one already applied for the same issuer."""

@@ -184,10 +184,11 @@ class CrlApplied(_Event, tag="crl.applied"):
 
 
 class TrustAnchorAdded(_Event, tag="trust.added"):
-    """A CA certificate became a trust anchor for user certificates and CRLs."""
+    """A CA certificate became trusted: a root (anchor) or an intermediate that chains to one."""
 
     fingerprint: bytes
     der: bytes
+    intermediate: bool = False
 
     def check(self) -> None:
         _fp(self.fingerprint, "fingerprint")

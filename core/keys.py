@@ -27,7 +27,7 @@ DB_NAMES = (
     b"crl",  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
     b"business",  # business_id -> BusinessRecord
     b"terminal",  # terminal_id -> TerminalRecord
-    b"trust",  # fingerprint -> certificate DER
+    b"trust",  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
     b"feed",  # consumer -> u64 BE position
     b"meta",  # b"last_seq" -> u64 BE, b"schema" -> u32 BE
 )

@@ -186,7 +186,7 @@ def _crl(txn, dbs, env, b: ev.CrlApplied) -> None:
 
 @handles(ev.TrustAnchorAdded)
 def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
-    txn.put(dbs.trust, b.fingerprint, b.der)
+    txn.put(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint, b.der)
 
 
 @handles(ev.BusinessRegistered)

@@ -44,7 +44,7 @@ EVENT_STRATEGIES = {
     ),
     ev.CertificateRevoked: st.builds(ev.CertificateRevoked, issuers, serials, reasons, seconds, digests),
     ev.CrlApplied: st.builds(ev.CrlApplied, issuers, st.integers(0, 2**63 - 1), digests, seconds, st.integers(0, 2**31)),
-    ev.TrustAnchorAdded: st.builds(ev.TrustAnchorAdded, digests, st.binary(min_size=1, max_size=2048)),
+    ev.TrustAnchorAdded: st.builds(ev.TrustAnchorAdded, digests, st.binary(min_size=1, max_size=2048), st.booleans()),
     ev.BusinessRegistered: st.builds(
         ev.BusinessRegistered, business_ids, names, st.from_regex(r"[0-9]{6}", fullmatch=True), st.booleans()
     ),

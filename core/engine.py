@@ -1,0 +1,702 @@
+"""The Engine: every flow of the MyKey platform as a validated command that emits events.
+
+Each command reads the current state from the LMDB index (never a second copy in
+memory), validates, appends all of its events as one atomic log batch, then
+applies them to the index. A refused command raises a specific error and appends
+nothing. On open, whatever the log holds beyond the index is replayed first.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+import hashlib
+import io
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import certs
+from . import events as ev
+from . import ids
+from . import keys as k
+from .datadir import DataDir
+from .errors import (
+    AlreadyExistsError,
+    ChallengeError,
+    CommandRefused,
+    InactiveError,
+    NotFoundError,
+    StaleCrlError,
+    ValidationError,
+)
+from .filelog import FileLog
+from .index import Index
+from .projection import get_business, get_mykey, get_terminal
+from .resolver import Resolver
+from .status import MyKeyState, Status
+from .transitions import next_state
+
+CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
+CHALLENGE_BYTES = 32
+MAX_OPEN_CHALLENGES = 100_000
+CSV_HEADER = ["service_id", "customer_id"]
+REVOKED_REASON = "certificate revoked"  # suspension reason prefix; a renewal lifts such a suspension
+
+
+@dataclass(frozen=True)
+class TerminalCredential:
+    """A new terminal's ID and its private key (PEM); the platform keeps only the public key."""
+
+    terminal_id: str
+    business_id: str
+    private_key_pem: bytes = field(repr=False)
+
+
+@dataclass
+class CrlReport:
+    """What applying a CRL did."""
+
+    issuer: str
+    number: int
+    entries: int
+    newly_revoked: int
+    suspended: list[str]
+    already_applied: bool
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """A MyKey-level change for linked systems (no certificates, no service IDs)."""
+
+    seq: int
+    time: datetime
+    change: str  # created | suspended | resumed | invalidated | renewed
+    mykey_id: str
+    state: str | None  # the state after the change; None for a renewal (state unchanged)
+
+
+@dataclass(frozen=True)
+class MyKeyView:
+    """A MyKey ID's current state (for its holder and operators; never shown to businesses)."""
+
+    mykey_id: str
+    state: MyKeyState
+    cert_issuer: str
+    cert_serial: str
+    cert_not_after: int
+    reason: str
+    businesses: list[str]
+
+
+def _operator_actor() -> ev.Actor:
+    try:
+        name = re.sub(r"[^\x21-\x7e]", "_", getpass.getuser())[:64] or "operator"
+    except Exception:  # no user name in this environment
+        name = "operator"
+    return ev.Actor("operator", name)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class Engine:
+    """The write side of mykey over one data directory (holds the log's writer lock)."""
+
+    def __init__(
+        self,
+        data: DataDir,
+        log: FileLog,
+        index: Index,
+        *,
+        clock: Callable[[], float] = time.time,
+        operator: ev.Actor | None = None,
+        trail=None,
+    ) -> None:
+        self.data = data
+        self.log = log
+        self.index = index
+        self.clock = clock
+        self.operator = operator or _operator_actor()
+        self.trail = trail
+        self._challenges: dict[bytes, float] = {}
+        self._resolver: Resolver | None = None
+
+    # --- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        fsync: str = "always",
+        binding: ModuleType | None = None,
+        clock: Callable[[], float] = time.time,
+        operator: ev.Actor | None = None,
+        audit: bool = True,
+    ) -> Engine:
+        """Open (creating if needed) the data directory; replays log events the index lacks."""
+        data = DataDir(Path(data_dir))
+        log = FileLog.open(data.log, fsync=fsync)
+        index = None
+        trail = None
+        try:
+            index = Index.open(data, binding=binding)
+            index.catch_up(log)
+            if audit:
+                from .audit import AuditTrail, ensure_signing_key
+
+                ensure_signing_key(data)
+                trail = AuditTrail.open(data, log)
+        except BaseException:
+            if index is not None:
+                index.close()
+            log.close()
+            raise
+        return cls(data, log, index, clock=clock, operator=operator, trail=trail)
+
+    def close(self) -> None:
+        """Close the resolver, audit trail, index and log (releases the writer locks)."""
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
+        if self.trail is not None:
+            self.trail.close()
+            self.trail = None
+        self.index.close()
+        self.log.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the one write path ------------------------------------------------
+
+    def _commit(self, events: Sequence[ev.Event], actor: ev.Actor) -> list[ev.Envelope]:
+        """Append one atomic batch (validated against the state the index shows), then apply it."""
+        envs = self.log.append(events, actor, expected_last_seq=self.index.last_seq)
+        if self.trail is not None:
+            self.trail.catch_up()
+        self.index.apply(envs)
+        return envs
+
+    def _txn(self):
+        return self.index.env.begin()
+
+    def now(self) -> datetime:
+        return _utc(self.clock())
+
+    def resolver(self) -> Resolver:
+        """A Resolver sharing this engine's index environment (one env per process)."""
+        if self._resolver is None:
+            self._resolver = Resolver(self.index.env, self.index.dbs, owns_env=False)
+        return self._resolver
+
+    # --- trust configuration -----------------------------------------------
+
+    def add_trust_anchor(self, pem_or_der: bytes, *, intermediate: bool = False, actor: ev.Actor | None = None) -> list[str]:
+        """Trust CA certificates (a root, or an intermediate that chains to a trusted root)."""
+        cas = certs.load_certificates(pem_or_der)
+        events = []
+        if intermediate:
+            trust = self._require_trust()
+            for ca in cas:
+                trust.verify_ca(ca, at=self.now())
+        else:
+            certs.TrustStore(cas)  # refuses certificates that are not CA certificates
+        with self._txn() as txn:
+            for ca in cas:
+                der = ca.public_bytes(serialization.Encoding.DER)
+                fp = hashlib.sha256(der).digest()
+                if txn.get(self.index.dbs.trust, (b"i" if intermediate else b"a") + fp) is None:
+                    events.append(ev.TrustAnchorAdded(fp, der, intermediate))
+        if events:
+            self._commit(events, actor or self.operator)
+        return [e.fingerprint.hex() for e in events]
+
+    def _trust_store(self) -> certs.TrustStore | None:
+        anchors, inter = [], []
+        with self._txn() as txn:
+            cur = txn.cursor(self.index.dbs.trust)
+            try:
+                for key, der in cur.iter_from(b""):
+                    (inter if key[:1] == b"i" else anchors).append(x509.load_der_x509_certificate(der))
+            finally:
+                cur.close()
+        return certs.TrustStore(anchors, inter) if anchors else None
+
+    def _require_trust(self) -> certs.TrustStore:
+        trust = self._trust_store()
+        if trust is None:
+            raise CommandRefused("no trust anchor is configured; run `mykey init --trust-anchor CA.pem` or `mykey trust add`")
+        return trust
+
+    def _is_revoked(self, issuer: str, serial: int) -> bool:
+        with self._txn() as txn:
+            return txn.get(self.index.dbs.revoked, k.revoked_key(issuer, format(serial, "x"))) is not None
+
+    # --- 1. MyKey ID creation ------------------------------------------------
+
+    def new_challenge(self) -> bytes:
+        """A fresh single-use nonce for proof of possession; expires after CHALLENGE_TTL seconds."""
+        now = self.clock()
+        if len(self._challenges) >= MAX_OPEN_CHALLENGES:
+            self._challenges = {c: t for c, t in self._challenges.items() if t > now}
+            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
+                raise ChallengeError("too many open challenges; try again shortly")
+        challenge = secrets.token_bytes(CHALLENGE_BYTES)
+        self._challenges[challenge] = now + CHALLENGE_TTL
+        return challenge
+
+    def _consume_challenge(self, challenge: bytes) -> None:
+        expires = self._challenges.pop(challenge, None)  # single use, even if what follows fails
+        if expires is None:
+            raise ChallengeError("unknown or already used challenge; call new_challenge() and sign the new one")
+        if self.clock() > expires:
+            raise ChallengeError("the challenge expired; call new_challenge() and sign the new one")
+
+    def _verify_user_cert(self, certificate: bytes, signature: bytes, challenge: bytes) -> certs.CertInfo:
+        """Chain, validity, key usage, revocation and proof of possession; the challenge is used up."""
+        self._consume_challenge(challenge)
+        chain = certs.load_certificates(certificate)
+        info = self._require_trust().verify(chain[0], at=self.now(), revoked=self._is_revoked, extra_intermediates=chain[1:])
+        certs.verify_challenge_signature(chain[0], challenge, signature)
+        return info
+
+    def _live_mykey_for_cert(self, info: certs.CertInfo) -> str | None:
+        with self._txn() as txn:
+            for key in (k.cert_serial_key(info.issuer, format(info.serial, "x")), k.cert_fp_key(info.fingerprint)):
+                mk = txn.get(self.index.dbs.cert, key)
+                if mk is not None:
+                    rec = get_mykey(txn, self.index.dbs, mk.decode())
+                    if rec is not None and rec.state != MyKeyState.INVALID:
+                        return mk.decode()
+        return None
+
+    def mykey_exists(self, mykey_id: str) -> bool:
+        with self._txn() as txn:
+            return txn.get(self.index.dbs.mykey, mykey_id.encode("ascii")) is not None
+
+    def suggest_mykey_ids(self, n: int = 5) -> list[str]:
+        """n random MyKey IDs that are free right now."""
+        out: list[str] = []
+        with self._txn() as txn:
+            while len(out) < n:
+                cand = ids.random_mykey_id()
+                if cand not in out and txn.get(self.index.dbs.mykey, cand.encode()) is None:
+                    out.append(cand)
+        return out
+
+    def create_mykey(
+        self, certificate: bytes, signature: bytes, challenge: bytes, requested_id: str | None = None
+    ) -> str:
+        """Verify the user's certificate and signature over the challenge; issue a MyKey ID.
+
+        certificate is PEM or DER (a PEM bundle may carry intermediates after the leaf).
+        """
+        if requested_id is not None:
+            ids.check_mykey_id(requested_id, "requested MyKey ID")
+            if self.mykey_exists(requested_id):
+                raise AlreadyExistsError(
+                    f"MyKey ID {requested_id} is taken; pick another, e.g. one of {', '.join(self.suggest_mykey_ids(3))}"
+                )
+        info = self._verify_user_cert(certificate, signature, challenge)
+        live = self._live_mykey_for_cert(info)
+        if live is not None:
+            raise AlreadyExistsError(
+                "this certificate already has a live MyKey ID; one certificate holds at most one "
+                "(invalidate the old one first, or use it)"
+            )
+        mykey_id = requested_id or self.suggest_mykey_ids(1)[0]
+        body = ev.MyKeyCreated(
+            mykey_id,
+            info.issuer,
+            format(info.serial, "x"),
+            info.fingerprint,
+            info.subject_digest,
+            int(info.not_after.timestamp()),
+        )
+        self._commit([body], ev.Actor("user", mykey_id))
+        return mykey_id
+
+    # --- 2. businesses and terminals -------------------------------------------
+
+    def _next_business_id(self) -> str:
+        with self._txn() as txn:
+            cur = txn.cursor(self.index.dbs.business)
+            try:
+                last = None
+                for key, _ in cur.iter_from(b""):
+                    last = key.decode()
+            finally:
+                cur.close()
+        if last is None:
+            return "A0001"
+        letter, num = last[0], int(last[1:])
+        if num < 9999:
+            return f"{letter}{num + 1:04d}"
+        if letter == "Z":
+            raise CommandRefused("all business IDs A0001-Z9999 are used")
+        return f"{chr(ord(letter) + 1)}0001"
+
+    def register_business(
+        self, name: str, municipality_code: str, *, numeric_service_ids: bool = False, actor: ev.Actor | None = None
+    ) -> str:
+        """Register a business (facility) and issue its business ID.
+
+        numeric_service_ids declares that its own service IDs are 12-digit numbers.
+        """
+        bid = self._next_business_id()
+        self._commit([ev.BusinessRegistered(bid, name, municipality_code, numeric_service_ids)], actor or self.operator)
+        return bid
+
+    def _business(self, business_id: str, *, active: bool = True) -> k.BusinessRecord:
+        ids.check_business_id(business_id)
+        with self._txn() as txn:
+            rec = get_business(txn, self.index.dbs, business_id)
+        if rec is None:
+            raise NotFoundError(f"business {business_id} is not registered; register it with `mykey business add`")
+        if active and not rec.active:
+            raise InactiveError(f"business {business_id} is deactivated")
+        return rec
+
+    def deactivate_business(self, business_id: str, reason: str, *, actor: ev.Actor | None = None) -> None:
+        """Deactivate a business; its terminals stop authenticating at once."""
+        self._business(business_id)
+        self._commit([ev.BusinessDeactivated(business_id, reason)], actor or self.operator)
+
+    def enrol_terminal(self, business_id: str, *, actor: ev.Actor | None = None) -> TerminalCredential:
+        """Enrol a terminal: a new Ed25519 key pair; only the public key is stored."""
+        rec = self._business(business_id)
+        terminal_id = f"{business_id}-T{rec.terminals + 1:04d}"
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self._commit([ev.TerminalEnrolled(terminal_id, business_id, public)], actor or self.operator)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return TerminalCredential(terminal_id, business_id, pem)
+
+    def revoke_terminal(self, terminal_id: str, reason: str = "revoked", *, actor: ev.Actor | None = None) -> None:
+        """Revoke a terminal's credential; its next authentication fails."""
+        ids.check_terminal_id(terminal_id)
+        with self._txn() as txn:
+            rec = get_terminal(txn, self.index.dbs, terminal_id)
+        if rec is None:
+            raise NotFoundError(f"terminal {terminal_id} is not enrolled")
+        if not rec.active:
+            raise InactiveError(f"terminal {terminal_id} is already revoked")
+        self._commit([ev.TerminalRevoked(terminal_id, reason)], actor or self.operator)
+
+    def authenticate_terminal(self, terminal_id: str, message: bytes, signature: bytes) -> str:
+        """Verify a terminal's Ed25519 signature; returns its business ID (see Resolver)."""
+        return self.resolver().authenticate_terminal(terminal_id, message, signature)
+
+    # --- 3. service IDs ----------------------------------------------------------
+
+    def _registration_events(
+        self, business_id: str, rows: Iterable[tuple[str, str | None]], *, line_of: Callable[[int], str] | None = None
+    ) -> list[ev.ServiceIdRegistered]:
+        """Validate rows (format, duplicates, already registered) into events; raises on the first bad row."""
+        rec = self._business(business_id)
+        numeric = rec.numeric_service_ids
+        events: list[ev.ServiceIdRegistered] = []
+        seen: set[str] = set()
+        where = line_of or (lambda i: f"row {i + 1}")
+        for i, (sid, cid) in enumerate(rows):
+            try:
+                ids.check_service_id(sid, numeric_declared=numeric)
+                cid = ids.check_customer_id(cid or None)
+            except ValidationError as exc:
+                raise type(exc)(f"{where(i)}: {exc}") from None
+            if sid in seen:
+                raise AlreadyExistsError(f"{where(i)}: service ID {sid!r} appears twice")
+            seen.add(sid)
+            events.append(ev.ServiceIdRegistered(business_id, sid, cid, numeric and ids.is_individual_number(sid)))
+        if events:
+            codes = self.resolver().resolve_many(business_id, [e.service_id for e in events])
+            for i, code in enumerate(codes):
+                if code:
+                    raise AlreadyExistsError(f"{where(i)}: service ID {events[i].service_id!r} is already registered")
+        return events
+
+    def register_service_ids(
+        self, business_id: str, rows: Iterable[tuple[str, str | None]], *, actor: ev.Actor | None = None
+    ) -> int:
+        """Bulk-register (service_id, customer_id | None) pairs, unlinked; all or nothing."""
+        events = self._registration_events(business_id, rows)
+        if events:
+            self._commit(events, actor or self.operator)
+        return len(events)
+
+    def import_service_ids_csv(
+        self,
+        business_id: str,
+        path: str | Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+        actor: ev.Actor | None = None,
+    ) -> int:
+        """Register service IDs from a CSV file (header service_id,customer_id); all or nothing.
+
+        Streams the file; a bad row anywhere rejects the whole file with its line number.
+        """
+        with open(path, newline="", encoding="ascii", errors="strict") as f:
+            try:
+                rows, line_numbers = _read_service_csv(f, progress)
+            except UnicodeDecodeError as exc:
+                raise ValidationError(f"{path}: not ASCII text ({exc.reason} at byte {exc.start})") from None
+        events = self._registration_events(business_id, rows, line_of=lambda i: f"{path}: line {line_numbers[i]}")
+        if events:
+            self._commit(events, actor or self.operator)
+        return len(events)
+
+    def _service(self, business_id: str, service_id: str) -> tuple[Status, int, int, str | None] | None:
+        with self._txn() as txn:
+            raw = txn.get(self.index.dbs.svc, k.service_key(business_id, service_id))
+        return None if raw is None else k.parse_svc_value(raw)
+
+    def _mykey(self, mykey_id: str) -> k.MyKeyRecord:
+        ids.check_mykey_id(mykey_id)
+        with self._txn() as txn:
+            rec = get_mykey(txn, self.index.dbs, mykey_id)
+        if rec is None:
+            raise NotFoundError(f"MyKey ID {mykey_id} does not exist")
+        return rec
+
+    def link_service_id(
+        self,
+        business_id: str,
+        service_id: str,
+        mykey_id: str,
+        *,
+        customer_id: str | None = None,
+        actor: ev.Actor | None = None,
+    ) -> None:
+        """Link a business's service ID to a MyKey ID, registering it first if it is new (first use)."""
+        rec = self._business(business_id)
+        ids.check_service_id(service_id, numeric_declared=rec.numeric_service_ids)
+        numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
+        mk = self._mykey(mykey_id)
+        if mk.state == MyKeyState.INVALID:
+            raise CommandRefused(f"MyKey ID {mykey_id} is invalid; it cannot be linked")
+        events: list[ev.Event] = []
+        svc = self._service(business_id, service_id)
+        if svc is None:
+            events.append(ev.ServiceIdRegistered(business_id, service_id, ids.check_customer_id(customer_id), numeric))
+        elif svc[1] != 0:
+            raise AlreadyExistsError(
+                f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"
+            )
+        events.append(ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric))
+        self._commit(events, actor or ev.Actor("user", mykey_id))
+
+    def unlink_service_id(self, business_id: str, service_id: str, *, actor: ev.Actor | None = None) -> None:
+        """Unlink a service ID from its MyKey ID (it stays registered, UNLINKED)."""
+        rec = self._business(business_id, active=False)
+        ids.check_service_id(service_id, numeric_declared=rec.numeric_service_ids)
+        svc = self._service(business_id, service_id)
+        if svc is None:
+            raise NotFoundError(f"service ID {service_id} of {business_id} is not registered")
+        if svc[1] == 0:
+            raise CommandRefused(f"service ID {service_id} of {business_id} is not linked")
+        with self._txn() as txn:
+            mykey_id = txn.get(self.index.dbs.mkref, k.u64(svc[1])).decode()
+        numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
+        self._commit([ev.ServiceIdUnlinked(business_id, service_id, mykey_id, numeric)], actor or self.operator)
+
+    def service_status(self, business_id: str, service_id: str) -> tuple[Status, str | None]:
+        """What a business may know about its own service ID: status and its customer ID."""
+        svc = self._service(ids.check_business_id(business_id), service_id)
+        return (Status.UNKNOWN, None) if svc is None else (svc[0], svc[3])
+
+    # --- 4. suspension and invalidation ---------------------------------------------
+
+    def _transition(self, mykey_id: str, action: str, reason: str, actor: ev.Actor | None) -> MyKeyState:
+        rec = self._mykey(mykey_id)
+        new = next_state(rec.state, action)
+        body = {
+            "suspend": lambda: ev.MyKeySuspended(mykey_id, reason),
+            "resume": lambda: ev.MyKeyResumed(mykey_id),
+            "invalidate": lambda: ev.MyKeyInvalidated(mykey_id, reason),
+        }[action]()
+        self._commit([body], actor or self.operator)
+        return new
+
+    def suspend(self, mykey_id: str, reason: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """valid -> suspended; every linked service ID answers SUSPENDED on the next lookup."""
+        return self._transition(mykey_id, "suspend", reason, actor)
+
+    def resume(self, mykey_id: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """suspended -> valid."""
+        return self._transition(mykey_id, "resume", "", actor)
+
+    def invalidate(self, mykey_id: str, reason: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """valid/suspended -> invalid (final)."""
+        return self._transition(mykey_id, "invalidate", reason, actor)
+
+    def mykey(self, mykey_id: str) -> MyKeyView:
+        """The MyKey ID's state, certificate issuer/serial and the businesses it is linked at."""
+        rec = self._mykey(mykey_id)
+        prefix = mykey_id.encode()
+        with self._txn() as txn:
+            cur = txn.cursor(self.index.dbs.mksvc)
+            try:
+                businesses = sorted({key[len(prefix) : len(prefix) + 5].decode() for key, _ in cur.iter_from(prefix, prefix)})
+            finally:
+                cur.close()
+        return MyKeyView(mykey_id, rec.state, rec.cert_issuer, rec.cert_serial, rec.cert_not_after, rec.reason, businesses)
+
+    # --- 5. certificate renewal -------------------------------------------------------
+
+    def renew_certificate(self, mykey_id: str, new_certificate: bytes, signature: bytes, challenge: bytes) -> None:
+        """Move the MyKey ID to a renewed certificate of the same subject (new serial)."""
+        rec = self._mykey(mykey_id)
+        if rec.state == MyKeyState.INVALID:
+            raise CommandRefused(f"MyKey ID {mykey_id} is invalid; create a new MyKey ID instead")
+        info = self._verify_user_cert(new_certificate, signature, challenge)
+        if not rec.subject_digest or not secrets.compare_digest(info.subject_digest, rec.subject_digest):
+            raise CommandRefused("the new certificate's subject differs from the current one; renewal keeps the same holder")
+        if info.fingerprint == rec.cert_fingerprint:
+            raise CommandRefused("that is the current certificate; present the renewed one")
+        other = self._live_mykey_for_cert(info)
+        if other is not None and other != mykey_id:
+            raise AlreadyExistsError("the new certificate already belongs to another live MyKey ID")
+        events: list[ev.Event] = [
+            ev.CertificateRenewed(
+                mykey_id,
+                rec.cert_fingerprint,
+                info.issuer,
+                format(info.serial, "x"),
+                info.fingerprint,
+                info.subject_digest,
+                int(info.not_after.timestamp()),
+            )
+        ]
+        if rec.state == MyKeyState.SUSPENDED and rec.reason.startswith(REVOKED_REASON):
+            events.append(ev.MyKeyResumed(mykey_id))  # the revoked certificate is replaced
+        self._commit(events, ev.Actor("user", mykey_id))
+
+    # --- 6. revocation checks -----------------------------------------------------------
+
+    def apply_crl(self, crl: bytes, *, actor: ev.Actor | None = None) -> CrlReport:
+        """Verify a CRL, record its revocations and suspend MyKey IDs whose current certificate it revokes.
+
+        Idempotent: the same CRL again appends nothing. An older CRL of the same issuer is refused.
+        """
+        info = certs.verify_crl(crl, self._require_trust(), at=self.now(), revoked=self._is_revoked)
+        number = info.number or 0
+        dbs = self.index.dbs
+        with self._txn() as txn:
+            if txn.get(dbs.crl, b"f" + info.fingerprint) is not None:
+                return CrlReport(info.issuer, number, len(info.entries), 0, [], True)
+            highest = txn.get(dbs.crl, b"i" + k.issuer_digest(info.issuer))
+            if highest is not None and k.parse_u64(highest) > number:
+                raise StaleCrlError(
+                    f"CRL number {number} of {info.issuer} is older than number {k.parse_u64(highest)} already applied; "
+                    "fetch the current CRL"
+                )
+            events: list[ev.Event] = []
+            suspended: list[str] = []
+            for entry in info.entries:
+                serial = format(entry.serial, "x")
+                if txn.get(dbs.revoked, k.revoked_key(info.issuer, serial)) is not None:
+                    continue
+                at = int(entry.revoked_at.timestamp()) if entry.revoked_at else int(info.this_update.timestamp())
+                events.append(ev.CertificateRevoked(info.issuer, serial, entry.reason, at, info.fingerprint))
+                mk = txn.get(dbs.cert, k.cert_serial_key(info.issuer, serial))
+                if mk is None:
+                    continue  # not a current certificate of any MyKey ID (e.g. superseded by a renewal)
+                rec = get_mykey(txn, dbs, mk.decode())
+                if rec is not None and rec.state == MyKeyState.VALID and rec.cert_serial == serial:
+                    events.append(ev.MyKeySuspended(mk.decode(), f"{REVOKED_REASON} ({entry.reason})"))
+                    suspended.append(mk.decode())
+        newly = sum(1 for e in events if isinstance(e, ev.CertificateRevoked))
+        events.append(
+            ev.CrlApplied(info.issuer, number, info.fingerprint, int(info.this_update.timestamp()), len(info.entries))
+        )
+        self._commit(events, actor or ev.Actor("system", "crl-check"))
+        return CrlReport(info.issuer, number, len(info.entries), newly, suspended, False)
+
+    # --- 7. sync feed for linked systems ---------------------------------------------------
+
+    def feed_position(self, consumer: str) -> int:
+        """The last sequence number the consumer acknowledged (0 if none)."""
+        ids.check_actor_id(consumer, "consumer")
+        with self._txn() as txn:
+            raw = txn.get(self.index.dbs.feed, consumer.encode())
+        return 0 if raw is None else k.parse_u64(raw)
+
+    def feed(self, consumer: str, after: int | None = None) -> Iterator[FeedItem]:
+        """MyKey-level changes in order after `after` (default: the consumer's acknowledged position)."""
+        start = (self.feed_position(consumer) if after is None else after) + 1
+        return feed_items(self.log.read(start, self.index.last_seq))
+
+    def ack(self, consumer: str, seq: int) -> None:
+        """Durably store that consumer processed everything up to seq."""
+        ids.check_actor_id(consumer, "consumer")
+        if not 0 <= seq <= self.index.last_seq:
+            raise ValidationError(f"feed position {seq} is beyond the log's last sequence {self.index.last_seq}")
+        if seq < self.feed_position(consumer):
+            raise CommandRefused(f"consumer {consumer} already acknowledged past {seq}; positions only move forward")
+        self._commit([ev.FeedAcked(consumer, seq)], ev.Actor("system", consumer))
+
+
+_FEED_CHANGE = {
+    ev.MyKeyCreated: ("created", "valid"),
+    ev.MyKeySuspended: ("suspended", "suspended"),
+    ev.MyKeyResumed: ("resumed", "valid"),
+    ev.MyKeyInvalidated: ("invalidated", "invalid"),
+    ev.CertificateRenewed: ("renewed", None),
+}
+
+
+def feed_items(envs: Iterable[ev.Envelope]) -> Iterator[FeedItem]:
+    """The feed's view of envelopes: MyKey-level changes only."""
+    for env in envs:
+        change = _FEED_CHANGE.get(type(env.body))
+        if change is not None:
+            yield FeedItem(env.seq, env.time, change[0], env.body.mykey_id, change[1])
+
+
+def _read_service_csv(f: io.TextIOBase, progress: Callable[[int], None] | None) -> tuple[list[tuple[str, str | None]], list[int]]:
+    reader = csv.reader(f, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ValidationError("the CSV file is empty; it needs the header service_id,customer_id") from None
+    except csv.Error as exc:
+        raise ValidationError(f"line 1: {exc}") from None
+    if [h.strip() for h in header] != CSV_HEADER:
+        raise ValidationError(f"line 1: header must be exactly service_id,customer_id (got {','.join(header)})")
+    rows: list[tuple[str, str | None]] = []
+    lines: list[int] = []
+    try:
+        for row in reader:
+            if not row:
+                continue  # blank line
+            if len(row) == 1:
+                row = [row[0], ""]
+            if len(row) != 2:
+                raise ValidationError(f"line {reader.line_num}: expected 2 fields (service_id,customer_id), got {len(row)}")
+            rows.append((row[0], row[1] or None))
+            lines.append(reader.line_num)
+            if progress is not None and len(rows) % 10_000 == 0:
+                progress(10_000)
+    except csv.Error as exc:
+        raise ValidationError(f"line {reader.line_num}: {exc}") from None
+    if progress is not None:
+        progress(len(rows) % 10_000)
+    return rows, lines
