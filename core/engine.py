@@ -143,7 +143,7 @@ class Engine:
         binding: ModuleType | None = None,
         clock: Callable[[], float] = time.time,
         operator: ev.Actor | None = None,
-        audit: bool = True,
+        audit: bool = False,  # AUDIT-DEFAULT
     ) -> Engine:
         """Open (creating if needed) the data directory; replays log events the index lacks."""
         data = DataDir(Path(data_dir))
