@@ -352,13 +352,25 @@ class Engine:
         return f"{chr(ord(letter) + 1)}0001"
 
     def register_business(
-        self, name: str, municipality_code: str, *, numeric_service_ids: bool = False, actor: ev.Actor | None = None
+        self,
+        name: str,
+        municipality_code: str,
+        *,
+        numeric_service_ids: bool = False,
+        business_id: str | None = None,
+        actor: ev.Actor | None = None,
     ) -> str:
-        """Register a business (facility) and issue its business ID.
+        """Register a business (facility) and issue its business ID (the next free one).
 
-        numeric_service_ids declares that its own service IDs are 12-digit numbers.
+        numeric_service_ids declares that its own service IDs are 12-digit numbers;
+        business_id asks for a specific free ID (e.g. when migrating existing businesses).
         """
-        bid = self._next_business_id()
+        if business_id is not None:
+            ids.check_business_id(business_id)
+            with self._txn() as txn:
+                if get_business(txn, self.index.dbs, business_id) is not None:
+                    raise AlreadyExistsError(f"business ID {business_id} is taken; omit it to get the next free one")
+        bid = business_id or self._next_business_id()
         self._commit([ev.BusinessRegistered(bid, name, municipality_code, numeric_service_ids)], actor or self.operator)
         return bid
 
