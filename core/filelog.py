@@ -544,7 +544,8 @@ class FileLog(LogStore):
                                     f"{first_seq}, expected {expected}; run `mykey log verify`"
                                 )
                             expected += len(payloads)
-                            yield first_seq, payloads
+                            if expected > from_seq:  # skip batches wholly before from_seq
+                                yield first_seq, payloads
                         base += pos
                         buf = buf[pos:]
                         if status == framing.OK or status == framing.INCOMPLETE:

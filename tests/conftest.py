@@ -17,3 +17,58 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "mykey"))
 def framing_impl(request) -> str:
     """Run a test against the Cython framing and its pure-Python twin (the native one must be built)."""
     return request.param
+
+
+@pytest.fixture(params=["native", "pure"])
+def binding(request):
+    """The LMDB binding under test: the Cython module or its py-lmdb twin."""
+    from mykey.lmdbenv import binding_by_name
+
+    return binding_by_name(request.param)
+
+
+class Pki:
+    """A throwaway root and intermediate CA, built once per test session (keys are slow)."""
+
+    def __init__(self) -> None:
+        from mykey.pki import ThrowawayCA
+
+        self.root = ThrowawayCA.create("test root")
+        self.inter = self.root.intermediate("test user CA")
+        self.other = ThrowawayCA.create("untrusted root")
+        self._rsa_user = None
+
+    def user(self, **kw):
+        return self.inter.issue_user(**kw)
+
+    def chain(self, cred) -> bytes:
+        return cred.cert_pem() + self.inter.cert_pem()
+
+    def rsa_user(self):
+        if self._rsa_user is None:
+            self._rsa_user = self.inter.issue_user(key_type="rsa")
+        return self._rsa_user
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture
+def engine(tmp_path, binding, pki):
+    """A fresh Engine (with the audit trail) trusting the session's root and intermediate."""
+    from mykey.engine import Engine
+
+    e = Engine.open(tmp_path / "data", binding=binding)
+    e.add_trust_anchor(pki.root.cert_pem())
+    e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
+    yield e
+    e.close()
+
+
+def create_user(engine, pki, cred=None, requested_id=None):
+    """Create a MyKey ID for a fresh (or given) user credential; returns (mykey_id, cred)."""
+    cred = cred or pki.user()
+    challenge = engine.new_challenge()
+    return engine.create_mykey(pki.chain(cred), cred.sign(challenge), challenge, requested_id), cred

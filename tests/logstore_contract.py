@@ -53,6 +53,16 @@ class LogStoreContract:
         with pytest.raises(ValidationError):
             list(log.read(0))
 
+    def test_read_batches_keeps_batch_boundaries(self, open_store):
+        log = open_store()
+        log.append([svc(1), svc(2)])
+        log.append([svc(3)])
+        log.append([svc(4), svc(5), svc(6)])
+        assert [(f, len(p)) for f, p in log.read_batches(1)] == [(1, 2), (3, 1), (4, 3)]
+        assert [(f, len(p)) for f, p in log.read_batches(3)] == [(3, 1), (4, 3)]
+        assert [(f, len(p)) for f, p in log.read_batches(5)] == [(4, 3)]
+        assert list(log.read_batches(7)) == []
+
     def test_raw_bytes_decode_to_the_same_envelopes(self, open_store):
         log = open_store()
         envs = log.append([svc(1), ev.MyKeyResumed("ABCDEFGH")], ACTOR)

@@ -1,0 +1,460 @@
+"""Every flow of the Engine, with its refusals (each refusal appends nothing)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from mykey import certs
+from mykey import events as ev
+from mykey.demo import design_example
+from mykey.engine import Engine
+from mykey.errors import (
+    AlreadyExistsError,
+    ChallengeError,
+    CommandRefused,
+    IllegalTransitionError,
+    InactiveError,
+    IndividualNumberError,
+    MykeyError,
+    NotFoundError,
+    StaleCrlError,
+    ValidationError,
+)
+from mykey.resolver import TerminalAuthError
+from mykey.status import MyKeyState, Status
+
+from .conftest import create_user
+
+
+class appends_nothing:
+    """Context manager asserting the log did not grow inside it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self):
+        self.before = self.engine.log.last_seq
+
+    def __exit__(self, *exc):
+        assert self.engine.log.last_seq == self.before
+        assert self.engine.index.last_seq == self.before
+
+
+def status(engine, bid, sid) -> Status:
+    return engine.resolver().resolve(bid, sid)
+
+
+# --- the design's example table ------------------------------------------------------
+
+
+def test_design_example_table_comes_out_exactly(engine, pki):
+    rows = design_example(engine, pki.inter)
+    assert [(state, bid, sid, cust) for _mk, state, bid, sid, cust in rows] == [
+        ("valid", "A0001", "123456", ""),
+        ("invalid", "B2108", "578901", ""),
+        ("suspended", "A0001", "111111", ""),
+        ("", "B2108", "589000", ""),
+    ]
+    r = engine.resolver()
+    assert r.resolve_statuses("A0001", ["123456", "111111"]) == [Status.VALID, Status.SUSPENDED]
+    assert r.resolve_statuses("B2108", ["578901", "589000"]) == [Status.INVALID, Status.UNLINKED]
+    # A business never sees another business's service IDs.
+    assert r.resolve_statuses("A0001", ["578901", "589000"]) == [Status.UNKNOWN, Status.UNKNOWN]
+    assert len({mk for mk, *_ in rows[:3]}) == 3
+
+
+# --- 1. MyKey ID creation -------------------------------------------------------------
+
+
+def test_create_with_ec_and_rsa_certificates(engine, pki):
+    mk1, _ = create_user(engine, pki)
+    mk2, _ = create_user(engine, pki, pki.rsa_user())
+    assert engine.mykey(mk1).state == MyKeyState.VALID and engine.mykey(mk2).state == MyKeyState.VALID
+    envs = list(engine.log.read())
+    created = [e for e in envs if isinstance(e.body, ev.MyKeyCreated)]
+    assert [e.actor for e in created] == [ev.Actor("user", mk1), ev.Actor("user", mk2)]
+    # No name is stored: only digests, issuer and serial.
+    assert all("CN=" not in e.body.mykey_id for e in created)
+
+
+def test_requested_id_and_uniqueness(engine, pki):
+    mk, _ = create_user(engine, pki, requested_id="ABCDEFGH")
+    assert mk == "ABCDEFGH"
+    with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="taken"):
+        create_user(engine, pki, requested_id="ABCDEFGH")
+    with appends_nothing(engine), pytest.raises(ValidationError):
+        create_user(engine, pki, requested_id="ABCDEFG1")
+    free = engine.suggest_mykey_ids(5)
+    assert len(set(free)) == 5 and "ABCDEFGH" not in free
+
+
+def test_one_certificate_one_live_mykey(engine, pki):
+    cred = pki.user()
+    mk, _ = create_user(engine, pki, cred)
+    with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="already has a live"):
+        create_user(engine, pki, cred)
+    engine.invalidate(mk, "card replaced")
+    mk2, _ = create_user(engine, pki, cred)  # an invalid one is not live
+    assert mk2 != mk
+
+
+def test_challenge_is_single_use_and_expires(engine, pki):
+    cred = pki.user()
+    ch = engine.new_challenge()
+    engine.create_mykey(pki.chain(cred), cred.sign(ch), ch)
+    other = pki.user()
+    with appends_nothing(engine), pytest.raises(ChallengeError, match="already used"):
+        engine.create_mykey(pki.chain(other), other.sign(ch), ch)
+    now = [1_000_000.0]
+    engine.clock = lambda: now[0]
+    ch = engine.new_challenge()
+    now[0] += 301
+    with appends_nothing(engine), pytest.raises(ChallengeError, match="expired"):
+        engine.create_mykey(pki.chain(other), other.sign(ch), ch)
+    with pytest.raises(ChallengeError):
+        engine.create_mykey(pki.chain(other), other.sign(b"made up"), b"made up")
+
+
+def test_bad_signature_wrong_challenge(engine, pki):
+    cred = pki.user()
+    ch = engine.new_challenge()
+    with appends_nothing(engine), pytest.raises(certs.ChallengeSignatureError):
+        engine.create_mykey(pki.chain(cred), cred.sign(b"another challenge"), ch)
+    ch = engine.new_challenge()
+    impostor = pki.user()
+    with appends_nothing(engine), pytest.raises(certs.ChallengeSignatureError):
+        engine.create_mykey(pki.chain(cred), impostor.sign(ch), ch)
+
+
+def test_certificate_problems_are_refused(engine, pki):
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc)
+    cases = [
+        (pki.other.issue_user(), certs.UntrustedCertificateError, False),  # wrong issuer
+        (pki.inter.issue_user(not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)),
+         certs.CertificateExpiredError, True),
+        (pki.inter.issue_user(not_before=now + timedelta(days=1), not_after=now + timedelta(days=10)),
+         certs.CertificateNotYetValidError, True),
+        (pki.inter.issue_user(key_usage_digital_signature=False), certs.KeyUsageError, True),
+    ]
+    for cred, error, with_chain in cases:
+        ch = engine.new_challenge()
+        pem = pki.chain(cred) if with_chain else cred.cert_pem()
+        with appends_nothing(engine), pytest.raises(error):
+            engine.create_mykey(pem, cred.sign(ch), ch)
+
+
+def test_revoked_certificate_cannot_create(engine, pki):
+    cred = pki.user()
+    engine.apply_crl(pki.inter.crl([(cred, "key_compromise")], number=1))
+    with pytest.raises(certs.CertificateRevokedError):
+        create_user(engine, pki, cred)
+
+
+def test_no_trust_anchor(tmp_path, binding, pki):
+    with Engine.open(tmp_path / "d", binding=binding) as e, appends_nothing(e):
+        with pytest.raises(CommandRefused, match="trust anchor"):
+            create_user(e, pki)
+
+
+# --- 2. businesses and terminals -----------------------------------------------------------
+
+
+def test_business_ids_are_issued_in_order(engine):
+    assert [engine.register_business(f"B{i}", "131016") for i in range(3)] == ["A0001", "A0002", "A0003"]
+    assert engine.register_business("x", "131016", business_id="A9999") == "A9999"
+    assert engine.register_business("y", "131016") == "B0001"
+    with appends_nothing(engine), pytest.raises(AlreadyExistsError):
+        engine.register_business("z", "131016", business_id="A0002")
+    with appends_nothing(engine), pytest.raises(ValidationError):
+        engine.register_business("", "131016")
+    with appends_nothing(engine), pytest.raises(IndividualNumberError):
+        engine.register_business("Shop 123456789018", "131016")
+
+
+def test_terminals_enrol_authenticate_revoke(engine):
+    bid = engine.register_business("Library", "131016")
+    t1 = engine.enrol_terminal(bid)
+    t2 = engine.enrol_terminal(bid)
+    assert (t1.terminal_id, t2.terminal_id) == (f"{bid}-T0001", f"{bid}-T0002")
+    key = load_pem_private_key(t1.private_key_pem, None)
+    msg = b"lookup request 42"
+    assert engine.authenticate_terminal(t1.terminal_id, msg, key.sign(msg)) == bid
+    # The platform keeps only the public key.
+    enrolled = [e.body for e in engine.log.read() if isinstance(e.body, ev.TerminalEnrolled)]
+    assert all(len(b.public_key) == 32 for b in enrolled)
+    assert not any(t1.private_key_pem in e for _, e in engine.log.read_raw())
+    with pytest.raises(TerminalAuthError, match="does not verify"):
+        engine.authenticate_terminal(t1.terminal_id, msg, key.sign(b"other"))
+    with pytest.raises(TerminalAuthError, match="does not verify"):
+        engine.authenticate_terminal(t2.terminal_id, msg, key.sign(msg))  # t1's key is not t2's
+    engine.revoke_terminal(t1.terminal_id)
+    with pytest.raises(TerminalAuthError, match="revoked"):
+        engine.authenticate_terminal(t1.terminal_id, msg, key.sign(msg))
+    with appends_nothing(engine), pytest.raises(InactiveError):
+        engine.revoke_terminal(t1.terminal_id)
+    with pytest.raises(TerminalAuthError, match="not enrolled"):
+        engine.authenticate_terminal(f"{bid}-T0099", msg, key.sign(msg))
+    key2 = load_pem_private_key(t2.private_key_pem, None)
+    engine.deactivate_business(bid, "closed")
+    with pytest.raises(TerminalAuthError, match="deactivated"):
+        engine.authenticate_terminal(t2.terminal_id, msg, key2.sign(msg))
+    with appends_nothing(engine), pytest.raises(InactiveError):
+        engine.enrol_terminal(bid)
+    with appends_nothing(engine), pytest.raises(NotFoundError):
+        engine.enrol_terminal("Z9999")
+
+
+# --- 3. service IDs ----------------------------------------------------------------------
+
+
+def test_register_link_unlink(engine, pki):
+    bid = engine.register_business("Library", "131016")
+    mk, _ = create_user(engine, pki)
+    assert engine.register_service_ids(bid, [("S1", None), ("S2", "C2")]) == 2
+    assert status(engine, bid, "S1") == Status.UNLINKED
+    engine.link_service_id(bid, "S1", mk)
+    assert status(engine, bid, "S1") == Status.VALID
+    with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="already linked"):
+        engine.link_service_id(bid, "S1", mk)
+    engine.link_service_id(bid, "NEW-AT-FIRST-USE", mk)  # registered by the user at first use
+    assert status(engine, bid, "NEW-AT-FIRST-USE") == Status.VALID
+    assert engine.mykey(mk).businesses == [bid]
+    engine.unlink_service_id(bid, "S1")
+    assert status(engine, bid, "S1") == Status.UNLINKED
+    assert engine.service_status(bid, "S2") == (Status.UNLINKED, "C2")
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="not linked"):
+        engine.unlink_service_id(bid, "S1")
+    with appends_nothing(engine), pytest.raises(NotFoundError):
+        engine.unlink_service_id(bid, "nope")
+    with appends_nothing(engine), pytest.raises(NotFoundError):
+        engine.link_service_id(bid, "S2", "ABCDEFGH")
+
+
+def test_registration_is_all_or_nothing(engine):
+    bid = engine.register_business("Library", "131016")
+    engine.register_service_ids(bid, [("S1", None)])
+    for rows, error in [
+        ([("S2", None), ("S1", None)], AlreadyExistsError),
+        ([("S2", None), ("S2", None)], AlreadyExistsError),
+        ([("S2", None), ("bad id", None)], ValidationError),
+        ([("S2", None), ("123456789018", None)], IndividualNumberError),
+        ([("S2", "123456789018")], IndividualNumberError),
+        ([("S2", "x" * 33)], ValidationError),
+    ]:
+        with appends_nothing(engine), pytest.raises(error):
+            engine.register_service_ids(bid, rows)
+    assert status(engine, bid, "S2") == Status.UNKNOWN
+
+
+def test_numeric_service_ids_need_a_declaration(engine, pki):
+    plain = engine.register_business("Shop", "131016")
+    numeric = engine.register_business("Card shop", "131016", numeric_service_ids=True)
+    with appends_nothing(engine), pytest.raises(IndividualNumberError):
+        engine.register_service_ids(plain, [("123456789018", None)])
+    engine.register_service_ids(numeric, [("123456789018", None)])
+    mk, _ = create_user(engine, pki)
+    engine.link_service_id(numeric, "123456789018", mk)
+    assert status(engine, numeric, "123456789018") == Status.VALID
+    reg = [e for e in engine.log.read() if isinstance(e.body, ev.BusinessRegistered)]
+    assert [e.body.numeric_service_ids for e in reg] == [False, True]
+    assert all(e.actor.kind == "operator" for e in reg)  # the declaration is attributable
+
+
+def test_csv_import(engine, tmp_path):
+    bid = engine.register_business("Library", "131016")
+    good = tmp_path / "good.csv"
+    good.write_text("service_id,customer_id\nA1,C1\nA2,\n\nA3,C3\n")
+    assert engine.import_service_ids_csv(bid, good) == 3
+    assert engine.service_status(bid, "A1") == (Status.UNLINKED, "C1")
+    for text, where in [
+        ("service_id,customer_id\nB1,\nbad id,\n", "line 3"),
+        ("service_id,customer_id\nB1,\nB2,123456789018\n", "line 3"),
+        ("service_id,customer_id\nB1,\nA1,\n", "line 3"),  # already registered
+        ("service_id,customer_id\nB1,\nB1,\n", "line 3"),
+        ("service_id,customer_id\nB1,\nB2,x,y\n", "line 3"),
+        ("sid,cid\nB1,\n", "line 1"),
+        ("", "empty"),
+    ]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with appends_nothing(engine), pytest.raises(MykeyError, match=where):
+            engine.import_service_ids_csv(bid, bad)
+    assert status(engine, bid, "B1") == Status.UNKNOWN
+    (tmp_path / "latin.csv").write_bytes("service_id,customer_id\nB\xe9,\n".encode("latin-1"))
+    with appends_nothing(engine), pytest.raises(ValidationError, match="ASCII"):
+        engine.import_service_ids_csv(bid, tmp_path / "latin.csv")
+
+
+def test_big_import_is_one_batch(engine, tmp_path):
+    bid = engine.register_business("Library", "131016")
+    path = tmp_path / "big.csv"
+    with open(path, "w") as f:
+        f.write("service_id,customer_id\n")
+        for i in range(20_000):
+            f.write(f"S{i:08d},\n")
+    before = engine.log.last_seq
+    assert engine.import_service_ids_csv(bid, path) == 20_000
+    batches = [(first, len(p)) for first, p in engine.log.read_batches(before + 1)]
+    assert batches == [(before + 1, 20_000)]
+
+
+# --- 4. suspension and invalidation -----------------------------------------------------
+
+
+def test_transitions_and_denormalised_answers(engine, pki):
+    bid = engine.register_business("Library", "131016")
+    mk, _ = create_user(engine, pki)
+    for i in range(50):
+        engine.link_service_id(bid, f"S{i}", mk)
+    r = engine.resolver()
+    sids = [f"S{i}" for i in range(50)]
+    assert set(r.resolve_many(bid, sids)) == {Status.VALID}
+    engine.suspend(mk, "lost card")
+    assert set(r.resolve_many(bid, sids)) == {Status.SUSPENDED}
+    with appends_nothing(engine), pytest.raises(IllegalTransitionError):
+        engine.suspend(mk, "again")
+    engine.resume(mk)
+    assert set(r.resolve_many(bid, sids)) == {Status.VALID}
+    with appends_nothing(engine), pytest.raises(IllegalTransitionError):
+        engine.resume(mk)
+    engine.invalidate(mk, "deceased")
+    assert set(r.resolve_many(bid, sids)) == {Status.INVALID}
+    for action in (lambda: engine.resume(mk), lambda: engine.suspend(mk, "x"), lambda: engine.invalidate(mk, "x")):
+        with appends_nothing(engine), pytest.raises(IllegalTransitionError, match="final"):
+            action()
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="invalid"):
+        engine.link_service_id(bid, "S-new", mk)
+    with appends_nothing(engine), pytest.raises(NotFoundError):
+        engine.suspend("ABCDEFGH", "x")
+
+
+# --- 5. renewal -----------------------------------------------------------------------------
+
+
+def test_renewal_keeps_the_mykey_id(engine, pki):
+    bid = engine.register_business("Library", "131016")
+    mk, old = create_user(engine, pki)
+    engine.link_service_id(bid, "S1", mk)
+    new = pki.inter.renew(old)
+    ch = engine.new_challenge()
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    view = engine.mykey(mk)
+    assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
+    # The old certificate no longer resolves to the MyKey ID: it could now create a new one.
+    assert engine._live_mykey_for_cert(certs.TrustStore([pki.root.cert], [pki.inter.cert]).verify(
+        old.cert, at=engine.now())) is None
+    assert status(engine, bid, "S1") == Status.VALID
+    # A renewal must keep the holder: another person's certificate is refused.
+    stranger = pki.user()
+    ch = engine.new_challenge()
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="subject"):
+        engine.renew_certificate(mk, pki.chain(stranger), stranger.sign(ch), ch)
+    ch = engine.new_challenge()
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="current certificate"):
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+
+
+def test_renewal_lifts_a_revocation_suspension(engine, pki):
+    mk, old = create_user(engine, pki)
+    report = engine.apply_crl(pki.inter.crl([(old, "key_compromise")], number=10))
+    assert report.suspended == [mk] and engine.mykey(mk).state == MyKeyState.SUSPENDED
+    new = pki.inter.renew(old)
+    ch = engine.new_challenge()
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    assert engine.mykey(mk).state == MyKeyState.VALID
+
+
+# --- 6. CRLs --------------------------------------------------------------------------------
+
+
+def test_crl_suspends_and_is_idempotent(engine, pki):
+    bid = engine.register_business("Library", "131016")
+    mk1, c1 = create_user(engine, pki)
+    mk2, c2 = create_user(engine, pki)
+    mk3, c3 = create_user(engine, pki)
+    engine.link_service_id(bid, "S1", mk1)
+    new3 = pki.inter.renew(c3)
+    ch = engine.new_challenge()
+    engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch)
+    crl = pki.inter.crl([(c1, "key_compromise"), (c3, "superseded"), (pki.user(), "unspecified")], number=20)
+    report = engine.apply_crl(crl)
+    assert report.suspended == [mk1] and report.newly_revoked == 3 and not report.already_applied
+    assert status(engine, bid, "S1") == Status.SUSPENDED
+    assert engine.mykey(mk1).reason.startswith("certificate revoked (key_compromise)")
+    assert engine.mykey(mk3).state == MyKeyState.VALID  # superseded after a renewal changes nothing
+    assert engine.mykey(mk2).state == MyKeyState.VALID
+    with appends_nothing(engine):
+        again = engine.apply_crl(crl)
+    assert again.already_applied and again.suspended == []
+    # A newer CRL repeating old entries adds only what is new; an older one is refused.
+    report = engine.apply_crl(pki.inter.crl([(c1, "key_compromise"), (c2, "key_compromise")], number=21))
+    assert report.newly_revoked == 1 and report.suspended == [mk2]
+    with appends_nothing(engine), pytest.raises(StaleCrlError):
+        engine.apply_crl(pki.inter.crl([], number=19))
+    with appends_nothing(engine), pytest.raises(certs.CrlError):
+        engine.apply_crl(pki.other.crl([], number=1))
+    with appends_nothing(engine), pytest.raises(certs.CrlError):
+        engine.apply_crl(b"garbage")
+
+
+# --- 7. feed ----------------------------------------------------------------------------------
+
+
+def test_feed_and_ack_survive_restart(tmp_path, binding, pki):
+    data = tmp_path / "data"
+    with Engine.open(data, binding=binding) as e:
+        e.add_trust_anchor(pki.root.cert_pem())
+        e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
+        bid = e.register_business("Library", "131016")
+        mk, cred = create_user(e, pki)
+        e.link_service_id(bid, "S1", mk)  # not a MyKey-level change: not in the feed
+        e.suspend(mk, "x")
+        items = list(e.feed("points"))
+        assert [(i.change, i.mykey_id, i.state) for i in items] == [("created", mk, "valid"), ("suspended", mk, "suspended")]
+        e.ack("points", items[0].seq)
+        with pytest.raises(CommandRefused):
+            e.ack("points", 0)
+        with pytest.raises(ValidationError):
+            e.ack("points", 10**6)
+    with Engine.open(data, binding=binding) as e:
+        assert [i.change for i in e.feed("points")] == ["suspended"]
+        e.resume(mk)
+        assert [i.change for i in e.feed("points")] == ["suspended", "resumed"]
+        assert [i.change for i in e.feed("other")][:1] == ["created"]
+        assert [i.change for i in e.feed("points", after=0)][0] == "created"
+
+
+# --- rules ---------------------------------------------------------------------------------------
+
+
+def test_every_event_is_attributed(engine, pki):
+    bid = engine.register_business("Library", "131016")
+    mk, _ = create_user(engine, pki)
+    engine.link_service_id(bid, "S1", mk)
+    engine.suspend(mk, "x", actor=ev.Actor("operator", "desk-7"))
+    actors = [(type(e.body).__name__, e.actor.kind, e.actor.id) for e in engine.log.read()]
+    assert ("MyKeyCreated", "user", mk) in actors
+    assert ("ServiceIdLinked", "user", mk) in actors
+    assert ("MyKeySuspended", "operator", "desk-7") in actors
+    assert all(kind in ("operator", "user", "terminal", "system") and aid for _, kind, aid in actors)
+
+
+def test_reopen_replays_what_the_index_lacks(tmp_path, binding, pki):
+    from mykey.filelog import FileLog
+
+    data = tmp_path / "data"
+    with Engine.open(data, binding=binding) as e:
+        bid = e.register_business("Library", "131016")
+        e.register_service_ids(bid, [("S1", None)])
+    # Events appended to the log but never applied (as after a crash between append and apply).
+    log = FileLog.open(data / "log")
+    log.append([ev.ServiceIdRegistered(bid, "S2")])
+    log.close()
+    with Engine.open(data, binding=binding) as e:
+        assert e.index.last_seq == e.log.last_seq
+        assert status(e, bid, "S2") == Status.UNLINKED
