@@ -1,0 +1,54 @@
+"""Choose the LMDB binding: the Cython module `mykey._lmdb`, or its py-lmdb twin.
+
+`binding()` returns `mykey._lmdb` unless MYKEY_PURE=1 is set or the extension does
+not import, in which case it returns `mykey._lmdb_pure`. Both have the same interface
+and give byte-identical results. Whichever is chosen, a process opens each
+environment through one binding only (enforced by `mykey.envguard`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+__all__ = ["binding", "binding_by_name", "native_import_error", "NAMES"]
+
+NAMES = ("native", "pure")
+_MODULES = {"native": "mykey._lmdb", "pure": "mykey._lmdb_pure"}
+
+
+def binding_by_name(name: str) -> ModuleType:
+    """Import and return the binding called `name` ("native" or "pure")."""
+    try:
+        modname = _MODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown LMDB binding {name!r}; use 'native' or 'pure'") from None
+    try:
+        return importlib.import_module(modname)
+    except ImportError as exc:
+        if name == "native":
+            raise ImportError(
+                f"the native LMDB binding mykey._lmdb is not built ({exc}); build it with "
+                f"`MYKEY_ONLY_EXT=_lmdb python setup.py build_ext --inplace`, or set MYKEY_PURE=1 "
+                f"to use the py-lmdb binding"
+            ) from exc
+        raise
+
+
+def native_import_error() -> BaseException | None:
+    """Why the native binding could not be imported, or None if it imports."""
+    try:
+        importlib.import_module(_MODULES["native"])
+    except ImportError as exc:
+        return exc
+    return None
+
+
+def binding() -> ModuleType:
+    """The binding to use: native unless MYKEY_PURE=1 or the extension fails to import."""
+    if os.environ.get("MYKEY_PURE") == "1":
+        return binding_by_name("pure")
+    try:
+        return importlib.import_module(_MODULES["native"])
+    except ImportError:
+        return binding_by_name("pure")

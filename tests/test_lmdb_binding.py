@@ -1,0 +1,602 @@
+"""Tests of the two LMDB bindings (mykey._lmdb in Cython, mykey._lmdb_pure on py-lmdb).
+
+Every behavioural test runs against both bindings on a real LMDB environment in
+tmp_path; the hypothesis test checks that they answer resolve_many byte-identically.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mykey import envguard, lmdbenv
+from mykey.envguard import DbNotFoundError, EnvNotFoundError, LmdbError, MapFullError
+from mykey.errors import EnvAlreadyOpenError
+
+NATIVE_ERROR = lmdbenv.native_import_error()
+native_reason = f"native binding mykey._lmdb not built: {NATIVE_ERROR}"
+needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=native_reason)
+
+BINDINGS = [
+    pytest.param("native", marks=needs_native, id="native"),
+    pytest.param("pure", id="pure"),
+]
+PREFIX = b"svc01"  # 5-byte prefix, as the resolver uses
+
+
+@pytest.fixture(params=BINDINGS)
+def binding(request):
+    return lmdbenv.binding_by_name(request.param)
+
+
+@pytest.fixture
+def env(binding, tmp_path):
+    e = binding.Env(str(tmp_path / "env"), map_size=16 << 20)
+    yield e
+    e.close()
+
+
+def run_py(code: str, timeout: float = 60) -> str:
+    """Run code in a fresh interpreter (a separate process); fail with its stderr."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_module_attributes(binding):
+    assert binding.NAME in ("native", "pure")
+    assert isinstance(binding.LMDB_VERSION, tuple) and len(binding.LMDB_VERSION) == 3
+    assert binding.LMDB_VERSION[:2] == (0, 9)
+    assert issubclass(binding.LmdbError, envguard.LmdbError)
+
+
+def test_put_get_delete_and_commit(env):
+    db = env.open_db(b"ids")
+    assert env.open_db(b"ids") == db  # same handle again
+    with env.begin(write=True) as txn:
+        txn.put(db, b"k1", b"v1")
+        txn.put(db, b"k2", b"")
+        assert txn.get(db, b"k1") == b"v1"  # a transaction sees its own writes
+    with env.begin() as txn:
+        assert txn.get(db, b"k1") == b"v1"
+        assert txn.get(db, b"k2") == b""
+        assert txn.get(db, b"nope") is None
+    with env.begin(write=True) as txn:
+        assert txn.delete(db, b"k1") is True
+        assert txn.delete(db, b"k1") is False
+        txn.put(db, b"k2", b"new")  # overwrite
+    with env.begin() as txn:
+        assert txn.get(db, b"k1") is None
+        assert txn.get(db, b"k2") == b"new"
+    assert env.stat(db)["entries"] == 1
+
+
+def test_abort_discards_and_exception_aborts(env):
+    db = env.open_db(b"ids")
+    txn = env.begin(write=True)
+    txn.put(db, b"a", b"1")
+    txn.abort()
+    txn.abort()  # idempotent
+    with pytest.raises(ZeroDivisionError):
+        with env.begin(write=True) as txn:
+            txn.put(db, b"b", b"2")
+            1 / 0
+    with env.begin() as txn:
+        assert txn.get(db, b"a") is None
+        assert txn.get(db, b"b") is None
+    with pytest.raises(LmdbError, match="ended"):
+        txn.put(db, b"c", b"3")
+    with pytest.raises(LmdbError, match="ended"):
+        txn.commit()
+
+
+def test_explicit_commit_inside_with(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        txn.put(db, b"a", b"1")
+        txn.commit()
+    assert env.reader().get(db, b"a") == b"1"
+
+
+def test_put_many_and_drop(env):
+    db = env.open_db(b"ids")
+    other = env.open_db(b"other")
+    items = [(b"k%05d" % i, b"v%d" % i) for i in range(3000)]
+    random.Random(1).shuffle(items)
+    with env.begin(write=True) as txn:
+        txn.put_many(db, items)
+        txn.put_many(db, [])
+        txn.put_many(db, [(b"k00001", b"overwritten"), ("k00002", b"str key")])
+        txn.put(other, b"x", b"y")
+    with env.begin() as txn:
+        assert txn.get(db, b"k00001") == b"overwritten"
+        assert txn.get(db, b"k00002") == b"str key"
+        assert txn.get(db, b"k02999") == b"v2999"
+    assert env.stat(db)["entries"] == 3000
+    with env.begin(write=True) as txn:
+        txn.drop(db)
+    assert env.stat(db)["entries"] == 0
+    assert env.stat(other)["entries"] == 1
+    with env.begin(write=True) as txn:  # the dropped database is still usable
+        txn.put(db, b"again", b"1")
+    assert env.reader().get(db, b"again") == b"1"
+
+
+def test_put_many_checks_every_item_before_writing(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        with pytest.raises(LmdbError, match="1..511 bytes"):
+            txn.put_many(db, [(b"ok", b"1"), (b"x" * 512, b"2")])
+        with pytest.raises(TypeError, match="value must be bytes"):
+            txn.put_many(db, [(b"ok", b"1"), (b"k", "not bytes")])
+        with pytest.raises(LmdbError, match="1..511 bytes"):
+            txn.put_many(db, [(b"", b"1")])
+        assert txn.get(db, b"ok") is None  # nothing was written
+        with pytest.raises(LmdbError, match="1..511 bytes"):
+            txn.put(db, b"", b"1")
+        txn.put(db, b"k" * 511, b"max")  # the longest key LMDB stores
+    assert env.reader().get(db, b"k" * 511) == b"max"
+
+
+def test_cursor(env):
+    db = env.open_db(b"ids")
+    keys = [b"a", b"ab", b"abc", b"b", b"ba", b"c"]
+    with env.begin(write=True) as txn:
+        txn.put_many(db, [(k, k.upper()) for k in keys])
+    with env.begin() as txn:
+        cur = txn.cursor(db)
+        with pytest.raises(LmdbError, match="not on an item"):
+            cur.key()
+        assert cur.first() and cur.key() == b"a" and cur.value() == b"A"
+        assert cur.next() and cur.key() == b"ab"
+        assert cur.set_range(b"abd") and cur.key() == b"b"
+        assert cur.set_range(b"b") and cur.key() == b"b"
+        assert cur.set_range(b"") and cur.key() == b"a"
+        assert not cur.set_range(b"d")
+        with pytest.raises(LmdbError, match="not on an item"):
+            cur.value()
+        assert list(cur.iter_from()) == [(k, k.upper()) for k in keys]
+        assert list(cur.iter_from(b"ab")) == [(k, k.upper()) for k in keys[1:]]
+        assert [k for k, _ in cur.iter_from(prefix=b"a")] == [b"a", b"ab", b"abc"]
+        assert [k for k, _ in cur.iter_from(b"ab", prefix=b"a")] == [b"ab", b"abc"]
+        assert [k for k, _ in cur.iter_from(b"b", prefix=b"a")] == []
+        assert [k for k, _ in cur.iter_from(prefix=b"b")] == [b"b", b"ba"]
+        assert [k for k, _ in cur.iter_from(prefix=b"zz")] == []
+        cur.close()
+        cur.close()
+        with pytest.raises(LmdbError, match="closed"):
+            cur.first()
+        cur2 = txn.cursor(db)
+    with pytest.raises(LmdbError):  # its transaction ended
+        cur2.first()
+
+
+def test_cursor_in_write_txn_sees_own_writes(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        txn.put_many(db, [(b"a", b"1"), (b"c", b"3")])
+        cur = txn.cursor(db)
+        assert cur.first()
+        txn.put(db, b"b", b"2")
+        assert cur.next() and cur.key() == b"b"
+        assert [k for k, _ in txn.cursor(db).iter_from()] == [b"a", b"b", b"c"]
+
+
+def test_empty_db_and_empty_batch(env):
+    db = env.open_db(b"ids")
+    r = env.reader()
+    assert r.resolve_many(db, PREFIX, []) == b""
+    assert r.resolve_many(db, PREFIX, [b"x", b"y"], method="sorted") == b"\0\0"
+    with env.begin() as txn:
+        assert not txn.cursor(db).first()
+        assert list(txn.cursor(db).iter_from()) == []
+
+
+def test_env_info_stat_sync_set_map_size(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        txn.put(db, b"a", b"1")
+    info = env.info()
+    assert info["map_size"] == 16 << 20 and info["last_txnid"] >= 1 and info["last_pgno"] > 0
+    st_ = env.stat(db)
+    assert set(st_) == {"entries", "depth", "psize", "branch_pages", "leaf_pages", "overflow_pages"}
+    assert st_["entries"] == 1 and st_["psize"] == 4096
+    env.sync()
+    env.sync(force=False)
+    env.set_map_size(32 << 20)
+    assert env.info()["map_size"] == 32 << 20
+    txn = env.begin()
+    with pytest.raises(LmdbError, match="transaction"):
+        env.set_map_size(64 << 20)
+    txn.abort()
+    assert env.path.endswith("env")
+
+
+def test_map_full_says_what_to_do(binding, tmp_path):
+    with binding.Env(str(tmp_path / "small"), map_size=1 << 20) as e:
+        db = e.open_db(b"ids")
+        with pytest.raises(MapFullError, match="map_size"):
+            with e.begin(write=True) as txn:
+                txn.put_many(db, [(b"%08d" % i, b"x" * 200) for i in range(20000)])
+        assert e.stat(db)["entries"] == 0
+
+
+def test_errors(binding, tmp_path):
+    path = str(tmp_path / "env")
+    with pytest.raises(EnvNotFoundError, match="create=True"):
+        binding.Env(path, create=False)
+    with pytest.raises(EnvNotFoundError):
+        binding.Env(path, readonly=True)
+    os.makedirs(path)
+    with pytest.raises(EnvNotFoundError, match="no LMDB environment"):
+        binding.Env(path, readonly=True)  # directory without data.mdb
+    with binding.Env(path, map_size=1 << 20) as e:
+        db = e.open_db(b"ids")
+        with pytest.raises(DbNotFoundError, match="create=True"):
+            e.open_db(b"missing", create=False)
+        with pytest.raises(TypeError):
+            e.open_db("ids")
+        with pytest.raises(LmdbError, match="unknown database handle"):
+            e.reader().get(db + 100, b"x")
+        with e.begin() as txn:
+            with pytest.raises(LmdbError, match="read-only"):
+                txn.put(db, b"a", b"b")
+        r = e.reader()
+        with pytest.raises(ValueError, match="method"):
+            r.resolve_many(db, PREFIX, [b"a"], method="fast")
+        with pytest.raises(ValueError, match="sort_threshold"):
+            r.resolve_many(db, PREFIX, [b"a"], sort_threshold=-1)
+        with pytest.raises(TypeError, match="bytes or an ASCII str"):
+            r.resolve_many(db, PREFIX, [b"a", 7])
+        with pytest.raises(UnicodeEncodeError):
+            r.resolve_many(db, PREFIX, [b"a", "é"])
+        with pytest.raises(TypeError, match="value must be bytes"):
+            with e.begin(write=True) as txn:
+                txn.put(db, b"a", "text")
+        w = e.begin(write=True)
+        with pytest.raises(LmdbError, match="already has a write transaction"):
+            e.begin(write=True)
+        with pytest.raises(LmdbError, match="before beginning the write"):
+            e.open_db(b"later")
+        w.abort()
+        r.close()
+        with pytest.raises(LmdbError, match="reader is closed"):
+            r.get(db, b"a")
+    with binding.Env(path, readonly=True) as e:
+        with pytest.raises(DbNotFoundError):
+            e.open_db(b"missing")  # create is ignored in a read-only env
+        db = e.open_db(b"ids")
+        with pytest.raises(LmdbError, match="read-only"):
+            e.begin(write=True)
+    with pytest.raises(LmdbError, match="closed"):
+        e.begin()
+    e.close()  # idempotent
+
+
+# --------------------------------------------------------------------------- resolve_many
+
+
+def fill(binding, path: str, data: dict[bytes, bytes]):
+    e = binding.Env(path, map_size=64 << 20)
+    db = e.open_db(b"ids")
+    with e.begin(write=True) as txn:
+        txn.put_many(db, list(data.items()))
+    return e, db
+
+
+def test_resolve_many_basic(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        txn.put_many(db, [(PREFIX + b"alice", b"\x07rest"), (PREFIX + b"bob", b""), (PREFIX + b"carol", b"\xff")])
+    r = env.reader()
+    keys = [b"alice", b"bob", b"carol", b"dave", "alice", b"carol", b"", b"x" * 507, b"x" * 506]
+    expect = bytes([7, 0, 255, 0, 7, 255, 0, 0, 0])
+    for method in ("get", "sorted", "auto"):
+        assert r.resolve_many(db, PREFIX, keys, method=method) == expect
+        assert r.resolve_many(db, PREFIX, tuple(keys), method=method, sort_threshold=0) == expect
+        assert r.resolve_many(db, PREFIX, iter(keys), method=method) == expect
+    assert r.resolve_many(db, b"", [PREFIX + b"bob", PREFIX + b"carol", b""]) == b"\0\xff\0"
+    assert r.resolve_many(db, PREFIX.decode(), ["carol"]) == b"\xff"
+    assert r.get(db, PREFIX + b"alice") == b"\x07rest"
+    assert r.get(db, b"") is None and r.get(db, b"x" * 600) is None
+
+
+# Keys from a tiny alphabet collide, share long prefixes and are prefixes of each other,
+# which is what the native sort's tie-breaking has to get right.
+small_ids = st.binary(min_size=0, max_size=12).map(lambda b: bytes(c % 3 for c in b))
+service_ids = st.binary(min_size=32, max_size=32)  # maximum-length service ids
+long_common = st.binary(min_size=0, max_size=4).map(lambda b: b"0123456789AB" + b)
+odd_ids = st.sampled_from([b"", b"x" * 506, b"x" * 507, b"\0", b"\0" * 8, b"\xff" * 9])
+ids = st.one_of(small_ids, service_ids, long_common, odd_ids)
+values = st.one_of(st.binary(min_size=0, max_size=3), st.just(b""), st.just(b"\0rest"))
+
+
+@needs_native
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.dictionaries(ids.filter(lambda k: 0 < len(PREFIX + k) <= 511), values, max_size=60),
+    extra=st.lists(ids, max_size=40),
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.integers(0, 50),
+)
+def test_resolve_many_native_equals_pure(data, extra, seed, threshold):
+    native = lmdbenv.binding_by_name("native")
+    pure = lmdbenv.binding_by_name("pure")
+    rnd = random.Random(seed)
+    present = list(data)
+    batch = present + extra + [rnd.choice(present) for _ in range(len(present) // 2)] if present else extra
+    rnd.shuffle(batch)
+    expect = bytes((data[k][0] if data.get(k) else 0) if k in data else 0 for k in batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        full = {PREFIX + k: v for k, v in data.items()}
+        en, dbn = fill(native, os.path.join(tmp, "native"), full)
+        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
+        try:
+            rn, rp = en.reader(), ep.reader()
+            for method in ("get", "sorted", "auto"):
+                a = rn.resolve_many(dbn, PREFIX, batch, method=method, sort_threshold=threshold)
+                b = rp.resolve_many(dbp, PREFIX, batch, method=method, sort_threshold=threshold)
+                assert a == b == expect, method
+            assert rn.resolve_many(dbn, PREFIX, []) == rp.resolve_many(dbp, PREFIX, []) == b""
+        finally:
+            en.close()
+            ep.close()
+
+
+@pytest.mark.parametrize("shape", ["random", "shared12", "dups", "short"])
+def test_resolve_many_large_batches_agree(binding, tmp_path, shape):
+    """Batches big enough for the radix sort, with long runs of equal sort heads."""
+    rnd = random.Random(shape)
+    if shape == "random":
+        universe = [rnd.randbytes(11) for _ in range(6000)]
+    elif shape == "shared12":  # every id shares 12 bytes, then differs (ties in the 8-byte head)
+        universe = [b"customer-000" + rnd.randbytes(rnd.randint(0, 10)) for _ in range(6000)]
+    elif shape == "dups":
+        universe = [rnd.randbytes(2) for _ in range(300)]
+    else:
+        universe = [bytes(rnd.randint(0, 2) for _ in range(rnd.randint(0, 9))) for _ in range(3000)]
+    stored = {k: bytes([rnd.randint(0, 255)]) * rnd.randint(0, 2) for k in universe[: len(universe) // 2]}
+    stored = {k: v for k, v in stored.items() if k}
+    if shape == "short":
+        stored = {k: v for k, v in stored.items() if len(PREFIX + k) > 0}
+    e, db = fill(binding, str(tmp_path / "env"), {PREFIX + k: v for k, v in stored.items()})
+    try:
+        batch = [rnd.choice(universe) for _ in range(20000)]
+        expect = bytes((stored[k][0] if stored.get(k) else 0) for k in batch)
+        r = e.reader()
+        assert r.resolve_many(db, PREFIX, batch, method="sorted") == expect
+        assert r.resolve_many(db, PREFIX, batch, method="get") == expect
+        assert r.resolve_many(db, PREFIX, batch) == expect
+    finally:
+        e.close()
+
+
+def test_reader_sees_commits_not_uncommitted_writes(env):
+    db = env.open_db(b"ids")
+    r = env.reader()
+    assert r.get(db, PREFIX + b"a") is None
+    w = env.begin(write=True)
+    w.put(db, PREFIX + b"a", b"\x01")
+    assert r.get(db, PREFIX + b"a") is None
+    for method in ("get", "sorted"):
+        assert r.resolve_many(db, PREFIX, [b"a"], method=method) == b"\0"
+    w.commit()
+    assert r.get(db, PREFIX + b"a") == b"\x01"
+    for method in ("get", "sorted"):
+        assert r.resolve_many(db, PREFIX, [b"a"], method=method) == b"\x01"
+    for i in range(2, 6):  # every call renews: it sees each new commit
+        with env.begin(write=True) as txn:
+            txn.put(db, PREFIX + b"a", bytes([i]))
+        assert r.resolve_many(db, PREFIX, [b"a"], method="sorted") == bytes([i])
+        assert r.get(db, PREFIX + b"a") == bytes([i])
+    old = env.begin()  # a plain read transaction keeps its snapshot
+    with env.begin(write=True) as txn:
+        txn.delete(db, PREFIX + b"a")
+    assert old.get(db, PREFIX + b"a") == b"\x05"
+    assert r.get(db, PREFIX + b"a") is None
+    old.abort()
+
+
+def test_two_threads_share_one_reader(env):
+    db = env.open_db(b"ids")
+    rnd = random.Random(7)
+    stored = {rnd.randbytes(11): bytes([rnd.randint(1, 255)]) for _ in range(20000)}
+    with env.begin(write=True) as txn:
+        txn.put_many(db, [(PREFIX + k, v) for k, v in stored.items()])
+    universe = list(stored) + [rnd.randbytes(11) for _ in range(2000)]
+    r = env.reader()
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(seed: int, method: str) -> None:
+        try:
+            w = random.Random(seed)
+            start.wait()
+            for _ in range(25):
+                batch = [w.choice(universe) for _ in range(w.choice([10, 5000, 30000]))]
+                expect = bytes(stored[k][0] if k in stored else 0 for k in batch)
+                got = r.resolve_many(db, PREFIX, batch, method=method)
+                assert got == expect
+                k = w.choice(universe)
+                assert r.get(db, PREFIX + k) == stored.get(k)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(1, "sorted")), threading.Thread(target=work, args=(2, "auto"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+# --------------------------------------------------------------------------- the guard
+
+
+@needs_native
+@pytest.mark.parametrize("first,second", [("native", "pure"), ("pure", "native"),
+                                          ("native", "native"), ("pure", "pure")])
+def test_guard_refuses_second_open(tmp_path, first, second):
+    path = str(tmp_path / "env")
+    a = lmdbenv.binding_by_name(first).Env(path, map_size=1 << 20)
+    try:
+        with pytest.raises(EnvAlreadyOpenError) as info:
+            lmdbenv.binding_by_name(second).Env(path, map_size=1 << 20)
+        msg = str(info.value)
+        assert path in msg and repr(first) in msg
+        assert "one process may open an environment once, through one binding" in msg
+        assert "reuse the open handle or close it first" in msg
+        with pytest.raises(EnvAlreadyOpenError):  # another spelling of the same directory
+            lmdbenv.binding_by_name(second).Env(os.path.join(path, "..", "env"), readonly=True)
+        os.symlink(path, str(tmp_path / "link"))
+        with pytest.raises(EnvAlreadyOpenError):
+            lmdbenv.binding_by_name(second).Env(str(tmp_path / "link"))
+        assert envguard.holder(path) == first
+    finally:
+        a.close()
+    assert envguard.holder(path) is None
+    b = lmdbenv.binding_by_name(second).Env(path, map_size=1 << 20)  # reopening after close works
+    b.close()
+    c = lmdbenv.binding_by_name(first).Env(path, map_size=1 << 20)
+    c.close()
+
+
+def test_guard_released_when_open_fails(binding, tmp_path):
+    path = str(tmp_path / "env")
+    os.makedirs(path)
+    with pytest.raises(EnvNotFoundError):
+        binding.Env(path, readonly=True)
+    assert envguard.holder(path) is None
+    binding.Env(path).close()
+
+
+def test_guard_acquire_release_directly(tmp_path):
+    key = envguard.acquire(str(tmp_path / "d"), "pure", create=True)
+    with pytest.raises(EnvAlreadyOpenError, match="'pure' binding"):
+        envguard.acquire(str(tmp_path / "d"), "native")
+    envguard.release(key)
+    envguard.release(key)  # a stale key is ignored
+    envguard.release(envguard.acquire(str(tmp_path / "d"), "native"))
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def test_map_resized_by_writer_in_other_process(binding, tmp_path):
+    path = str(tmp_path / "env")
+    e = binding.Env(path, map_size=1 << 20)
+    db = e.open_db(b"ids")
+    with e.begin(write=True) as txn:
+        txn.put(db, PREFIX + b"first", b"\x01")
+    r = e.reader()
+    assert r.resolve_many(db, PREFIX, [b"first"]) == b"\x01"
+    run_py(f"""
+        from mykey import lmdbenv
+        b = lmdbenv.binding_by_name({binding.NAME!r})
+        with b.Env({path!r}, map_size=1 << 20) as e:
+            db = e.open_db(b"ids")
+            e.set_map_size(64 << 20)
+            with e.begin(write=True) as txn:  # ~8 MB: far beyond the reader's 1 MiB map
+                txn.put_many(db, [({PREFIX!r} + b"%08d" % i, bytes([i % 250 + 1]) * 100) for i in range(60000)])
+            assert e.info()["map_size"] == 64 << 20
+    """)
+    keys = [b"%08d" % i for i in range(0, 60000, 7)] + [b"first", b"absent"]
+    expect = bytes([i % 250 + 1 for i in range(0, 60000, 7)] + [1, 0])
+    assert r.resolve_many(db, PREFIX, keys, method="sorted") == expect
+    assert r.resolve_many(db, PREFIX, keys, method="get") == expect
+    assert e.info()["map_size"] >= 64 << 20
+    with e.begin() as txn:
+        assert txn.get(db, PREFIX + b"00059999") == bytes([59999 % 250 + 1]) * 100
+    e.close()
+
+
+@needs_native
+def test_py_lmdb_writer_process_native_reader(tmp_path):
+    """Format compatibility and a shared lock table: py-lmdb writes in another process
+    while this process has the environment open through the C library."""
+    native = lmdbenv.binding_by_name("native")
+    path = str(tmp_path / "env")
+    run_py(f"""
+        import lmdb
+        env = lmdb.open({path!r}, subdir=True, map_size=64 << 20, max_dbs=16)  # 0.9 format: no lib_version
+        db = env.open_db(b"ids")
+        with env.begin(write=True) as txn:
+            for i in range(1000):
+                txn.put({PREFIX!r} + b"%06d" % i, bytes([i % 200 + 1]), db=db)
+        env.close()
+    """)
+    e = native.Env(path, map_size=64 << 20)
+    db = e.open_db(b"ids")
+    r = e.reader()
+    keys = [b"%06d" % i for i in range(1200)]
+    assert r.resolve_many(db, PREFIX, keys, method="sorted") == bytes(
+        [i % 200 + 1 for i in range(1000)] + [0] * 200)
+    run_py(f"""
+        from mykey import _lmdb_pure as pure
+        with pure.Env({path!r}, map_size=64 << 20) as e:
+            db = e.open_db(b"ids")
+            with e.begin(write=True) as txn:
+                txn.put_many(db, [({PREFIX!r} + b"%06d" % i, b"\\x09") for i in range(1000, 1200)])
+    """)
+    assert r.resolve_many(db, PREFIX, keys, method="get") == bytes(
+        [i % 200 + 1 for i in range(1000)] + [9] * 200)
+    e.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_child_refuses_parent_handles_and_may_reopen(binding, tmp_path):
+    path = str(tmp_path / "env")
+    e = binding.Env(path, map_size=1 << 20)
+    db = e.open_db(b"ids")
+    with e.begin(write=True) as txn:
+        txn.put(db, b"k", b"v")
+    r = e.reader()
+    assert r.get(db, b"k") == b"v"
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            try:
+                r.get(db, b"k")
+            except LmdbError as exc:
+                assert "fork" in str(exc)
+            else:
+                raise AssertionError("parent handle worked in the child")
+            e.close()  # must not touch the parent's handles
+            with binding.Env(path) as e2:
+                assert e2.reader().get(e2.open_db(b"ids"), b"k") == b"v"
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert r.get(db, b"k") == b"v"  # the parent's handles still work
+    with e.begin(write=True) as txn:
+        txn.put(db, b"k2", b"v2")
+    assert r.get(db, b"k2") == b"v2"
+    e.close()
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_binding_selection(monkeypatch):
+    monkeypatch.setenv("MYKEY_PURE", "1")
+    assert lmdbenv.binding().NAME == "pure"
+    monkeypatch.delenv("MYKEY_PURE")
+    assert lmdbenv.binding().NAME == ("native" if NATIVE_ERROR is None else "pure")
+    assert lmdbenv.binding_by_name("pure").NAME == "pure"
+    with pytest.raises(ValueError, match="native"):
+        lmdbenv.binding_by_name("fast")
