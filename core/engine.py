@@ -552,7 +552,12 @@ class Engine:
         return self._transition(mykey_id, "suspend", reason, actor)
 
     def resume(self, mykey_id: str, *, actor: ev.Actor | None = None) -> MyKeyState:
-        """suspended -> valid."""
+        """suspended -> valid; refused while the current certificate is revoked (renew it instead)."""
+        rec = self._mykey(mykey_id)
+        if rec.state == MyKeyState.SUSPENDED and self._is_revoked(rec.cert_issuer, int(rec.cert_serial, 16)):
+            raise CommandRefused(
+                f"the certificate of {mykey_id} is revoked; it can be resumed only by renewing the certificate"
+            )
         return self._transition(mykey_id, "resume", "", actor)
 
     def invalidate(self, mykey_id: str, reason: str, *, actor: ev.Actor | None = None) -> MyKeyState:

@@ -458,3 +458,11 @@ def test_reopen_replays_what_the_index_lacks(tmp_path, binding, pki):
     with Engine.open(data, binding=binding) as e:
         assert e.index.last_seq == e.log.last_seq
         assert status(e, bid, "S2") == Status.UNLINKED
+
+
+def test_resume_is_refused_while_the_certificate_is_revoked(engine, pki):
+    mk, cred = create_user(engine, pki)
+    engine.suspend(mk, "requested")
+    engine.apply_crl(pki.inter.crl([(cred, "key_compromise")], number=30))
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="renewing"):
+        engine.resume(mk)
