@@ -1,0 +1,131 @@
+"""The `mykey` command line: --help everywhere, one-line results, --json, exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from mykey.cli import build_parser, main
+
+
+def all_commands(parser=None, prefix=()):
+    """Every command path of the CLI, e.g. ('service', 'import')."""
+    import argparse
+
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,)
+                yield from all_commands(sub, prefix + (name,))
+
+
+def test_help_on_every_command(capsys):
+    commands = list(all_commands())
+    assert ("service", "import") in commands and ("demo",) in commands and ("log", "verify") in commands
+    for path in commands:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([*path, "--help"])
+        assert exc.value.code == 0
+        assert "usage: mykey" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["no-such-command"]) == 2
+    assert main(["suspend"]) == 2  # missing MYKEY and --reason
+    capsys.readouterr()
+
+
+def test_python_dash_m(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mykey", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: mykey" in r.stdout
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_whole_session(tmp_path, capsys, pki):
+    data = str(tmp_path / "data")
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.root.cert_pem())
+    inter = tmp_path / "inter.pem"
+    inter.write_bytes(pki.inter.cert_pem())
+    user = pki.user()
+    user_cert, user_key = user.write(tmp_path, "user")
+    user_cert.write_bytes(pki.chain(user))
+    d = ["--data", data]
+
+    assert run(capsys, "init", *d, "--trust-anchor", str(ca))[0] == 0
+    code, out, _ = run(capsys, "trust", "add", *d, str(inter), "--intermediate")
+    assert code == 0 and "added 1 intermediate" in out
+    code, out, _ = run(capsys, "--json", "business", "add", *d, "--name", "Library", "--municipality", "131016")
+    assert code == 0 and json.loads(out)["business_id"] == "A0001"
+    code, out, _ = run(capsys, "create", *d, "--cert", str(user_cert), "--key", str(user_key), "--id", "ABCDEFGH")
+    assert (code, out.strip()) == (0, "created MyKey ID ABCDEFGH")
+    csv = tmp_path / "ids.csv"
+    csv.write_text("service_id,customer_id\n123456,\n111111,C-7\n")
+    code, out, _ = run(capsys, "service", "import", *d, "A0001", str(csv))
+    assert code == 0 and "registered 2 service IDs" in out
+    assert run(capsys, "service", "link", *d, "A0001", "123456", "ABCDEFGH")[0] == 0
+    code, out, _ = run(capsys, "resolve", *d, "A0001", "123456", "111111", "999")
+    assert out.split("\n")[:3] == ["123456 valid", "111111 unlinked", "999 unknown"]
+    code, out, _ = run(capsys, "--json", "resolve", *d, "A0001", "123456")
+    assert json.loads(out.splitlines()[0]) == {"service_id": "123456", "status": "valid"}
+
+    code, out, err = run(capsys, "resume", *d, "ABCDEFGH")
+    assert code == 1 and "cannot resume" in err
+    code, out, _ = run(capsys, "--json", "resume", *d, "ABCDEFGH")
+    assert code == 1 and json.loads(out)["ok"] is False and json.loads(out)["error"] == "IllegalTransitionError"
+    assert run(capsys, "suspend", *d, "ABCDEFGH", "--reason", "lost")[1].strip() == "ABCDEFGH is now suspended"
+    assert run(capsys, "resolve", *d, "A0001", "123456")[1].strip() == "123456 suspended"
+    assert run(capsys, "resume", *d, "ABCDEFGH")[0] == 0
+
+    code, out, _ = run(capsys, "terminal", "enrol", *d, "A0001")
+    key_file = tmp_path / "data" / "terminal-keys" / "A0001-T0001.key"
+    assert code == 0 and str(key_file) in out
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert run(capsys, "terminal", "revoke", *d, "A0001-T0001")[0] == 0
+
+    new = pki.inter.renew(user)
+    new_cert, new_key = new.write(tmp_path, "new")
+    code, out, _ = run(capsys, "renew", *d, "ABCDEFGH", "--cert", str(new_cert), "--key", str(new_key))
+    assert code == 0 and "renewed" in out
+    crl = tmp_path / "crl.der"
+    crl.write_bytes(pki.inter.crl([(user, "superseded")], number=5))
+    code, out, _ = run(capsys, "crl", "apply", *d, str(crl))
+    assert code == 0 and "1 newly revoked, 0 MyKey ID(s) suspended" in out
+    code, out, _ = run(capsys, "crl", "apply", *d, str(crl))
+    assert "already applied" in out
+
+    code, out, _ = run(capsys, "feed", *d, "points", "--ack")
+    assert [line.split()[2] for line in out.splitlines()[:-1]] == ["created", "suspended", "resumed", "renewed"]
+    code, out, _ = run(capsys, "feed", *d, "points")
+    assert out == ""
+    code, out, _ = run(capsys, "--json", "show", *d, "ABCDEFGH")
+    shown = json.loads(out)
+    assert shown["state"] == "valid" and shown["businesses"] == ["A0001"]
+
+    assert run(capsys, "log", "verify", *d)[0] == 0
+    code, out, _ = run(capsys, "rebuild", *d)
+    assert code == 0 and "rebuilt index" in out
+    assert run(capsys, "resolve", *d, "A0001", "123456")[1].strip() == "123456 valid"
+
+    code, _, err = run(capsys, "business", "add", *d, "--name", "X", "--municipality", "1")
+    assert code == 1 and "municipality" in err
+    code, _, err = run(capsys, "suspend", "--data", str(tmp_path / "nothing"), "ABCDEFGH", "--reason", "x")
+    assert code == 1 and "mykey init" in err
+
+
+def test_data_dir_from_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MYKEY_DATA", str(tmp_path / "env-data"))
+    assert main(["init"]) == 0
+    assert (tmp_path / "env-data" / "log").is_dir()
+    capsys.readouterr()
