@@ -143,7 +143,7 @@ class Engine:
         binding: ModuleType | None = None,
         clock: Callable[[], float] = time.time,
         operator: ev.Actor | None = None,
-        audit: bool = False,  # AUDIT-DEFAULT
+        audit: bool = True,
     ) -> Engine:
         """Open (creating if needed) the data directory; replays log events the index lacks."""
         data = DataDir(Path(data_dir))
@@ -187,9 +187,9 @@ class Engine:
     def _commit(self, events: Sequence[ev.Event], actor: ev.Actor) -> list[ev.Envelope]:
         """Append one atomic batch (validated against the state the index shows), then apply it."""
         envs = self.log.append(events, actor, expected_last_seq=self.index.last_seq)
-        if self.trail is not None:
-            self.trail.catch_up()
         self.index.apply(envs)
+        if self.trail is not None:
+            self.trail.catch_up()  # if this fails, the next open catches the trail up from the log
         return envs
 
     def _txn(self):

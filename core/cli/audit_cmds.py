@@ -1,0 +1,201 @@
+"""`mykey audit ...` (checkpoints, proofs, verify, diff, a person's history) and `mykey replay`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import audit
+from ..checkpoint import peek_checkpoint
+from ..datadir import DataDir
+from ..errors import LogLockedError
+from ..filelog import FileLog
+from ..history import format_history
+from ..proofs import check_proof, load_proof_doc
+from .output import EXIT_REFUSED, Output
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "audit", help="signed checkpoints, proofs, verification and a person's own history", parents=[common]
+    )
+    asub = p.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    asub.required = True
+
+    c = asub.add_parser(
+        "checkpoint",
+        help="sign (size, root, time) of the log now and store it (needs the log's writer lock)",
+        parents=[common],
+    )
+    c.set_defaults(func=cmd_checkpoint)
+
+    pr = asub.add_parser("prove", help="inclusion proof of one event against a signed checkpoint", parents=[common])
+    pr.add_argument("seq", type=int, metavar="SEQ", help="the event's sequence number")
+    pr.add_argument("--checkpoint", type=int, metavar="SIZE", help="prove against this checkpoint (default: latest)")
+    pr.add_argument("--out", type=Path, metavar="FILE", help="write the proof document here instead of printing it")
+    pr.set_defaults(func=cmd_prove)
+
+    pc = asub.add_parser(
+        "prove-consistency", help="proof that a signed checkpoint extends an older tree", parents=[common]
+    )
+    pc.add_argument("old_size", type=int, metavar="OLD_SIZE")
+    pc.add_argument("new_size", type=int, metavar="NEW_SIZE", help="a tree size with a stored checkpoint")
+    pc.add_argument("--out", type=Path, metavar="FILE", help="write the proof document here instead of printing it")
+    pc.set_defaults(func=cmd_prove_consistency)
+
+    ck = asub.add_parser(
+        "check-proof", help="verify a proof document offline (no data directory needed)", parents=[common]
+    )
+    ck.add_argument("file", metavar="FILE", help="proof document (JSON); - reads standard input")
+    ck.add_argument(
+        "--public-key",
+        required=True,
+        metavar="KEY",
+        help="the log's verifier key: vkey text (name+id+key), a PEM public key, or a file holding one",
+    )
+    ck.set_defaults(func=cmd_check_proof)
+
+    v = asub.add_parser(
+        "verify",
+        help="recompute everything from the log: CRCs, sequence, every checkpoint's root and signature",
+        parents=[common],
+    )
+    v.add_argument("--public-key", metavar="KEY", help="trust this verifier key (default: DATA/keys/checkpoint.vkey)")
+    v.set_defaults(func=cmd_verify)
+
+    d = asub.add_parser(
+        "diff",
+        help="compare the live index with a fresh replay of the log (exit 1 on any difference)",
+        parents=[common],
+    )
+    d.add_argument("--limit", type=int, default=100, help="stop after this many differences (default 100)")
+    d.set_defaults(func=cmd_diff)
+
+    s = asub.add_parser(
+        "subject", help="every event about one MyKey ID, with proofs, and its current state", parents=[common]
+    )
+    s.add_argument("mykey_id", metavar="MYKEY_ID")
+    s.set_defaults(func=cmd_subject)
+
+    r = sub.add_parser(
+        "replay",
+        help="build the index as it stood at a sequence number or time, into a new directory",
+        parents=[common],
+    )
+    r.add_argument(
+        "--as-of",
+        required=True,
+        metavar="SEQ|ISO",
+        help="a sequence number, or an ISO-8601 time (UTC unless it carries an offset, e.g. 2025-03-04T14:02+09:00)",
+    )
+    r.add_argument("--into", required=True, type=Path, metavar="DIR", help="a new directory; `Resolver` opens it")
+    r.set_defaults(func=cmd_replay)
+
+
+def _emit_doc(args: argparse.Namespace, out: Output, doc, what: str) -> int:  # type: ignore[no-untyped-def]
+    text = doc.to_json()
+    if args.out is not None:
+        args.out.write_text(text, "utf-8")
+        out.result(f"wrote {what} to {args.out}", file=str(args.out))
+    elif out.json_mode:
+        out.result(what, proof=doc.to_dict())
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
+    data = DataDir(args.data)
+    try:
+        log = FileLog.open(data.log, create=False)
+    except LogLockedError as exc:
+        out.refused(
+            f"{exc}. A running engine keeps the trail and signs checkpoints itself; run `mykey audit checkpoint` "
+            "only while it is stopped"
+        )
+        return EXIT_REFUSED
+    try:
+        with audit.AuditTrail.open(data, log) as trail:
+            for note in trail.repairs:
+                out.line(f"note: {note}")
+            text = trail.checkpoint()
+    finally:
+        log.close()
+    if out.json_mode:
+        cp = peek_checkpoint(text)
+        out.result(f"signed checkpoint of size {cp.size}", size=cp.size, root=cp.root_hash.hex(), note=text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_prove(args: argparse.Namespace, out: Output) -> int:
+    doc = audit.prove_inclusion(DataDir(args.data), args.seq, args.checkpoint)
+    return _emit_doc(args, out, doc, f"inclusion proof of sequence {args.seq} in tree size {doc.tree_size}")
+
+
+def cmd_prove_consistency(args: argparse.Namespace, out: Output) -> int:
+    doc = audit.prove_consistency(DataDir(args.data), args.old_size, args.new_size)
+    return _emit_doc(args, out, doc, f"consistency proof from size {args.old_size} to {args.new_size}")
+
+
+def cmd_check_proof(args: argparse.Namespace, out: Output) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except OSError as exc:
+        out.refused(f"cannot read {args.file}: {exc.strerror}")
+        return EXIT_REFUSED
+    key = audit.public_key_arg(args.public_key)
+    doc = load_proof_doc(text)
+    out.result(check_proof(doc, key), kind=doc.kind)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    report = audit.verify_data_dir(DataDir(args.data), args.public_key)
+    for note in report.notes:
+        out.line(f"note: {note}")
+    if report.problem is not None:
+        for p in report.problems[1:]:
+            out.line(f"also: {p}")
+        out.refused(f"audit failed at {report.problem}", **report.to_dict())
+        return EXIT_REFUSED
+    out.result(
+        f"audit OK: {report.events} events, last sequence {report.last_seq}, "
+        f"{report.checkpoints} signed checkpoints match the log",
+        **report.to_dict(),
+    )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    diffs = audit.diff_live_index(DataDir(args.data), limit=args.limit)
+    if diffs:
+        for d in diffs:
+            out.line(d)
+        more = " (or more)" if len(diffs) >= args.limit else ""
+        out.refused(
+            f"the live index differs from a replay of the log in {len(diffs)} places{more}; "
+            "rebuild it with `mykey rebuild`",
+            differences=diffs,
+        )
+        return EXIT_REFUSED
+    out.result("the live index equals a fresh replay of the log", differences=[])
+    return 0
+
+
+def cmd_subject(args: argparse.Namespace, out: Output) -> int:
+    h = audit.subject_history(DataDir(args.data), args.mykey_id)
+    if out.json_mode:
+        out.result(f"history of MyKey ID {args.mykey_id}: {len(h['events'])} events", **h)
+    else:
+        for line in format_history(h):
+            out.line(line)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, out: Output) -> int:
+    seq = audit.replay(DataDir(args.data), args.as_of, args.into)
+    out.result(f"replayed the log up to sequence {seq} into {args.into}", last_seq=seq, into=str(args.into))
+    return 0

@@ -1,0 +1,195 @@
+"""A person's own history: every event about their MyKey ID, each with its inclusion proof.
+
+The list of events comes from the index (``mkevents``); each event is then read from
+the log and checked to really be about this MyKey ID (its own events, the
+revocations of its certificates, the registrations of service IDs it linked), so a
+damaged index cannot show one person another's data. No names are ever included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from . import events as ev
+from . import keys as k
+from .audit import (
+    AuditError,
+    NoCheckpointError,
+    _open_store,
+    _verified,
+    latest_checkpoint,
+    load_verifier_key,
+    read_record,
+)
+from .datadir import DataDir
+from .ids import check_mykey_id
+from .index import current_generation, open_dbs, read_meta_last_seq
+from .lmdbenv import binding as default_binding
+from .projection import get_mykey
+from .proofs import build_inclusion_doc
+
+__all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
+
+
+class SubjectNotFoundError(AuditError):
+    """The MyKey ID is not in the index."""
+
+
+def _hexed(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {key: _hexed(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_hexed(v) for v in value]
+    return value
+
+
+def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[tuple[str, str]]) -> bool:
+    if isinstance(body, ev.CertificateRevoked):
+        return (body.issuer, body.serial) in certs
+    if isinstance(body, ev.ServiceIdRegistered):
+        return (body.business_id, body.service_id) in services
+    return getattr(body, "mykey_id", None) == mykey_id
+
+
+def _actor(actor: ev.Actor, mykey_id: str) -> dict[str, str]:
+    if actor.kind == "user" and actor.id != mykey_id:
+        return {"kind": "user", "id": "(another user)"}  # never show another person's MyKey ID
+    return {"kind": actor.kind, "id": "you" if actor.kind == "user" else actor.id}
+
+
+def describe_event(body: Any) -> str:
+    """One short phrase saying what happened (no names, nothing about other people)."""
+    if isinstance(body, ev.MyKeyCreated):
+        return f"MyKey ID created for certificate serial {body.cert_serial} ({body.cert_issuer})"
+    if isinstance(body, ev.MyKeySuspended):
+        return f"suspended: {body.reason}" if body.reason else "suspended"
+    if isinstance(body, ev.MyKeyResumed):
+        return "resumed (valid again)"
+    if isinstance(body, ev.MyKeyInvalidated):
+        return f"invalidated: {body.reason}" if body.reason else "invalidated"
+    if isinstance(body, ev.CertificateRenewed):
+        return f"certificate renewed: now serial {body.new_serial} ({body.new_issuer})"
+    if isinstance(body, ev.CertificateRevoked):
+        return f"certificate serial {body.serial} ({body.issuer}) revoked: {body.reason}"
+    if isinstance(body, ev.ServiceIdRegistered):
+        return f"business {body.business_id} registered service ID {body.service_id}"
+    if isinstance(body, ev.ServiceIdLinked):
+        return f"service ID {body.service_id} of business {body.business_id} linked to your MyKey ID"
+    if isinstance(body, ev.ServiceIdUnlinked):
+        return f"service ID {body.service_id} of business {body.business_id} unlinked"
+    return type(body).__name__
+
+
+def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
+    """Every event about ``mykey_id`` in order, with inclusion proofs against the latest checkpoint.
+
+    Also the current state, certificate issuer/serial and the business IDs it is linked to.
+    Opens the live index read-only: call it from a process that does not have it open.
+    """
+    check_mykey_id(mykey_id)
+    gen = current_generation(data)
+    if gen is None or not gen.is_dir():
+        raise SubjectNotFoundError(f"no index in {data.root}; run `mykey init` first")
+    env = default_binding().Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2)
+    prefix = mykey_id.encode("ascii")
+    try:
+        dbs = open_dbs(env, create=False)
+        with env.begin() as txn:
+            rec = get_mykey(txn, dbs, mykey_id)
+            if rec is None:
+                raise SubjectNotFoundError(f"MyKey ID {mykey_id} is not known to this platform (check the spelling)")
+            index_last = read_meta_last_seq(txn, dbs)
+            cur = txn.cursor(dbs.mkevents)
+            try:
+                seqs = [k.parse_u64(key[len(prefix) :]) for key, _ in cur.iter_from(prefix, prefix)]
+            finally:
+                cur.close()
+            cur = txn.cursor(dbs.mksvc)
+            try:
+                links = sorted(k.split_service_key(key[len(prefix) :]) for key, _ in cur.iter_from(prefix, prefix))
+            finally:
+                cur.close()
+    finally:
+        env.close()
+
+    envs = [(seq, rec_bytes, ev.decode_envelope(rec_bytes)) for seq in seqs for rec_bytes in [read_record(data, seq)]]
+    certs: set[tuple[str, str]] = set()
+    services: set[tuple[str, str]] = set()
+    for _, _, e in envs:
+        b = e.body
+        if isinstance(b, ev.MyKeyCreated) and b.mykey_id == mykey_id:
+            certs.add((b.cert_issuer, b.cert_serial))
+        elif isinstance(b, ev.CertificateRenewed) and b.mykey_id == mykey_id:
+            certs.add((b.new_issuer, b.new_serial))
+        elif isinstance(b, (ev.ServiceIdLinked, ev.ServiceIdUnlinked)) and b.mykey_id == mykey_id:
+            services.add((b.business_id, b.service_id))
+
+    note: str | None
+    try:
+        note = latest_checkpoint(data)
+    except NoCheckpointError:
+        note = None
+    cp = _verified(note, load_verifier_key(data), "latest checkpoint") if note else None
+    store = _open_store(data) if cp is not None else None
+    events = []
+    try:
+        for seq, raw, e in envs:
+            if e.seq != seq or not _about(e.body, mykey_id, certs, services):
+                continue  # the index pointed at something that is not about this person: never show it
+            proof = None
+            if cp is not None and store is not None and seq <= cp.size:
+                proof = build_inclusion_doc(store, seq - 1, raw, note, seq=seq).to_dict()  # type: ignore[arg-type]
+            events.append(
+                {
+                    "seq": seq,
+                    "time": e.time.isoformat(),
+                    "type": type(e.body).__struct_config__.tag,
+                    "what": describe_event(e.body),
+                    "by": _actor(e.actor, mykey_id),
+                    "body": _hexed(msgspec.structs.asdict(e.body)),
+                    "proof": proof,
+                }
+            )
+    finally:
+        if store is not None:
+            store.close()
+    return {
+        "mykey_id": mykey_id,
+        "state": rec.state.label,
+        "reason": rec.reason,
+        "certificate": {"issuer": rec.cert_issuer, "serial": rec.cert_serial, "not_after": rec.cert_not_after},
+        "businesses": sorted({b for b, _ in links}),
+        "links": [{"business_id": b, "service_id": s} for b, s in links],
+        "events": events,
+        "index_last_seq": index_last,
+        "checkpoint": None
+        if cp is None
+        else {"size": cp.size, "root": cp.root_hash.hex(), "time": cp.timestamp, "note": note},
+    }
+
+
+def format_history(h: dict[str, Any]) -> list[str]:
+    """Readable lines: a header, then one line per event (time, what happened, by whom)."""
+    cert = h["certificate"]
+    lines = [
+        f"MyKey ID {h['mykey_id']}: {h['state']}" + (f" ({h['reason']})" if h["reason"] else ""),
+        f"certificate: serial {cert['serial']} issued by {cert['issuer']}",
+        "linked to businesses: " + (", ".join(h["businesses"]) or "none"),
+    ]
+    cp = h["checkpoint"]
+    lines.append(
+        f"proofs against signed checkpoint of size {cp['size']} (root {cp['root']})"
+        if cp
+        else "no signed checkpoint yet: events carry no proofs (an operator runs `mykey audit checkpoint`)"
+    )
+    lines.append(f"{len(h['events'])} events:")
+    for e in h["events"]:
+        by = e["by"]
+        who = "you" if by["id"] == "you" else f"{by['kind']} {by['id']}"
+        proven = "proof included" if e["proof"] else "not yet in a signed checkpoint"
+        lines.append(f"{e['time'][:19]}Z  {e['what']}  — by {who}  [seq {e['seq']}, {proven}]")
+    return lines
