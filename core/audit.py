@@ -15,15 +15,12 @@ import re
 import secrets
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import framing
-from .accel import framing_module
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -40,7 +37,7 @@ from .checkpoint import (
 )
 from .datadir import DataDir
 from .errors import CorruptLogError, LogError, MykeyError
-from .filelog import SEGMENT_HEADER_SIZE, FileLog, checked_index_entry, list_segments, segment_name
+from .filelog import FileLog, list_segments
 from .logcheck import verify_log
 from .logstore import LogStore
 from .merkle import EMPTY_ROOT, ProofError, leaf_hash
@@ -260,7 +257,6 @@ class AuditTrail:
         self.store = store
         self.repairs: list[str] = []
         self._mutex = threading.Lock()
-        self._cursor: tuple[Path, int, int] | None = None  # (segment, offset, first seq) of the next batch
 
     @classmethod
     def open(cls, data: DataDir, log: LogStore) -> AuditTrail:
@@ -354,52 +350,8 @@ class AuditTrail:
     def catch_up(self) -> int:
         """Hash every log record after the trail's size into it; returns the new size."""
         with self._mutex:
-            start = self.store.size + 1
-            if isinstance(self.log, FileLog):
-                self.store.append_leaves(self._read_file_tail(start))
-            else:
-                self.store.append_leaves(rec for _, rec in self.log.read_raw(start))
+            self.store.append_leaves(rec for _, rec in self.log.read_raw(self.store.size + 1))
             return self.store.size
-
-    def _read_file_tail(self, start: int) -> list[bytes]:
-        """Records from ``start`` on, read from where the last call stopped (no index lookups, no globbing)."""
-        cursor = self._cursor
-        if cursor is None or cursor[2] != start:
-            segs = list_segments(Path(self.log.directory))  # type: ignore[attr-defined]
-            segs = [sg for sg in segs if sg.first_seq <= start] or segs[:1]
-            if not segs:
-                return []
-            offset, first = checked_index_entry(segs[-1], start)
-            cursor = (segs[-1].path, offset, first)
-        path, offset, expected = cursor
-        frames = framing_module()
-        out: list[bytes] = []
-        while True:
-            with open(path, "rb") as f:
-                if offset == SEGMENT_HEADER_SIZE:
-                    head = f.read(SEGMENT_HEADER_SIZE)
-                    if len(head) < SEGMENT_HEADER_SIZE:
-                        break
-                f.seek(offset)
-                buf = f.read()
-            batches, pos, status, _, _ = frames.parse_batches(buf, 0, 1 << 62)
-            for _off, first_seq, payloads in batches:
-                if first_seq != expected:
-                    raise AuditMismatchError(
-                        f"{path.name}: batch at offset {offset + _off} starts at sequence {first_seq}, expected "
-                        f"{expected}; run `mykey log verify`"
-                    )
-                out.extend(payloads[max(0, start - first_seq) :])
-                expected += len(payloads)
-            offset += pos
-            if status != framing.OK:
-                break  # a batch still being written (or a torn tail the writer cuts on open)
-            nxt = path.with_name(segment_name(expected))
-            if nxt == path or not nxt.exists():
-                break
-            path, offset = nxt, SEGMENT_HEADER_SIZE
-        self._cursor = (path, offset, expected)
-        return out
 
     def checkpoint(self, now: int | None = None) -> str:
         """Sign (size, root, time) — ``now`` in unix seconds — store it under DATA/checkpoints/; return the note."""
@@ -440,50 +392,9 @@ def _open_store(data: DataDir) -> MerkleStore:
         raise AuditError(f"{exc}. Run `mykey audit checkpoint` once to build the Merkle trail") from None
 
 
-def _record_span(log_dir: Path, seq: int, *, locate: bool = False) -> tuple[str, int, bytes] | None:
-    """(segment name, record offset if locate else -1, record bytes) of seq, reading only its batch; None if absent."""
-    segs = list_segments(log_dir)
-    i = max((n for n, s in enumerate(segs) if s.first_seq <= seq), default=-1)
-    if i < 0:
-        return None
-    seg = segs[i]
-    offset, expected = checked_index_entry(seg, seq)
-    with open(seg.path, "rb") as f:
-        f.seek(offset)
-        buf = f.read(1 << 16)
-        pos = 0
-        while True:  # hop from batch header to batch header up to the batch holding seq
-            if len(buf) - pos < framing.HEADER_SIZE:
-                buf = buf[pos:] + f.read(1 << 16)
-                offset += pos
-                pos = 0
-            head = framing.parse_header(buf, pos)
-            if head is None or head[0] != expected:
-                return None
-            first_seq, count, body_len = head
-            end = pos + framing.HEADER_SIZE + body_len
-            if seq < first_seq + count:
-                if len(buf) < end:
-                    buf += f.read(end - len(buf))
-                # Walk the record heads to seq; only that record's CRC is checked (the Merkle proof checks the rest).
-                rpos, unpack = pos + framing.HEADER_SIZE, framing.RECORD_HEAD.unpack_from
-                for _ in range(seq - first_seq):
-                    if end - rpos < framing.RECORD_HEAD_SIZE:
-                        return None
-                    rpos += framing.RECORD_HEAD_SIZE + unpack(buf, rpos)[0]
-                if end - rpos < framing.RECORD_HEAD_SIZE:
-                    return None
-                n, crc = unpack(buf, rpos)
-                payload = buf[rpos + framing.RECORD_HEAD_SIZE : rpos + framing.RECORD_HEAD_SIZE + n]
-                if rpos + framing.RECORD_HEAD_SIZE + n > end or zlib.crc32(payload) != crc:
-                    return None  # a damaged batch: `mykey log verify` says more
-                return seg.path.name, (offset + rpos if locate else -1), payload
-            expected += count
-            if len(buf) < end:
-                f.seek(offset + end)
-                buf, offset, pos = f.read(1 << 16), offset + end, 0
-            else:
-                pos = end
+def _record_span(log_dir: Path, seq: int) -> tuple[str, int, bytes] | None:
+    """(segment name, record offset, stored bytes) of seq, reading only its batch; None if absent."""
+    return FileLog(log_dir, readonly=True).record_at(seq)
 
 
 def read_record(data: DataDir, seq: int, *, log: LogStore | None = None) -> bytes:
@@ -682,7 +593,7 @@ class _Roots:
 
 
 def _locate(data: DataDir, seq: int) -> AuditProblem:
-    span = _record_span(data.log, seq, locate=True)
+    span = _record_span(data.log, seq)
     if span is None:
         return AuditProblem("", seq)
     return AuditProblem("", seq, span[0], span[1])

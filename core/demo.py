@@ -7,7 +7,6 @@ signatures and CSV files, so the demo exercises what production would.
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 import tempfile

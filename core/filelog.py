@@ -168,6 +168,7 @@ class FileLog(LogStore):
         self._segment: Segment | None = None
         self._offset = 0  # end of the active segment
         self._idx_last_offset = -IDX_STRIDE
+        self._last_batch: tuple[int, Path, int] | None = None  # writer: (first seq, segment, offset)
         self._closed = False
         self._failed: str | None = None
         self._mutex = threading.Lock()
@@ -415,6 +416,7 @@ class FileLog(LogStore):
                     self._failed = str(exc)
             raise LogError(f"append failed ({exc}); nothing was appended. Free disk space or check the disk") from exc
         self._offset = start + len(frame)
+        self._last_batch = (first_seq, self._segment.path, start)
         if start - self._idx_last_offset >= IDX_STRIDE:
             os.write(self._idx_fd, IDX_ENTRY.pack(first_seq, start))
             self._idx_last_offset = start
@@ -504,12 +506,51 @@ class FileLog(LogStore):
                 yield seq, payloads[i]
                 seq += 1
 
+    def record_at(self, seq: int) -> tuple[str, int, bytes] | None:
+        """(segment name, file offset, stored bytes) of record seq, reading only its batch.
+
+        None if seq is not committed or its batch is damaged (`mykey log verify` says more).
+        Only this record's CRC is checked.
+        """
+        if seq < 1:
+            return None
+        segs, i, offset, expected = self._locate(seq)
+        path = segs[i].path
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while True:  # hop from batch header to batch header up to the batch holding seq
+                head_bytes = f.read(framing.HEADER_SIZE)
+                head = framing.parse_header(head_bytes, 0)
+                if head is None or head[0] != expected:
+                    return None
+                first_seq, count, body_len = head
+                if seq < first_seq + count:
+                    body = f.read(body_len)
+                    rpos = 0
+                    for _ in range(seq - first_seq):
+                        if body_len - rpos < framing.RECORD_HEAD_SIZE:
+                            return None
+                        rpos += framing.RECORD_HEAD_SIZE + framing.RECORD_HEAD.unpack_from(body, rpos)[0]
+                    if body_len - rpos < framing.RECORD_HEAD_SIZE:
+                        return None
+                    n, crc = framing.RECORD_HEAD.unpack_from(body, rpos)
+                    payload = body[rpos + framing.RECORD_HEAD_SIZE : rpos + framing.RECORD_HEAD_SIZE + n]
+                    if len(payload) != n or framing.crc32(payload) != crc:
+                        return None
+                    return path.name, offset + framing.HEADER_SIZE + rpos, payload
+                expected += count
+                offset += framing.HEADER_SIZE + body_len
+                f.seek(offset)
+
     def _locate(self, from_seq: int) -> tuple[list[Segment], int, int, int]:
         """(segments, index of the segment holding from_seq, start offset, first seq there)."""
         segs = list_segments(self.directory)
         if not segs:
             raise LogError(f"no log segments in {self.directory}; run `mykey init`")
         i = max(0, bisect.bisect_right([s.first_seq for s in segs], from_seq) - 1)
+        last = self._last_batch
+        if last is not None and last[0] <= from_seq and segs[i].path == last[1]:
+            return segs, i, last[2], last[0]
         offset, first_seq = checked_index_entry(segs[i], from_seq)
         return segs, i, offset, first_seq
 
@@ -531,8 +572,10 @@ class FileLog(LogStore):
                 f.seek(offset)
                 buf = b""  # bytes of an incomplete batch carried to the next read
                 base = offset  # file offset of buf[0]
+                chunk_size = 64 * 1024
                 while True:
-                    chunk = f.read(READ_CHUNK)
+                    chunk = f.read(chunk_size)
+                    chunk_size = min(chunk_size * 4, READ_CHUNK)
                     damaged_tail = False
                     if chunk:
                         buf = buf + chunk if buf else chunk

@@ -29,6 +29,7 @@ BAD_HEADER = 2  # magic or header CRC wrong, or impossible sizes
 BAD_RECORD = 3  # a record's framing or CRC is wrong
 
 _crc32 = zlib.crc32
+crc32 = zlib.crc32  # the record checksum (CRC-32 of the payload)
 
 
 def encode_batch(first_seq: int, payloads: list[bytes]) -> bytes:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from mykey import events as ev
 from mykey import framing
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
 from mykey.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx

@@ -135,7 +135,7 @@ def cmd_trust_add(args: argparse.Namespace, out: Output) -> int:
     with open_engine(args) as e:
         added = e.add_trust_anchor(Path(args.cert).read_bytes(), intermediate=args.intermediate)
     kind = "intermediate" if args.intermediate else "trust anchor"
-    out.result(f"added {len(added)} {kind}(s)" if added else f"already trusted: nothing added", fingerprints=added)
+    out.result(f"added {len(added)} {kind}(s)" if added else "already trusted: nothing added", fingerprints=added)
     return 0
 
 
