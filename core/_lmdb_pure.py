@@ -16,7 +16,6 @@ import lmdb
 
 from mykey.envguard import (
     FORKED_MESSAGE,
-    MAX_KEY_SIZE,
     MDB_MAP_RESIZED,
     MDB_NOTFOUND,
     DbNotFoundError,
@@ -42,6 +41,9 @@ NAME = "pure"
 LMDB_VERSION: tuple[int, int, int] = tuple(lmdb.version())  # type: ignore[assignment]
 
 _METHODS = ("auto", "get", "sorted")
+# New environments in LMDB 0.9 format, which the C library (0.9) reads, even when
+# LMDB_DEFAULT_LIB_VERSION asks py-lmdb for 1.0; py-lmdb before 3.0 knows only 0.9.
+_FORMAT_0_9: dict[str, int] = {"lib_version": 0} if hasattr(lmdb.Environment, "lib_version") else {}
 # How long a thread waits for this process's other transactions to finish before it
 # gives up adopting a map that another process grew (MDB_MAP_RESIZED).
 _RESIZE_WAIT_S = 2.0
@@ -99,7 +101,7 @@ class Env:
             # child frees its copy of the Environment, which releases the parent's reader slot.
             env = lmdb.open(path, subdir=True, readonly=self.readonly, map_size=map_size, max_dbs=max_dbs,
                             readahead=not nordahead, sync=sync, lock=True, create=create,
-                            max_readers=126, max_spare_txns=0)
+                            max_readers=126, max_spare_txns=0, **_FORMAT_0_9)
         except lmdb.Error as exc:
             release(key)
             if getattr(exc, "code", 0) == 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 
 __all__ = ["binding", "binding_by_name", "native_import_error", "NAMES"]
@@ -50,5 +51,10 @@ def binding() -> ModuleType:
         return binding_by_name("pure")
     try:
         return importlib.import_module(_MODULES["native"])
-    except ImportError:
+    except ImportError as exc:
+        if not (isinstance(exc, ModuleNotFoundError) and exc.name == _MODULES["native"]):
+            # Built but broken (e.g. liblmdb missing at run time): say so, then fall back.
+            warnings.warn(f"mykey._lmdb is built but does not import ({exc}); using the slower "
+                          f"py-lmdb binding. Rebuild it, or set MYKEY_PURE=1 to silence this.",
+                          RuntimeWarning, stacklevel=2)
         return binding_by_name("pure")

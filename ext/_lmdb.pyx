@@ -20,7 +20,6 @@ import weakref
 
 from mykey.envguard import (
     FORKED_MESSAGE,
-    MAX_KEY_SIZE,
     DbNotFoundError,
     EnvNotFoundError,
     LmdbError,
@@ -147,9 +146,6 @@ mdb_version(&_maj, &_min, &_pat)
 LMDB_VERSION = (_maj, _min, _pat)
 
 _METHODS = ("auto", "get", "sorted")
-# Our own "allocation failed" code for the nogil helpers (LMDB codes are negative or errno).
-cdef enum:
-    ERR_NOMEM = -1
 # How long a thread waits for this process's other transactions to finish before it
 # gives up adopting a map that another process grew (MDB_MAP_RESIZED).
 _RESIZE_WAIT_S = 2.0
@@ -158,8 +154,6 @@ cdef size_t _SCRATCH_MAX = 32 << 20
 
 
 cdef object _err(str what, int rc):
-    if rc == ERR_NOMEM:
-        return MemoryError(f"{what}: out of memory")
     return lmdb_error(what, rc, mdb_strerror(rc).decode("utf-8", "replace"))
 
 
@@ -277,7 +271,7 @@ cdef int _sort_keys(SortItem *a, SortItem *tmp, size_t m,
     cdef const unsigned char *k0
     cdef const unsigned char *k
     cdef unsigned char tail[8]
-    cdef uint64_t h, top
+    cdef uint64_t top
     cdef int bits, passes, d, topshift
     cdef SortItem *src
     cdef SortItem *dst
@@ -555,8 +549,10 @@ cdef class Env:
             if flags & MDB_RDONLY:
                 rc = mdb_txn_begin(self._env, NULL, flags, out)
             else:
+                self._inflight += 1
                 with nogil:  # may wait for another process's writer
                     rc = mdb_txn_begin(self._env, NULL, flags, out)
+                self._inflight -= 1
             if rc == 0:
                 return 0
             self._active -= 1
@@ -595,8 +591,10 @@ cdef class Env:
                 self._begin_raw(0, &txn)
                 rc = mdb_dbi_open(txn, cname, MDB_CREATE, &dbi)
                 if rc == 0:
+                    self._inflight += 1
                     with nogil:
                         rc = mdb_txn_commit(txn)
+                    self._inflight -= 1
                 else:
                     mdb_txn_abort(txn)
                 self._active -= 1
@@ -683,8 +681,10 @@ cdef class Env:
         self._check()
         if self.readonly:
             return
+        self._inflight += 1
         with nogil:
             rc = mdb_env_sync(self._env, force)
+        self._inflight -= 1
         if rc:
             raise _err("mdb_env_sync", rc)
 
@@ -703,6 +703,7 @@ cdef class Env:
                 (<Txn>child)._end(False)
             else:
                 (<Reader>child)._free_pool()
+                (<Reader>child)._free_scratch()
                 (<Reader>child)._closed = True
         self._children = weakref.WeakSet()
         mdb_env_close(self._env)
@@ -771,8 +772,10 @@ cdef class Txn:
             (<Cursor>c)._close()
         self._txn = NULL
         if commit and self.write:
+            self.env._inflight += 1
             with nogil:
                 rc = mdb_txn_commit(txn)
+            self.env._inflight -= 1
         else:
             mdb_txn_abort(txn)
         self.env._active -= 1

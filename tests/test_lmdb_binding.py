@@ -522,6 +522,49 @@ def test_map_resized_by_writer_in_other_process(binding, tmp_path):
     e.close()
 
 
+def test_map_resized_while_this_process_holds_a_transaction(binding, tmp_path, monkeypatch):
+    """The new size can only be adopted with no transaction open: a clear error, then recovery."""
+    monkeypatch.setattr(binding, "_RESIZE_WAIT_S", 0.05)
+    path = str(tmp_path / "env")
+    e = binding.Env(path, map_size=1 << 20)
+    db = e.open_db(b"ids")
+    r = e.reader()
+    held = e.begin()
+    run_py(f"""
+        from mykey import lmdbenv
+        b = lmdbenv.binding_by_name({binding.NAME!r})
+        with b.Env({path!r}, map_size=1 << 20) as e:
+            db = e.open_db(b"ids")
+            e.set_map_size(32 << 20)
+            with e.begin(write=True) as txn:
+                txn.put_many(db, [(b"%08d" % i, b"\x01" * 100) for i in range(30000)])
+    """)
+    with pytest.raises(envguard.MapResizedError, match="commit or abort them"):
+        r.resolve_many(db, b"", [b"00000001"])
+    assert held.get(db, b"00000001") is None  # the old snapshot still reads fine
+    held.abort()
+    assert r.resolve_many(db, b"", [b"00000001", b"nope"]) == b"\x01\x00"
+    e.close()
+
+
+def test_close_ends_transactions_and_readers(env):
+    db = env.open_db(b"ids")
+    with env.begin(write=True) as txn:
+        txn.put(db, b"a", b"1")
+    r = env.reader()
+    t = env.begin()
+    c = t.cursor(db)
+    assert c.first()
+    env.close()
+    for call in (lambda: t.get(db, b"a"), lambda: c.next(), lambda: r.get(db, b"a"),
+                 lambda: r.resolve_many(db, b"", [b"a"]), lambda: env.reader()):
+        with pytest.raises(LmdbError):
+            call()
+    t.abort()  # still idempotent
+    c.close()
+    r.close()
+
+
 @needs_native
 def test_py_lmdb_writer_process_native_reader(tmp_path):
     """Format compatibility and a shared lock table: py-lmdb writes in another process
@@ -553,6 +596,22 @@ def test_py_lmdb_writer_process_native_reader(tmp_path):
     assert r.resolve_many(db, PREFIX, keys, method="get") == bytes(
         [i % 200 + 1 for i in range(1000)] + [9] * 200)
     e.close()
+
+
+@needs_native
+def test_pure_creates_format_native_reads(tmp_path):
+    """The pure binding makes 0.9-format environments even if py-lmdb is told to default to 1.0."""
+    path = str(tmp_path / "env")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from mykey import _lmdb_pure as pure
+        with pure.Env({path!r}, map_size=1 << 20) as e:
+            db = e.open_db(b"ids")
+            with e.begin(write=True) as txn:
+                txn.put(db, b"k", b"\\x05")
+    """)], env={**os.environ, "LMDB_DEFAULT_LIB_VERSION": "1"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with lmdbenv.binding_by_name("native").Env(path, readonly=True) as e:
+        assert e.reader().resolve_many(e.open_db(b"ids"), b"", [b"k"]) == b"\x05"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
