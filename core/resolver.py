@@ -23,7 +23,7 @@ from .ids import BUSINESS_ID_RE
 from .index import current_generation, open_dbs, read_meta_last_seq
 from .lmdbenv import binding as default_binding
 from .projection import Dbs
-from .status import Status, statuses
+from .status import Status, status_of, statuses
 
 
 class TerminalAuthError(MykeyError):
@@ -79,7 +79,7 @@ class Resolver:
         except UnicodeEncodeError:
             return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
         raw = self._reader.get(self.dbs.svc, prefix + key) if key else None
-        return Status(raw[0]) if raw else Status.UNKNOWN
+        return status_of(raw[0]) if raw else Status.UNKNOWN
 
     def resolve_many(self, business_id: str, service_ids: Sequence[bytes | str], *, method: str = "auto") -> bytes:
         """One status code byte per service ID, in input order (see Status and statuses())."""

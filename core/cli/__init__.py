@@ -13,10 +13,10 @@ from pathlib import Path
 
 from ..datadir import default_data_dir
 from ..errors import MykeyError
-from . import audit_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds
+from . import audit_cmds, bench_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_REFUSED, EXIT_USAGE, Output
 
-GROUPS = [audit_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds]
+GROUPS = [audit_cmds, bench_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
