@@ -81,7 +81,8 @@ class Env:
     """An LMDB environment (a directory holding data.mdb and lock.mdb) opened through py-lmdb."""
 
     def __init__(self, path: str, *, readonly: bool = False, map_size: int = 64 << 30, max_dbs: int = 16,
-                 nordahead: bool = False, create: bool = True, sync: bool = True) -> None:
+                 nordahead: bool = False, create: bool = True, sync: bool = True,
+                 metasync: bool = True) -> None:
         self._env: lmdb.Environment | None = None
         self._key: tuple[int, int, int] | None = None
         path = os.path.abspath(os.fspath(path))
@@ -100,7 +101,7 @@ class Env:
             # max_spare_txns=0: py-lmdb 3.0 aborts a cached spare transaction when a forked
             # child frees its copy of the Environment, which releases the parent's reader slot.
             env = lmdb.open(path, subdir=True, readonly=self.readonly, map_size=map_size, max_dbs=max_dbs,
-                            readahead=not nordahead, sync=sync, lock=True, create=create,
+                            readahead=not nordahead, sync=sync, metasync=metasync, lock=True, create=create,
                             max_readers=126, max_spare_txns=0, **_FORMAT_0_9)
         except lmdb.Error as exc:
             release(key)

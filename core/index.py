@@ -97,7 +97,9 @@ class Index:
                 gen = _next_generation(data)
                 gen.mkdir()
                 _point_index_at(data, gen)
-            env = binding.Env(str(gen), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=sync)
+            # No meta-page fsync: an OS crash may undo the last commit, never corrupt the env;
+            # the log is the source of truth and reopening replays what the index lacks.
+            env = binding.Env(str(gen), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=sync, metasync=False)
             try:
                 dbs = open_dbs(env, create=True)
                 _check_schema(env, dbs)

@@ -72,6 +72,7 @@ cdef extern from "lmdb.h" nogil:
 
     enum:
         MDB_NOSYNC
+        MDB_NOMETASYNC
         MDB_RDONLY
         MDB_NOTLS
         MDB_NORDAHEAD
@@ -445,7 +446,7 @@ cdef class Env:
         self._env = NULL
 
     def __init__(self, path, *, bint readonly=False, size_t map_size=64 << 30, unsigned int max_dbs=16,
-                 bint nordahead=False, bint create=True, bint sync=True):
+                 bint nordahead=False, bint create=True, bint sync=True, bint metasync=True):
         cdef MDB_env *env = NULL
         cdef unsigned int flags = MDB_NOTLS
         cdef int rc
@@ -479,6 +480,8 @@ cdef class Env:
                 flags |= MDB_NORDAHEAD
             if not sync:
                 flags |= MDB_NOSYNC
+            if not metasync:
+                flags |= MDB_NOMETASYNC
             bpath = os.fsencode(path)
             cpath = bpath
             with nogil:
