@@ -131,6 +131,7 @@ class Engine:
         self.trail = trail
         self._challenges: dict[bytes, float] = {}
         self._resolver: Resolver | None = None
+        self._checkpoint_from: int | None = None
 
     # --- opening ---------------------------------------------------------
 
@@ -144,8 +145,13 @@ class Engine:
         clock: Callable[[], float] = time.time,
         operator: ev.Actor | None = None,
         audit: bool = True,
+        checkpoint_on_close: bool = False,
     ) -> Engine:
-        """Open (creating if needed) the data directory; replays log events the index lacks."""
+        """Open (creating if needed) the data directory; replays log events the index lacks.
+
+        checkpoint_on_close signs an audit checkpoint at close() when events were appended
+        (the CLI does, so every change is covered by a signed checkpoint at once).
+        """
         data = DataDir(Path(data_dir))
         log = FileLog.open(data.log, fsync=fsync)
         index = None
@@ -163,7 +169,9 @@ class Engine:
                 index.close()
             log.close()
             raise
-        return cls(data, log, index, clock=clock, operator=operator, trail=trail)
+        engine = cls(data, log, index, clock=clock, operator=operator, trail=trail)
+        engine._checkpoint_from = log.last_seq if checkpoint_on_close else None
+        return engine
 
     def close(self) -> None:
         """Close the resolver, audit trail, index and log (releases the writer locks)."""
@@ -171,6 +179,8 @@ class Engine:
             self._resolver.close()
             self._resolver = None
         if self.trail is not None:
+            if self._checkpoint_from is not None and self.log.last_seq > self._checkpoint_from:
+                self.trail.checkpoint()
             self.trail.close()
             self.trail = None
         self.index.close()

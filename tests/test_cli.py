@@ -121,6 +121,14 @@ def test_a_whole_session(tmp_path, capsys, pki):
     assert shown["state"] == "valid" and shown["businesses"] == ["A0001"]
 
     assert run(capsys, "log", "verify", *d)[0] == 0
+    # Every CLI command that changed something signed a checkpoint: the holder's history is fully proven.
+    code, out, _ = run(capsys, "--json", "audit", "subject", *d, "ABCDEFGH")
+    history = json.loads(out)
+    assert code == 0 and history["events"] and all(e["proof"] for e in history["events"])
+    subject = user.cert.subject.rfc4514_string()
+    assert subject.split("=", 1)[1] not in out  # the holder's name is never stored or shown
+    code, out, _ = run(capsys, "audit", "verify", *d)
+    assert code == 0 and "audit OK" in out
     code, out, _ = run(capsys, "rebuild", *d)
     assert code == 0 and "rebuilt index" in out
     assert run(capsys, "resolve", *d, "A0001", "123456")[1].strip() == "123456 valid"

@@ -70,8 +70,11 @@ def test_design_example_table_comes_out_exactly(engine, pki):
 
 
 def test_create_with_ec_and_rsa_certificates(engine, pki):
-    mk1, _ = create_user(engine, pki)
+    mk1, cred1 = create_user(engine, pki)
     mk2, _ = create_user(engine, pki, pki.rsa_user())
+    # The holder's name (the certificate subject) is stored nowhere in the log.
+    name = cred1.cert.subject.rfc4514_string().split("=", 1)[1].encode()
+    assert not any(name in raw for _, raw in engine.log.read_raw())
     assert engine.mykey(mk1).state == MyKeyState.VALID and engine.mykey(mk2).state == MyKeyState.VALID
     envs = list(engine.log.read())
     created = [e for e in envs if isinstance(e.body, ev.MyKeyCreated)]

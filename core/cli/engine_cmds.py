@@ -114,13 +114,13 @@ def open_engine(args: argparse.Namespace) -> Engine:
     data = DataDir(args.data)
     if not data.log.is_dir():
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
-    return Engine.open(data.root)
+    return Engine.open(data.root, checkpoint_on_close=True)
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     existed = data.log.is_dir()
-    with Engine.open(data.root) as e:
+    with Engine.open(data.root, checkpoint_on_close=True) as e:
         added = []
         for path in args.trust_anchor:
             added += e.add_trust_anchor(Path(path).read_bytes())
