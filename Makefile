@@ -30,7 +30,7 @@ sysdeps:
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mykey needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=70" wheel "Cython>=3"
 
 $(STAMP): $(BIN)/python pyproject.toml setup.py | sysdeps
 	$(BIN)/python -m pip install -q -e '.[dev]'
