@@ -275,6 +275,12 @@ class ServiceIdRegistered(_Event, tag="svc.registered"):
         ids.check_customer_id(self.customer_id)
 
 
+def _check_link(e: ServiceIdLinked | ServiceIdUnlinked) -> None:
+    ids.check_business_id(e.business_id)
+    ids.check_service_id(e.service_id, numeric_declared=e.numeric_declared)
+    ids.check_mykey_id(e.mykey_id)
+
+
 class ServiceIdLinked(_Event, tag="svc.linked"):
     """A service ID of a business was linked to a MyKey ID."""
 
@@ -284,9 +290,7 @@ class ServiceIdLinked(_Event, tag="svc.linked"):
     numeric_declared: bool = False
 
     def check(self) -> None:
-        ids.check_business_id(self.business_id)
-        ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
-        ids.check_mykey_id(self.mykey_id)
+        _check_link(self)
 
 
 class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
@@ -298,9 +302,7 @@ class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
     numeric_declared: bool = False
 
     def check(self) -> None:
-        ids.check_business_id(self.business_id)
-        ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
-        ids.check_mykey_id(self.mykey_id)
+        _check_link(self)
 
 
 # --- linked systems ------------------------------------------------------------

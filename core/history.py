@@ -25,6 +25,7 @@ from .audit import (
 )
 from .datadir import DataDir
 from .ids import check_mykey_id
+from .jsonable import jsonable
 from .index import current_generation, open_dbs, read_meta_last_seq
 from .lmdbenv import binding as default_binding
 from .projection import get_mykey
@@ -35,16 +36,6 @@ __all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_
 
 class SubjectNotFoundError(AuditError):
     """The MyKey ID is not in the index."""
-
-
-def _hexed(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict):
-        return {key: _hexed(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_hexed(v) for v in value]
-    return value
 
 
 def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[tuple[str, str]]) -> bool:
@@ -150,7 +141,7 @@ def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
                     "type": type(e.body).__struct_config__.tag,
                     "what": describe_event(e.body),
                     "by": _actor(e.actor, mykey_id),
-                    "body": _hexed(msgspec.structs.asdict(e.body)),
+                    "body": jsonable(msgspec.structs.asdict(e.body)),
                     "proof": proof,
                 }
             )
