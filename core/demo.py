@@ -199,7 +199,7 @@ def run_demo(
             engine.invalidate(victims[-2][0], "holder deceased")
             renewed_id, old_cred = victims[-1]
             new_cred = inter.renew(old_cred)
-            challenge = engine.new_challenge()
+            challenge = engine.new_challenge("renew")
             engine.renew_certificate(renewed_id, new_cred.cert_pem() + inter.cert_pem(), new_cred.sign(challenge), challenge)
             t.count += 2
 

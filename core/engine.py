@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import getpass
 import hashlib
+import hmac
 import io
+import os
 import re
 import secrets
 import time
@@ -48,6 +50,7 @@ from .transitions import next_state
 
 CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
 CHALLENGE_BYTES = 32
+CHALLENGE_PURPOSES = ("create", "renew")
 MAX_OPEN_CHALLENGES = 100_000
 CSV_HEADER = ["service_id", "customer_id"]
 REVOKED_REASON = "certificate revoked"  # suspension reason prefix; a renewal lifts such a suspension
@@ -98,6 +101,27 @@ class MyKeyView:
     businesses: list[str]
 
 
+def ensure_subject_key(data: DataDir) -> bytes:
+    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once."""
+    path = data.keys / "subject.key"
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        data.keys.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+    if len(key) != 32:
+        raise CommandRefused(f"{path} is damaged (not 32 bytes); restore it from your backup of DATA/keys")
+    return key
+
+
 def _operator_actor() -> ev.Actor:
     try:
         name = re.sub(r"[^\x21-\x7e]", "_", getpass.getuser())[:64] or "operator"
@@ -129,9 +153,10 @@ class Engine:
         self.clock = clock
         self.operator = operator or _operator_actor()
         self.trail = trail
-        self._challenges: dict[bytes, float] = {}
+        self._challenges: dict[bytes, tuple[float, str]] = {}  # challenge -> (expiry, purpose)
         self._resolver: Resolver | None = None
         self._checkpoint_from: int | None = None
+        self._subject_key = ensure_subject_key(data)
 
     # --- opening ---------------------------------------------------------
 
@@ -259,31 +284,48 @@ class Engine:
 
     # --- 1. MyKey ID creation ------------------------------------------------
 
-    def new_challenge(self) -> bytes:
-        """A fresh single-use nonce for proof of possession; expires after CHALLENGE_TTL seconds."""
+    def new_challenge(self, purpose: str = "create") -> bytes:
+        """A fresh single-use nonce for proof of possession, for one purpose ("create" or "renew").
+
+        The purpose is part of the signed bytes (b"mykey:create:" + 32 random bytes, hex), so a
+        signature made for one flow cannot be replayed in another. Expires after CHALLENGE_TTL seconds.
+        """
+        if purpose not in CHALLENGE_PURPOSES:
+            raise ValidationError(f"challenge purpose must be one of {', '.join(CHALLENGE_PURPOSES)}")
         now = self.clock()
         if len(self._challenges) >= MAX_OPEN_CHALLENGES:
-            self._challenges = {c: t for c, t in self._challenges.items() if t > now}
+            self._challenges = {c: v for c, v in self._challenges.items() if v[0] > now}
             if len(self._challenges) >= MAX_OPEN_CHALLENGES:
                 raise ChallengeError("too many open challenges; try again shortly")
-        challenge = secrets.token_bytes(CHALLENGE_BYTES)
-        self._challenges[challenge] = now + CHALLENGE_TTL
+        challenge = f"mykey:{purpose}:{secrets.token_hex(CHALLENGE_BYTES)}".encode("ascii")
+        self._challenges[challenge] = (now + CHALLENGE_TTL, purpose)
         return challenge
 
-    def _consume_challenge(self, challenge: bytes) -> None:
-        expires = self._challenges.pop(challenge, None)  # single use, even if what follows fails
-        if expires is None:
+    def _consume_challenge(self, challenge: bytes, purpose: str) -> None:
+        entry = self._challenges.pop(challenge, None)  # single use, even if what follows fails
+        if entry is None:
             raise ChallengeError("unknown or already used challenge; call new_challenge() and sign the new one")
-        if self.clock() > expires:
+        if self.clock() > entry[0]:
             raise ChallengeError("the challenge expired; call new_challenge() and sign the new one")
+        if entry[1] != purpose:
+            raise ChallengeError(f"that challenge was issued to {entry[1]}, not to {purpose}; ask for a new one")
 
-    def _verify_user_cert(self, certificate: bytes, signature: bytes, challenge: bytes) -> certs.CertInfo:
+    def _verify_user_cert(self, certificate: bytes, signature: bytes, challenge: bytes, purpose: str) -> certs.CertInfo:
         """Chain, validity, key usage, revocation and proof of possession; the challenge is used up."""
-        self._consume_challenge(challenge)
+        self._consume_challenge(challenge, purpose)
         chain = certs.load_certificates(certificate)
         info = self._require_trust().verify(chain[0], at=self.now(), revoked=self._is_revoked, extra_intermediates=chain[1:])
         certs.verify_challenge_signature(chain[0], challenge, signature)
         return info
+
+    def _subject_digest(self, info: certs.CertInfo) -> bytes:
+        """HMAC-SHA256 of the certificate subject under the platform's secret key.
+
+        Keyed, so the stored digest cannot be matched against guessed subjects; equal
+        for the same holder across renewals. The key lives in DATA/keys/subject.key.
+        """
+        subject = x509.load_der_x509_certificate(info.der).subject.public_bytes()
+        return hmac.new(self._subject_key, subject, hashlib.sha256).digest()
 
     def _live_mykey_for_cert(self, info: certs.CertInfo) -> str | None:
         with self._txn() as txn:
@@ -322,7 +364,7 @@ class Engine:
                 raise AlreadyExistsError(
                     f"MyKey ID {requested_id} is taken; pick another, e.g. one of {', '.join(self.suggest_mykey_ids(3))}"
                 )
-        info = self._verify_user_cert(certificate, signature, challenge)
+        info = self._verify_user_cert(certificate, signature, challenge, "create")
         live = self._live_mykey_for_cert(info)
         if live is not None:
             raise AlreadyExistsError(
@@ -335,7 +377,7 @@ class Engine:
             info.issuer,
             format(info.serial, "x"),
             info.fingerprint,
-            info.subject_digest,
+            self._subject_digest(info),
             int(info.not_after.timestamp()),
         )
         self._commit([body], ev.Actor("user", mykey_id))
@@ -593,8 +635,9 @@ class Engine:
         rec = self._mykey(mykey_id)
         if rec.state == MyKeyState.INVALID:
             raise CommandRefused(f"MyKey ID {mykey_id} is invalid; create a new MyKey ID instead")
-        info = self._verify_user_cert(new_certificate, signature, challenge)
-        if not rec.subject_digest or not secrets.compare_digest(info.subject_digest, rec.subject_digest):
+        info = self._verify_user_cert(new_certificate, signature, challenge, "renew")
+        subject_digest = self._subject_digest(info)
+        if not rec.subject_digest or not hmac.compare_digest(subject_digest, rec.subject_digest):
             raise CommandRefused("the new certificate's subject differs from the current one; renewal keeps the same holder")
         if info.fingerprint == rec.cert_fingerprint:
             raise CommandRefused("that is the current certificate; present the renewed one")
@@ -608,7 +651,7 @@ class Engine:
                 info.issuer,
                 format(info.serial, "x"),
                 info.fingerprint,
-                info.subject_digest,
+                subject_digest,
                 int(info.not_after.timestamp()),
             )
         ]

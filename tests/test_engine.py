@@ -344,7 +344,7 @@ def test_renewal_keeps_the_mykey_id(engine, pki):
     mk, old = create_user(engine, pki)
     engine.link_service_id(bid, "S1", mk)
     new = pki.inter.renew(old)
-    ch = engine.new_challenge()
+    ch = engine.new_challenge("renew")
     engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
     view = engine.mykey(mk)
     assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
@@ -354,10 +354,10 @@ def test_renewal_keeps_the_mykey_id(engine, pki):
     assert status(engine, bid, "S1") == Status.VALID
     # A renewal must keep the holder: another person's certificate is refused.
     stranger = pki.user()
-    ch = engine.new_challenge()
+    ch = engine.new_challenge("renew")
     with appends_nothing(engine), pytest.raises(CommandRefused, match="subject"):
         engine.renew_certificate(mk, pki.chain(stranger), stranger.sign(ch), ch)
-    ch = engine.new_challenge()
+    ch = engine.new_challenge("renew")
     with appends_nothing(engine), pytest.raises(CommandRefused, match="current certificate"):
         engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
 
@@ -367,7 +367,7 @@ def test_renewal_lifts_a_revocation_suspension(engine, pki):
     report = engine.apply_crl(pki.inter.crl([(old, "key_compromise")], number=10))
     assert report.suspended == [mk] and engine.mykey(mk).state == MyKeyState.SUSPENDED
     new = pki.inter.renew(old)
-    ch = engine.new_challenge()
+    ch = engine.new_challenge("renew")
     engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
     assert engine.mykey(mk).state == MyKeyState.VALID
 
@@ -382,7 +382,7 @@ def test_crl_suspends_and_is_idempotent(engine, pki):
     mk3, c3 = create_user(engine, pki)
     engine.link_service_id(bid, "S1", mk1)
     new3 = pki.inter.renew(c3)
-    ch = engine.new_challenge()
+    ch = engine.new_challenge("renew")
     engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch)
     crl = pki.inter.crl([(c1, "key_compromise"), (c3, "superseded"), (pki.user(), "unspecified")], number=20)
     report = engine.apply_crl(crl)
@@ -469,3 +469,27 @@ def test_resume_is_refused_while_the_certificate_is_revoked(engine, pki):
     engine.apply_crl(pki.inter.crl([(cred, "key_compromise")], number=30))
     with appends_nothing(engine), pytest.raises(CommandRefused, match="renewing"):
         engine.resume(mk)
+
+
+def test_a_create_challenge_cannot_renew(engine, pki):
+    mk, old = create_user(engine, pki)
+    new = pki.inter.renew(old)
+    ch = engine.new_challenge("create")
+    assert ch.startswith(b"mykey:create:")  # the purpose is part of what the card signs
+    with appends_nothing(engine), pytest.raises(ChallengeError, match="issued to create"):
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    with pytest.raises(ValidationError):
+        engine.new_challenge("login")
+
+
+def test_subject_digest_is_keyed(engine, pki):
+    import hashlib
+    import os
+    import stat
+
+    mk, cred = create_user(engine, pki)
+    created = next(e.body for e in engine.log.read() if isinstance(e.body, ev.MyKeyCreated))
+    plain = hashlib.sha256(cred.cert.subject.public_bytes()).digest()
+    assert len(created.subject_digest) == 32 and created.subject_digest != plain
+    key_file = engine.data.keys / "subject.key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600

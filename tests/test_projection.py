@@ -63,7 +63,7 @@ def random_workload(engine: Engine, pki, rng: random.Random, steps: int = 120) -
             elif op == "renew":
                 i = rng.randrange(len(mykeys))
                 new = pki.inter.renew(creds[i])
-                ch = engine.new_challenge()
+                ch = engine.new_challenge("renew")
                 engine.renew_certificate(mykeys[i], pki.chain(new), new.sign(ch), ch)
                 creds[i] = new
             elif op == "crl":

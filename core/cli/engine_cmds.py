@@ -254,7 +254,7 @@ def cmd_transition(args: argparse.Namespace, out: Output) -> int:
 def cmd_renew(args: argparse.Namespace, out: Output) -> int:
     cert_bytes, cred = _credential(args.cert, args.key)
     with open_engine(args) as e:
-        challenge = e.new_challenge()
+        challenge = e.new_challenge("renew")
         e.renew_certificate(args.mykey, cert_bytes, cred.sign(challenge), challenge)
         state = e.mykey(args.mykey).state
     out.result(f"renewed the certificate of {args.mykey} (serial {cred.serial:x}); it is {state.label}",
