@@ -22,7 +22,8 @@ DB_NAMES = (
     b"mkref",  # ref (u64 BE) -> mykey_id
     b"mksvc",  # mykey_id + service key -> b""
     b"mkevents",  # mykey_id + seq (u64 BE) -> b"" (every event about the MyKey ID)
-    b"cert",  # b"f" + fingerprint | b"s" + issuer digest + serial -> mykey_id
+    b"cert",  # b"f" + fingerprint | b"s" + issuer digest + serial -> mykey_id (current certificate);
+    #           b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
     b"revoked",  # issuer digest + serial -> RevokedRecord
     b"crl",  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
     b"business",  # business_id -> BusinessRecord
@@ -79,6 +80,10 @@ def issuer_digest(issuer: str) -> bytes:
 
 def cert_serial_key(issuer: str, serial_hex: str) -> bytes:
     return b"s" + issuer_digest(issuer) + serial_hex.encode("ascii")
+
+
+def former_cert_key(issuer: str, serial_hex: str) -> bytes:
+    return b"o" + issuer_digest(issuer) + serial_hex.encode("ascii")
 
 
 def cert_fp_key(fingerprint: bytes) -> bytes:

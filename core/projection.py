@@ -151,6 +151,8 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
         txn.delete(dbs.cert, k.cert_fp_key(rec.cert_fingerprint))
     if txn.get(dbs.cert, k.cert_serial_key(rec.cert_issuer, rec.cert_serial)) == mk:
         txn.delete(dbs.cert, k.cert_serial_key(rec.cert_issuer, rec.cert_serial))
+    # Remembered as a former certificate, so its later revocation lands in the holder's history.
+    txn.put(dbs.cert, k.former_cert_key(rec.cert_issuer, rec.cert_serial), mk)
     new = k.MyKeyRecord(
         **{
             **_fields(rec),
@@ -170,7 +172,9 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
 @handles(ev.CertificateRevoked)
 def _revoked(txn, dbs, env, b: ev.CertificateRevoked) -> None:
     txn.put(dbs.revoked, k.revoked_key(b.issuer, b.serial), k.encode(k.RevokedRecord(b.reason, b.revoked_at, env.seq)))
-    mk = txn.get(dbs.cert, k.cert_serial_key(b.issuer, b.serial))
+    mk = txn.get(dbs.cert, k.cert_serial_key(b.issuer, b.serial)) or txn.get(
+        dbs.cert, k.former_cert_key(b.issuer, b.serial)
+    )
     if mk is not None:
         _note_event(txn, dbs, mk.decode("ascii"), env.seq)
 

@@ -718,3 +718,24 @@ def test_verify_pinpoints_a_rewrite_whatever_the_comparison_chunk(copy, monkeypa
     rewrite_record(copy, seq, payload[:11], payload[:10] + bytes([payload[10] ^ 0x01]))
     p = audit.verify_data_dir(copy).problem
     assert p is not None and p.seq == seq and p.offset == pos, p
+
+
+def test_revocation_of_a_former_certificate_is_in_the_holders_history(tmp_path, pki):
+    from mykey.audit import subject_history
+    from mykey.datadir import DataDir
+    from mykey.engine import Engine
+
+    from .conftest import create_user
+
+    data = tmp_path / "data"
+    with Engine.open(data, checkpoint_on_close=True) as e:
+        e.add_trust_anchor(pki.root.cert_pem())
+        e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
+        mk, old = create_user(e, pki)
+        new = pki.inter.renew(old)
+        ch = e.new_challenge("renew")
+        e.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+        e.apply_crl(pki.inter.crl([(old, "superseded")], number=77))
+    history = subject_history(DataDir(data), mk)
+    kinds = [ev_["type"] for ev_ in history["events"]]
+    assert kinds == ["mk.created", "cert.renewed", "cert.revoked"]
