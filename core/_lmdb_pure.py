@@ -284,6 +284,14 @@ class Env:
         except lmdb.Error as exc:
             raise _err("mdb_env_sync", exc) from exc
 
+    def copy(self, path: str, *, compact: bool = True) -> None:
+        """Copy the environment into an existing empty directory (compact: without free pages)."""
+        env = self._check()
+        try:
+            env.copy(os.path.abspath(os.fspath(path)), compact=compact)
+        except lmdb.Error as exc:
+            raise _err("mdb_env_copy2", exc) from exc
+
     def close(self) -> None:
         """Close the environment, aborting its open transactions; idempotent."""
         env = self._env

@@ -73,6 +73,7 @@ cdef extern from "lmdb.h" nogil:
     enum:
         MDB_NOSYNC
         MDB_NOMETASYNC
+        MDB_CP_COMPACT
         MDB_RDONLY
         MDB_NOTLS
         MDB_NORDAHEAD
@@ -92,6 +93,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_get_maxkeysize(MDB_env *env)
     int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
     int mdb_env_sync(MDB_env *env, int force)
+    int mdb_env_copy2(MDB_env *env, const char *path, unsigned int flags) nogil
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
     int mdb_txn_commit(MDB_txn *txn)
     void mdb_txn_abort(MDB_txn *txn)
@@ -690,6 +692,20 @@ cdef class Env:
         self._inflight -= 1
         if rc:
             raise _err("mdb_env_sync", rc)
+
+    def copy(self, path, *, bint compact=True):
+        """Copy the environment into an existing empty directory (compact: without free pages)."""
+        cdef int rc
+        cdef bytes bpath = os.fsencode(os.path.abspath(os.fspath(path)))
+        cdef const char *cpath = bpath
+        cdef unsigned int flags = MDB_CP_COMPACT if compact else 0
+        self._check()
+        self._inflight += 1
+        with nogil:
+            rc = mdb_env_copy2(self._env, cpath, flags)
+        self._inflight -= 1
+        if rc:
+            raise _err("mdb_env_copy2", rc)
 
     def close(self):
         """Close the environment, aborting its open transactions; idempotent."""

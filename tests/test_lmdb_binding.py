@@ -659,3 +659,22 @@ def test_binding_selection(monkeypatch):
     assert lmdbenv.binding_by_name("pure").NAME == "pure"
     with pytest.raises(ValueError, match="native"):
         lmdbenv.binding_by_name("fast")
+
+
+def test_compact_copy_has_the_same_data_in_less_space(binding, tmp_path):
+    env = binding.Env(str(tmp_path / "src"), sync=False)
+    db = env.open_db(b"ids")
+    for round_ in range(5):  # big transactions that rewrite everything leave free pages
+        with env.begin(write=True) as txn:
+            txn.put_many(db, [(b"k%07d" % i, b"v%d" % (i + round_)) for i in range(20_000)])
+    (tmp_path / "dst").mkdir()
+    env.copy(str(tmp_path / "dst"), compact=True)
+    env.close()
+    src_size = (tmp_path / "src" / "data.mdb").stat().st_size
+    dst_size = (tmp_path / "dst" / "data.mdb").stat().st_size
+    assert dst_size < src_size
+    with binding.Env(str(tmp_path / "dst"), readonly=True, create=False) as copy:
+        cdb = copy.open_db(b"ids", create=False)
+        with copy.begin() as txn:
+            assert txn.get(cdb, b"k0000007") == b"v11"
+            assert copy.stat(cdb)["entries"] == 20_000
