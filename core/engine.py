@@ -13,6 +13,7 @@ import getpass
 import hashlib
 import hmac
 import io
+import logging
 import os
 import re
 import secrets
@@ -42,11 +43,13 @@ from .errors import (
     ValidationError,
 )
 from .filelog import FileLog
-from .index import Index
+from .index import Index, rebuild
 from .projection import get_business, get_mykey, get_terminal
 from .resolver import Resolver
 from .status import MyKeyState, Status
 from .transitions import next_state
+
+_log = logging.getLogger("mykey.engine")
 
 CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
 CHALLENGE_BYTES = 32
@@ -183,6 +186,17 @@ class Engine:
         trail = None
         try:
             index = Index.open(data, binding=binding)
+            if index.last_seq > log.last_seq:
+                # The log lost its tail (an OS crash with fsync="interval"/"never") after the
+                # index applied it: the log is the truth, so rebuild the index from it.
+                _log.warning(
+                    "index is at sequence %d but the log ends at %d; rebuilding the index from the log",
+                    index.last_seq, log.last_seq,
+                )
+                index.close()
+                index = None
+                rebuild(data, log, binding=binding)
+                index = Index.open(data, binding=binding)
             index.catch_up(log)
             if audit:
                 from .audit import AuditTrail, ensure_signing_key

@@ -493,3 +493,22 @@ def test_subject_digest_is_keyed(engine, pki):
     assert len(created.subject_digest) == 32 and created.subject_digest != plain
     key_file = engine.data.keys / "subject.key"
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+
+
+def test_index_ahead_of_a_shortened_log_is_rebuilt(tmp_path, binding):
+    """After an OS crash with fsync="never" the log may lose a tail the index already applied."""
+    from mykey.filelog import list_segments
+
+    data = tmp_path / "data"
+    with Engine.open(data, binding=binding, fsync="never", audit=False) as e:
+        bid = e.register_business("Library", "131016")
+        e.register_service_ids(bid, [("S1", None)])
+        seg = list_segments(data / "log")[-1].path
+        size_after_s1 = seg.stat().st_size
+        e.register_service_ids(bid, [("S2", None)])
+    with open(seg, "r+b") as f:
+        f.truncate(size_after_s1)  # the last batch never reached the disk
+    with Engine.open(data, binding=binding, audit=False) as e:
+        assert e.index.last_seq == e.log.last_seq == 2
+        assert status(e, bid, "S1") == Status.UNLINKED and status(e, bid, "S2") == Status.UNKNOWN
+        e.register_service_ids(bid, [("S3", None)])  # and it accepts commands again
