@@ -138,7 +138,11 @@ def _utc(ts: float) -> datetime:
 
 
 class Engine:
-    """The write side of mykey over one data directory (holds the log's writer lock)."""
+    """The write side of mykey over one data directory (holds the log's writer lock).
+
+    Commands run one at a time: use an Engine from one thread (gateways resolve through
+    Resolver objects, which are safe to share between threads).
+    """
 
     def __init__(
         self,
