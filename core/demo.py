@@ -7,6 +7,7 @@ signatures and CSV files, so the demo exercises what production would.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
 import tempfile
@@ -20,8 +21,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from .datadir import DataDir
 from .engine import Engine
+from .filelog import FileLog
 from .errors import MykeyError
 from .pki import ThrowawayCA, UserCredential
+from .resolver import terminal_auth_message
 from .status import Status
 
 MUNICIPALITIES = ["131016", "131024", "141003", "271004", "011002"]
@@ -73,14 +76,26 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+DEMO_MARKER = ".mykey-demo"
+
+
 def prepare_data_dir(root: Path) -> None:
-    """Replace a previous demo's data directory; refuse to delete anything that is not mykey data."""
-    if root.exists():
-        entries = list(root.iterdir())
-        if entries and not (root / "log").is_dir():
-            raise MykeyError(f"{root} exists and is not a mykey data directory; pass --data to an empty or new directory")
+    """Replace a previous demo's data directory; refuse to touch anything else.
+
+    Only a directory that a demo made (it holds DEMO_MARKER) is deleted, and only
+    while no engine holds its log's writer lock.
+    """
+    if root.exists() and any(root.iterdir()):
+        if not (root / DEMO_MARKER).is_file():
+            raise MykeyError(
+                f"{root} is not empty and was not made by `mykey demo`; the demo never replaces real data. "
+                "Pass --data to a new or empty directory"
+            )
+        if (root / "log").is_dir():
+            FileLog.open(root / "log").close()  # LogLockedError while an engine is running there
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text("made by `mykey demo`; the next demo run may replace this directory\n")
 
 
 class _Timer:
@@ -213,7 +228,7 @@ def run_demo(
             bid = businesses[0]
             terminal_id, pem = terminals[bid][0]
             key = load_pem_private_key(pem, None)
-            message = f"mykey-demo:{terminal_id}:{int(time.time())}".encode()
+            message = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
             business = engine.authenticate_terminal(terminal_id, message, key.sign(message))
             own = registered[business]
             other = registered[businesses[1]] if len(businesses) > 1 else []

@@ -144,3 +144,25 @@ def test_data_dir_from_environment(tmp_path, capsys, monkeypatch):
     assert main(["init"]) == 0
     assert (tmp_path / "env-data" / "log").is_dir()
     capsys.readouterr()
+
+
+def test_demo_never_replaces_real_data(tmp_path, capsys):
+    from mykey.demo import prepare_data_dir
+    from mykey.engine import Engine
+    from mykey.errors import LogLockedError, MykeyError
+
+    real = tmp_path / "real"
+    assert main(["init", "--data", str(real)]) == 0
+    with pytest.raises(MykeyError, match="not made by `mykey demo`"):
+        prepare_data_dir(real)
+    assert (real / "log").is_dir() and (real / "keys").is_dir()
+    demo = tmp_path / "demo"
+    prepare_data_dir(demo)
+    Engine.open(demo).close()
+    prepare_data_dir(demo)  # a demo's own directory is replaced
+    assert sorted(p.name for p in demo.iterdir()) == [".mykey-demo"]
+    Engine.open(demo).close()
+    with Engine.open(demo):
+        with pytest.raises(LogLockedError):
+            prepare_data_dir(demo)  # never under a running engine
+    capsys.readouterr()
