@@ -346,8 +346,11 @@ class Engine:
         return hmac.new(self._subject_key, subject, hashlib.sha256).digest()
 
     def _live_mykey_for_cert(self, info: certs.CertInfo) -> str | None:
+        """The live MyKey ID this certificate belongs to, now or before a renewal replaced it."""
+        serial = format(info.serial, "x")
+        keys = (k.cert_serial_key(info.issuer, serial), k.cert_fp_key(info.fingerprint), k.former_cert_key(info.issuer, serial))
         with self._txn() as txn:
-            for key in (k.cert_serial_key(info.issuer, format(info.serial, "x")), k.cert_fp_key(info.fingerprint)):
+            for key in keys:
                 mk = txn.get(self.index.dbs.cert, key)
                 if mk is not None:
                     rec = get_mykey(txn, self.index.dbs, mk.decode())
@@ -484,7 +487,7 @@ class Engine:
 
     def authenticate_terminal(self, terminal_id: str, message: bytes, signature: bytes) -> str:
         """Verify a terminal's Ed25519 signature; returns its business ID (see Resolver)."""
-        return self.resolver().authenticate_terminal(terminal_id, message, signature)
+        return self.resolver().authenticate_terminal(terminal_id, message, signature, now=self.clock())
 
     # --- 3. service IDs ----------------------------------------------------------
 
@@ -659,6 +662,9 @@ class Engine:
             raise CommandRefused("the new certificate's subject differs from the current one; renewal keeps the same holder")
         if info.fingerprint == rec.cert_fingerprint:
             raise CommandRefused("that is the current certificate; present the renewed one")
+        with self._txn() as txn:
+            if txn.get(self.index.dbs.cert, k.former_cert_key(info.issuer, format(info.serial, "x"))) is not None:
+                raise CommandRefused("that certificate was already replaced by a renewal; present the newest one")
         other = self._live_mykey_for_cert(info)
         if other is not None and other != mykey_id:
             raise AlreadyExistsError("the new certificate already belongs to another live MyKey ID")

@@ -9,6 +9,8 @@ authenticated business ID, and no answer carries a MyKey ID.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -41,35 +43,74 @@ def _business_prefix(business_id: str) -> bytes:
     return business_id.encode("ascii")
 
 
+TERMINAL_AUTH_CONTEXT = b"mykey-terminal-auth/v1"
+MAX_CLOCK_SKEW = 60  # seconds a terminal's signed timestamp may differ from ours
+RECHECK_SECONDS = 0.25  # how often an open resolver looks for a rebuilt index
+
+
+def terminal_auth_message(terminal_id: str, timestamp: int, nonce: bytes) -> bytes:
+    """What a terminal signs to authenticate: context, its ID, unix time and a fresh random nonce."""
+    if not 16 <= len(nonce) <= 64:
+        raise ValidationError("the nonce must be 16-64 random bytes")
+    return b"\n".join([TERMINAL_AUTH_CONTEXT, terminal_id.encode("ascii"), b"%d" % timestamp, nonce.hex().encode()])
+
+
+class _View:
+    """One index generation as this resolver sees it: env, its database handles and a reader."""
+
+    __slots__ = ("env", "dbs", "reader", "generation")
+
+    def __init__(self, env, dbs: Dbs, generation: Path | None) -> None:
+        self.env, self.dbs, self.generation = env, dbs, generation
+        self.reader = env.reader()
+
+
 class Resolver:
-    """Answers a terminal's lookups from the index. Open with Resolver.open(data_dir)."""
+    """Answers a terminal's lookups from the index. Open with Resolver.open(data_dir).
+
+    Safe to share between threads. A resolver that opened the index itself notices a
+    `mykey rebuild` within RECHECK_SECONDS and switches to the new index.
+    """
 
     def __init__(self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None) -> None:
-        self.env = env
-        self.dbs = dbs
+        self._view = _View(env, dbs, generation)
         self._owns_env = owns_env
-        self.generation = generation
-        self._reader = env.reader()
+        self._retired: list[_View] = []
+        self._swap = threading.Lock()
+        self._next_check = 0.0
+        self._data: DataDir | None = None
+        self._seen_nonces: dict[bytes, float] = {}
+        self._nonce_lock = threading.Lock()
 
     @classmethod
     def open(cls, data_dir: str | Path, *, binding: ModuleType | None = None, nordahead: bool = False) -> Resolver:
         """Open the live index of data_dir read-only (nordahead helps cold, small batches)."""
         data = DataDir(Path(data_dir))
-        gen = current_generation(data)
-        if gen is None or not gen.is_dir():
-            raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
         binding = binding or default_binding()
-        env = binding.Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2, nordahead=nordahead)
-        try:
-            dbs = open_dbs(env, create=False)
-        except BaseException:
-            env.close()
-            raise
+        env, dbs, gen = _open_generation(data, binding, nordahead)
         self = cls(env, dbs, owns_env=True, generation=gen)
         self._data = data
         self._binding = binding
         self._nordahead = nordahead
+        self._next_check = time.monotonic() + RECHECK_SECONDS
         return self
+
+    @property
+    def env(self):
+        return self._view.env
+
+    @property
+    def dbs(self) -> Dbs:
+        return self._view.dbs
+
+    @property
+    def generation(self) -> Path | None:
+        return self._view.generation
+
+    def _current(self) -> _View:
+        if self._data is not None and time.monotonic() >= self._next_check:
+            self.reopen_if_rebuilt()
+        return self._view
 
     def resolve(self, business_id: str, service_id: str) -> Status:
         """Status of one service ID of this business."""
@@ -78,73 +119,131 @@ class Resolver:
             key = service_id.encode("ascii")
         except UnicodeEncodeError:
             return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
-        raw = self._reader.get(self.dbs.svc, prefix + key) if key else None
+        view = self._current()
+        raw = view.reader.get(view.dbs.svc, prefix + key) if key else None
         return status_of(raw[0]) if raw else Status.UNKNOWN
 
     def resolve_many(self, business_id: str, service_ids: Sequence[bytes | str], *, method: str = "auto") -> bytes:
         """One status code byte per service ID, in input order (see Status and statuses())."""
         prefix = _business_prefix(business_id)
+        view = self._current()
         try:
-            return self._reader.resolve_many(self.dbs.svc, prefix, service_ids, method=method)
+            return view.reader.resolve_many(view.dbs.svc, prefix, service_ids, method=method)
         except UnicodeEncodeError:
             # Non-ASCII IDs cannot be registered; b"" (no service ID) is never a key either.
             safe = [s if isinstance(s, bytes) or s.isascii() else b"" for s in service_ids]
-            return self._reader.resolve_many(self.dbs.svc, prefix, safe, method=method)
+            return view.reader.resolve_many(view.dbs.svc, prefix, safe, method=method)
 
     def resolve_statuses(self, business_id: str, service_ids: Sequence[bytes | str]) -> list[Status]:
         """resolve_many mapped to Status values (convenient, slower for big batches)."""
         return statuses(self.resolve_many(business_id, service_ids))
 
-    def authenticate_terminal(self, terminal_id: str, message: bytes, signature: bytes) -> str:
-        """Verify an Ed25519 signature by the terminal over message; returns its business ID.
+    def authenticate_terminal(
+        self, terminal_id: str, message: bytes, signature: bytes, *, now: float | None = None
+    ) -> str:
+        """Verify a terminal's Ed25519 signature over terminal_auth_message(...); returns its business ID.
 
-        Fails for unknown or revoked terminals and deactivated businesses. The
-        message format (and its freshness: a nonce or time) is the gateway's protocol.
+        The message must name this terminal, carry a time within MAX_CLOCK_SKEW seconds and
+        a nonce this resolver has not accepted before (replays fail). Revoked terminals and
+        deactivated businesses fail; their state is told only to a caller holding the key.
         """
-        raw = self._reader.get(self.dbs.terminal, terminal_id.encode("ascii")) if terminal_id.isascii() else None
+        now = time.time() if now is None else now
+        fail = TerminalAuthError(f"authentication of terminal {terminal_id!r} failed; check its ID and key file")
+        nonce = _parse_auth_message(terminal_id, message, now, fail)
+        view = self._current()
+        raw = view.reader.get(view.dbs.terminal, terminal_id.encode("ascii")) if terminal_id.isascii() else None
         if raw is None:
-            raise TerminalAuthError(f"terminal {terminal_id} is not enrolled; enrol it with `mykey terminal enrol`")
+            raise fail
         term = k.decode(k.TerminalRecord, raw)
-        if not term.active:
-            raise TerminalAuthError(f"terminal {terminal_id} was revoked; enrol a new terminal")
-        braw = self._reader.get(self.dbs.business, term.business_id.encode("ascii"))
-        if braw is None or not k.decode(k.BusinessRecord, braw).active:
-            raise TerminalAuthError(f"business {term.business_id} of terminal {terminal_id} is deactivated")
         try:
             Ed25519PublicKey.from_public_bytes(term.public_key).verify(signature, message)
         except (InvalidSignature, ValueError):
-            raise TerminalAuthError(f"signature by terminal {terminal_id} does not verify; check its key file") from None
+            raise fail from None
+        if not term.active:
+            raise TerminalAuthError(f"terminal {terminal_id} was revoked; enrol a new terminal")
+        braw = view.reader.get(view.dbs.business, term.business_id.encode("ascii"))
+        if braw is None or not k.decode(k.BusinessRecord, braw).active:
+            raise TerminalAuthError(f"business {term.business_id} of terminal {terminal_id} is deactivated")
+        with self._nonce_lock:
+            if nonce in self._seen_nonces:
+                raise TerminalAuthError(f"terminal {terminal_id} sent a message that was already used (a replay)")
+            if len(self._seen_nonces) > 100_000:
+                self._seen_nonces = {n: t for n, t in self._seen_nonces.items() if t > now}
+            self._seen_nonces[nonce] = now + 2 * MAX_CLOCK_SKEW
         return term.business_id
 
     @property
     def last_seq(self) -> int:
         """The last log sequence number reflected in the answers."""
-        with self.env.begin() as txn:
-            return read_meta_last_seq(txn, self.dbs)
+        view = self._current()
+        with view.env.begin() as txn:
+            return read_meta_last_seq(txn, view.dbs)
 
     def reopen_if_rebuilt(self) -> bool:
-        """After `mykey rebuild`, switch to the new index generation; True if it switched."""
-        if not self._owns_env:
+        """Switch to the index generation DATA/index points at, if `mykey rebuild` made a new one."""
+        if self._data is None:
             return False
+        self._next_check = time.monotonic() + RECHECK_SECONDS
         gen = current_generation(self._data)
-        if gen == self.generation:
+        if gen is None or gen == self._view.generation or not gen.is_dir():
             return False
-        fresh = Resolver.open(self._data.root, binding=self._binding, nordahead=self._nordahead)
-        self.close()
-        self.__dict__.update(fresh.__dict__)
+        with self._swap:
+            if gen == self._view.generation:
+                return False
+            env, dbs, gen = _open_generation(self._data, self._binding, self._nordahead)
+            # The old view may still be in use by another thread: close it with the resolver.
+            self._retired.append(self._view)
+            self._view = _View(env, dbs, gen)
         return True
 
     def close(self) -> None:
-        """Release the reader (and the environment if this resolver opened it)."""
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        if self._owns_env and self.env is not None:
-            self.env.close()
-            self.env = None
+        """Release readers (and the environments this resolver opened). Idempotent."""
+        for view in [self._view, *self._retired]:
+            if view.reader is not None:
+                view.reader.close()
+                view.reader = None
+            if self._owns_env and view.env is not None:
+                view.env.close()
+                view.env = None
+        self._retired = []
 
     def __enter__(self) -> Resolver:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):
+    gen = current_generation(data)
+    if gen is None or not gen.is_dir():
+        raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
+    env = binding.Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2, nordahead=nordahead)
+    try:
+        dbs = open_dbs(env, create=False)
+    except BaseException:
+        env.close()
+        raise
+    return env, dbs, gen
+
+
+def _parse_auth_message(terminal_id: str, message: bytes, now: float, fail: TerminalAuthError) -> bytes:
+    """The nonce of a well-formed, fresh authentication message for terminal_id."""
+    parts = message.split(b"\n") if isinstance(message, bytes) else []
+    if len(parts) != 4 or parts[0] != TERMINAL_AUTH_CONTEXT or parts[1] != terminal_id.encode("ascii", "replace"):
+        raise TerminalAuthError(
+            "the message is not a mykey terminal authentication message for this terminal; "
+            "sign terminal_auth_message(terminal_id, unix_time, nonce)"
+        )
+    try:
+        ts = int(parts[2])
+        nonce = bytes.fromhex(parts[3].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise fail from None
+    if abs(now - ts) > MAX_CLOCK_SKEW:
+        raise TerminalAuthError(
+            f"terminal {terminal_id}'s message is {int(now - ts)} s old; sign a fresh one (check the terminal's clock)"
+        )
+    if not 16 <= len(nonce) <= 64:
+        raise fail
+    return nonce

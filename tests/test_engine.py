@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -23,7 +25,7 @@ from mykey.errors import (
     StaleCrlError,
     ValidationError,
 )
-from mykey.resolver import TerminalAuthError
+from mykey.resolver import TerminalAuthError, terminal_auth_message
 from mykey.status import MyKeyState, Status
 
 from .conftest import create_user
@@ -185,27 +187,46 @@ def test_terminals_enrol_authenticate_revoke(engine):
     t2 = engine.enrol_terminal(bid)
     assert (t1.terminal_id, t2.terminal_id) == (f"{bid}-T0001", f"{bid}-T0002")
     key = load_pem_private_key(t1.private_key_pem, None)
-    msg = b"lookup request 42"
-    assert engine.authenticate_terminal(t1.terminal_id, msg, key.sign(msg)) == bid
+    key2 = load_pem_private_key(t2.private_key_pem, None)
+
+    def msg(tid=t1.terminal_id, ts=None):
+        return terminal_auth_message(tid, int(time.time()) if ts is None else ts, os.urandom(16))
+
+    m = msg()
+    assert engine.authenticate_terminal(t1.terminal_id, m, key.sign(m)) == bid
+    with pytest.raises(TerminalAuthError, match="already used"):
+        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))  # a replay
     # The platform keeps only the public key.
     enrolled = [e.body for e in engine.log.read() if isinstance(e.body, ev.TerminalEnrolled)]
     assert all(len(b.public_key) == 32 for b in enrolled)
     assert not any(t1.private_key_pem in e for _, e in engine.log.read_raw())
-    with pytest.raises(TerminalAuthError, match="does not verify"):
-        engine.authenticate_terminal(t1.terminal_id, msg, key.sign(b"other"))
-    with pytest.raises(TerminalAuthError, match="does not verify"):
-        engine.authenticate_terminal(t2.terminal_id, msg, key.sign(msg))  # t1's key is not t2's
+    m = msg()
+    with pytest.raises(TerminalAuthError, match="failed"):
+        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m + b"x"))
+    m = msg(t2.terminal_id)
+    with pytest.raises(TerminalAuthError, match="failed"):
+        engine.authenticate_terminal(t2.terminal_id, m, key.sign(m))  # t1's key is not t2's
+    m = msg()
+    with pytest.raises(TerminalAuthError, match="not a mykey terminal authentication message"):
+        engine.authenticate_terminal(t2.terminal_id, m, key2.sign(m))  # signed for another terminal
+    m = msg(ts=int(time.time()) - 3600)
+    with pytest.raises(TerminalAuthError, match="old"):
+        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))
+    with pytest.raises(TerminalAuthError):
+        engine.authenticate_terminal(t1.terminal_id, b"lookup request 42", key.sign(b"lookup request 42"))
     engine.revoke_terminal(t1.terminal_id)
+    m = msg()
     with pytest.raises(TerminalAuthError, match="revoked"):
-        engine.authenticate_terminal(t1.terminal_id, msg, key.sign(msg))
+        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
         engine.revoke_terminal(t1.terminal_id)
-    with pytest.raises(TerminalAuthError, match="not enrolled"):
-        engine.authenticate_terminal(f"{bid}-T0099", msg, key.sign(msg))
-    key2 = load_pem_private_key(t2.private_key_pem, None)
+    m = msg(f"{bid}-T0099")
+    with pytest.raises(TerminalAuthError, match="failed"):  # unknown: no hint to an unauthenticated caller
+        engine.authenticate_terminal(f"{bid}-T0099", m, key.sign(m))
     engine.deactivate_business(bid, "closed")
+    m = msg(t2.terminal_id)
     with pytest.raises(TerminalAuthError, match="deactivated"):
-        engine.authenticate_terminal(t2.terminal_id, msg, key2.sign(msg))
+        engine.authenticate_terminal(t2.terminal_id, m, key2.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
         engine.enrol_terminal(bid)
     with appends_nothing(engine), pytest.raises(NotFoundError):
@@ -348,9 +369,11 @@ def test_renewal_keeps_the_mykey_id(engine, pki):
     engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
     view = engine.mykey(mk)
     assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
-    # The old certificate no longer resolves to the MyKey ID: it could now create a new one.
-    assert engine._live_mykey_for_cert(certs.TrustStore([pki.root.cert], [pki.inter.cert]).verify(
-        old.cert, at=engine.now())) is None
+    # The old certificate no longer resolves to the MyKey ID as its current certificate.
+    with engine.index.env.begin() as txn:
+        from mykey import keys
+
+        assert txn.get(engine.index.dbs.cert, keys.cert_serial_key(view.cert_issuer, format(old.serial, "x"))) is None
     assert status(engine, bid, "S1") == Status.VALID
     # A renewal must keep the holder: another person's certificate is refused.
     stranger = pki.user()
@@ -512,3 +535,18 @@ def test_index_ahead_of_a_shortened_log_is_rebuilt(tmp_path, binding):
         assert e.index.last_seq == e.log.last_seq == 2
         assert status(e, bid, "S1") == Status.UNLINKED and status(e, bid, "S2") == Status.UNKNOWN
         e.register_service_ids(bid, [("S3", None)])  # and it accepts commands again
+
+
+def test_a_renewed_away_certificate_cannot_come_back(engine, pki):
+    mk, old = create_user(engine, pki)
+    new = pki.inter.renew(old)
+    ch = engine.new_challenge("renew")
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="live MyKey ID"):
+        create_user(engine, pki, old)  # no second live MyKey ID for the same person
+    newer = pki.inter.renew(new)
+    ch = engine.new_challenge("renew")
+    engine.renew_certificate(mk, pki.chain(newer), newer.sign(ch), ch)
+    ch = engine.new_challenge("renew")
+    with appends_nothing(engine), pytest.raises(CommandRefused, match="already replaced"):
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)

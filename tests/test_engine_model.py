@@ -6,7 +6,9 @@ every linked/registered service ID must resolve to the model's status.
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 import tempfile
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from mykey.errors import (
     ValidationError,
 )
 from mykey.lmdbenv import binding_by_name
-from mykey.resolver import TerminalAuthError
+from mykey.resolver import TerminalAuthError, terminal_auth_message
 from mykey.status import Status
 from mykey.transitions import TRANSITIONS
 
@@ -226,7 +228,7 @@ class EngineModel(RuleBasedStateMachine):
     def terminals_authenticate_as_the_model_says(self) -> None:
         for tid, (bid, key, active) in self.terminals.items():
             ok = active and self.businesses[bid]
-            msg = tid.encode()
+            msg = terminal_auth_message(tid, int(time.time()), os.urandom(16))
             if ok:
                 assert self.engine.authenticate_terminal(tid, msg, key.sign(msg)) == bid
             else:

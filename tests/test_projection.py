@@ -238,3 +238,26 @@ def test_rebuild_swaps_atomically_and_old_readers_keep_working(tmp_path, pki):
     assert old.resolve(bid, "S2") == Status.UNLINKED and old.last_seq == 3
     old.close()
     assert not gen_before.exists()
+
+
+def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
+    from mykey.resolver import RECHECK_SECONDS
+
+    data = DataDir(tmp_path / "data")
+    with Engine.open(data.root) as e:
+        e.add_trust_anchor(pki.root.cert_pem())
+        e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
+        bid = e.register_business("Lib", "131016")
+        mk, _ = create_user(e, pki)
+        e.link_service_id(bid, "S1", mk)
+    gateway = Resolver.open(data.root, binding=binding_by_name("native"))
+    assert gateway.resolve(bid, "S1") == Status.VALID
+    log = FileLog.open(data.log)
+    rebuild(data, log)
+    log.close()
+    with Engine.open(data.root) as e:
+        e.suspend(mk, "lost")  # applied to the new index generation only
+    time.sleep(RECHECK_SECONDS + 0.05)
+    assert gateway.resolve(bid, "S1") == Status.SUSPENDED  # the suspension takes effect without a restart
+    assert gateway.resolve_many(bid, ["S1"]) == bytes([Status.SUSPENDED])
+    gateway.close()
