@@ -435,11 +435,29 @@ def _decode_upcasting(payload: bytes | memoryview) -> Envelope:
         raise RecordDecodeError(f"record {seq!r} ({tag}) does not match its schema: {exc}") from None
 
 
+def _exact_types(annotation: Any) -> tuple[type, ...]:
+    """The exact Python types a field of this annotation may hold (bool is not an int here)."""
+    args = getattr(annotation, "__args__", None)
+    if args is not None and type(annotation).__name__ in ("UnionType", "_UnionGenericAlias"):
+        return tuple(t for a in args for t in _exact_types(a))
+    return (type(None),) if annotation is None or annotation is type(None) else (annotation,)
+
+
+# event type -> [(field, exact types)]: msgspec does not check types when a Struct is
+# built in Python, and a wrongly typed field would make a record that never decodes.
+_FIELD_TYPES: dict[type, list[tuple[str, tuple[type, ...]]]] = {
+    cls: [(f.name, _exact_types(f.type)) for f in msgspec.structs.fields(cls)] for cls in EVENT_TYPES
+}
+
+
 def check_event(event: Any) -> None:
-    """Validate one event body before it is written; raises ValidationError."""
-    if type(event) not in _EVENT_TYPE_SET:
+    """Validate one event body before it is written (field types, then content); raises ValidationError."""
+    fields = _FIELD_TYPES.get(type(event))
+    if fields is None:
         raise ValidationError(f"{type(event).__name__} is not a mykey event type")
+    for name, types in fields:
+        value = getattr(event, name)
+        if type(value) not in types:
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise ValidationError(f"{type(event).__name__}.{name} must be {want}, not {type(value).__name__}")
     event.check()
-
-
-_EVENT_TYPE_SET = frozenset(EVENT_TYPES)

@@ -106,6 +106,12 @@ def test_truncated_records_raise_our_error(body, cut):
         (ev.TerminalEnrolled("A0001-T0001", "A0001", b"\0" * 31), ValidationError),
         (ev.BusinessRegistered("A0001", "", "131016"), ValidationError),
         (ev.BusinessRegistered("A0001", "Library", "13"), ValidationError),
+        # Wrong Python types would write a record that never decodes again.
+        (ev.BusinessRegistered("A0001", "Library", "131016", 1), ValidationError),
+        (ev.FeedAcked("points", True), ValidationError),
+        (ev.TrustAnchorAdded(b"\0" * 32, b"der", "yes"), ValidationError),
+        (ev.ServiceIdRegistered("A0001", "S1", 42), ValidationError),
+        (ev.MyKeyCreated("ABCDEFGH", "CN=x", "01", bytearray(32)), ValidationError),
     ],
 )
 def test_bad_events_are_refused(event, error):
