@@ -13,7 +13,6 @@ import getpass
 import hashlib
 import hmac
 import io
-import logging
 import os
 import re
 import secrets
@@ -38,25 +37,28 @@ from .errors import (
     ChallengeError,
     CommandRefused,
     InactiveError,
+    MykeyError,
     NotFoundError,
     StaleCrlError,
     ValidationError,
 )
 from .filelog import FileLog
-from .index import Index, rebuild
+from .index import Index
 from .projection import get_business, get_mykey, get_terminal
 from .resolver import Resolver
 from .status import MyKeyState, Status
 from .transitions import next_state
-
-_log = logging.getLogger("mykey.engine")
 
 CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
 CHALLENGE_BYTES = 32
 CHALLENGE_PURPOSES = ("create", "renew")
 MAX_OPEN_CHALLENGES = 100_000
 CSV_HEADER = ["service_id", "customer_id"]
-REVOKED_REASON = "certificate revoked"  # suspension reason prefix; a renewal lifts such a suspension
+REVOKED_REASON = "certificate revoked"  # reason of suspensions by a CRL (which a renewal lifts)
+
+
+class IndexAheadError(MykeyError):
+    """The index reflects events the log no longer has (the log lost its tail)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ class Engine:
         self._challenges: dict[bytes, tuple[float, str]] = {}  # challenge -> (expiry, purpose)
         self._resolver: Resolver | None = None
         self._checkpoint_from: int | None = None
+        self._failed: str | None = None  # set when the index could not follow the log
         self._subject_key = ensure_subject_key(data)
 
     # --- opening ---------------------------------------------------------
@@ -191,16 +194,12 @@ class Engine:
         try:
             index = Index.open(data, binding=binding)
             if index.last_seq > log.last_seq:
-                # The log lost its tail (an OS crash with fsync="interval"/"never") after the
-                # index applied it: the log is the truth, so rebuild the index from it.
-                _log.warning(
-                    "index is at sequence %d but the log ends at %d; rebuilding the index from the log",
-                    index.last_seq, log.last_seq,
+                raise IndexAheadError(
+                    f"the index has applied events up to sequence {index.last_seq} but the log ends at "
+                    f"{log.last_seq}: the log lost events. Restore the log from a replica or backup; or, if it "
+                    "ran with fsync='interval' or 'never' and the machine crashed, accept the loss with "
+                    "`mykey rebuild`"
                 )
-                index.close()
-                index = None
-                rebuild(data, log, binding=binding)
-                index = Index.open(data, binding=binding)
             index.catch_up(log)
             if audit:
                 from .audit import AuditTrail, ensure_signing_key
@@ -239,8 +238,20 @@ class Engine:
 
     def _commit(self, events: Sequence[ev.Event], actor: ev.Actor) -> list[ev.Envelope]:
         """Append one atomic batch (validated against the state the index shows), then apply it."""
+        if self._failed is not None:
+            raise MykeyError(self._failed)
         envs = self.log.append(events, actor, expected_last_seq=self.index.last_seq)
-        self.index.apply(envs)
+        try:
+            self.index.apply(envs)
+        except Exception as exc:
+            try:
+                self.index.catch_up(self.log)  # the events are in the log: apply them from there
+            except Exception:
+                self._failed = (
+                    f"the command was recorded in the log (sequence {envs[0].seq}-{envs[-1].seq}) but the index "
+                    f"could not apply it ({exc}); close and reopen the engine, which replays it"
+                )
+                raise MykeyError(self._failed) from exc
         if self.trail is not None:
             self.trail.catch_up()  # if this fails, the next open catches the trail up from the log
         return envs
@@ -407,22 +418,25 @@ class Engine:
     # --- 2. businesses and terminals -------------------------------------------
 
     def _next_business_id(self) -> str:
+        """The ID after the highest one issued; when Z9999 is taken, the lowest free one."""
         with self._txn() as txn:
             cur = txn.cursor(self.index.dbs.business)
             try:
-                last = None
-                for key, _ in cur.iter_from(b""):
-                    last = key.decode()
+                taken = [key.decode() for key, _ in cur.iter_from(b"")]
             finally:
                 cur.close()
-        if last is None:
+        if not taken:
             return "A0001"
-        letter, num = last[0], int(last[1:])
-        if num < 9999:
-            return f"{letter}{num + 1:04d}"
-        if letter == "Z":
-            raise CommandRefused("all business IDs A0001-Z9999 are used")
-        return f"{chr(ord(letter) + 1)}0001"
+        last = taken[-1]
+        if last != "Z9999":
+            letter, num = last[0], int(last[1:])
+            return f"{letter}{num + 1:04d}" if num < 9999 else f"{chr(ord(letter) + 1)}0001"
+        used = set(taken)
+        for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+            for num in range(1, 10000):
+                if f"{letter}{num:04d}" not in used:
+                    return f"{letter}{num:04d}"
+        raise CommandRefused("all business IDs A0001-Z9999 are used")
 
     def register_business(
         self,
@@ -586,7 +600,7 @@ class Engine:
                 f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"
             )
         events.append(ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric))
-        self._commit(events, actor or ev.Actor("user", mykey_id))
+        self._commit(events, actor or self.operator)
 
     def unlink_service_id(self, business_id: str, service_id: str, *, actor: ev.Actor | None = None) -> None:
         """Unlink a service ID from its MyKey ID (it stays registered, UNLINKED)."""
@@ -679,7 +693,7 @@ class Engine:
                 int(info.not_after.timestamp()),
             )
         ]
-        if rec.state == MyKeyState.SUSPENDED and rec.reason.startswith(REVOKED_REASON):
+        if rec.state == MyKeyState.SUSPENDED and rec.suspended_by_crl:
             events.append(ev.MyKeyResumed(mykey_id))  # the revoked certificate is replaced
         self._commit(events, ev.Actor("user", mykey_id))
 
@@ -704,10 +718,12 @@ class Engine:
                 )
             events: list[ev.Event] = []
             suspended: list[str] = []
+            seen: set[str] = set()
             for entry in info.entries:
                 serial = format(entry.serial, "x")
-                if txn.get(dbs.revoked, k.revoked_key(info.issuer, serial)) is not None:
-                    continue
+                if serial in seen or txn.get(dbs.revoked, k.revoked_key(info.issuer, serial)) is not None:
+                    continue  # listed twice, or revoked by an earlier CRL
+                seen.add(serial)
                 at = int(entry.revoked_at.timestamp()) if entry.revoked_at else int(info.this_update.timestamp())
                 events.append(ev.CertificateRevoked(info.issuer, serial, entry.reason, at, info.fingerprint))
                 mk = txn.get(dbs.cert, k.cert_serial_key(info.issuer, serial))
@@ -715,7 +731,7 @@ class Engine:
                     continue  # not a current certificate of any MyKey ID (e.g. superseded by a renewal)
                 rec = get_mykey(txn, dbs, mk.decode())
                 if rec is not None and rec.state == MyKeyState.VALID and rec.cert_serial == serial:
-                    events.append(ev.MyKeySuspended(mk.decode(), f"{REVOKED_REASON} ({entry.reason})"))
+                    events.append(ev.MyKeySuspended(mk.decode(), f"{REVOKED_REASON} ({entry.reason})", by_crl=True))
                     suspended.append(mk.decode())
         newly = sum(1 for e in events if isinstance(e, ev.CertificateRevoked))
         events.append(

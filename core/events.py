@@ -98,11 +98,12 @@ class MyKeyCreated(_Event, tag="mk.created"):
 
 
 class MyKeySuspended(_Event, tag="mk.suspended"):
-    """A MyKey ID was suspended (on request, or because its certificate was revoked)."""
+    """A MyKey ID was suspended: on request, or (by_crl) because a CRL revoked its certificate."""
 
     FEED: ClassVar[bool] = True
     mykey_id: str
     reason: str
+    by_crl: bool = False
 
     def check(self) -> None:
         ids.check_mykey_id(self.mykey_id)
@@ -396,7 +397,7 @@ def decode_envelope(payload: bytes | memoryview) -> Envelope:
     """Decode one record into today's Envelope, upcasting older schema versions."""
     try:
         env = _env_decoder.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return _decode_upcasting(payload)
     if env.v != env.body.VERSION:
         return _decode_upcasting(payload)
@@ -406,8 +407,8 @@ def decode_envelope(payload: bytes | memoryview) -> Envelope:
 def _decode_upcasting(payload: bytes | memoryview) -> Envelope:
     try:
         raw = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, ValueError, TypeError) as exc:
-        raise RecordDecodeError(f"record is not valid MessagePack: {exc}") from None
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise RecordDecodeError(f"record is not valid MessagePack: {exc!r:.200}") from None
     if not (isinstance(raw, list) and len(raw) == 5 and isinstance(raw[4], list) and raw[4]):
         raise RecordDecodeError("record is not an event envelope [seq, ts, actor, v, body]")
     seq, ts, actor, version, body = raw

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 
 from .errors import IndividualNumberError, ValidationError
 
@@ -23,8 +24,10 @@ OPAQUE_ID_RE = re.compile(r"[\x21-\x7e]{1,32}\Z")
 TERMINAL_ID_RE = re.compile(r"[A-Z][0-9]{4}-T[0-9]{4,8}\Z")
 ACTOR_ID_RE = re.compile(r"[\x21-\x7e]{1,64}\Z")
 MUNICIPALITY_RE = re.compile(r"[0-9]{5,6}\Z")
-# A run of exactly 12 digits inside free text (reasons, names).
-_TWELVE_DIGITS_RE = re.compile(r"(?<![0-9])[0-9]{12}(?![0-9])")
+# A run of exactly 12 digits inside free text (reasons, names), allowing the usual
+# single spaces or hyphens between digit groups (1234 5678 9018, 1234-5678-9018).
+_TWELVE_DIGITS_RE = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){11}(?![ -]?[0-9])")
+_SEPARATORS = str.maketrans("", "", " -")
 MAX_SERVICE_ID_LEN = 32
 
 _WEIGHTS = (6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
@@ -47,7 +50,7 @@ def is_individual_number(value: str) -> bool:
 
 
 def _refuse_individual_number(field: str, value: str) -> None:
-    if is_individual_number(value):
+    if is_individual_number(value) or is_individual_number(value.translate(_SEPARATORS)):
         raise IndividualNumberError(
             f"{field} looks like an Individual Number (12 digits with a valid check digit); "
             "mykey never stores one. Use the service's own customer number instead, or register "
@@ -126,7 +129,8 @@ def check_text(value: str, field: str, max_len: int, *, allow_empty: bool = True
         raise ValidationError(f"{field} must not be empty")
     if any(ch in value for ch in "\x00\r\n"):
         raise ValidationError(f"{field} must be a single line without control characters")
-    for m in _TWELVE_DIGITS_RE.finditer(value):
+    # NFKC folds full-width digits (１２３…) into ASCII before looking for numbers.
+    for m in _TWELVE_DIGITS_RE.finditer(unicodedata.normalize("NFKC", value)):
         _refuse_individual_number(field, m.group())
     return value
 

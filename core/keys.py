@@ -106,6 +106,7 @@ class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):
     cert_not_after: int
     created_seq: int
     reason: str = ""
+    suspended_by_crl: bool = False
 
 
 class BusinessRecord(msgspec.Struct, array_like=True, frozen=True):

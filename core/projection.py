@@ -81,11 +81,14 @@ def _note_event(txn: Any, dbs: Dbs, mykey_id: str, seq: int) -> None:
     txn.put(dbs.mkevents, mykey_id.encode("ascii") + k.u64(seq), b"")
 
 
-def _set_state(txn: Any, dbs: Dbs, env: ev.Envelope, mykey_id: str, state: MyKeyState, reason: str) -> None:
+def _set_state(
+    txn: Any, dbs: Dbs, env: ev.Envelope, mykey_id: str, state: MyKeyState, reason: str, by_crl: bool = False
+) -> None:
     rec = get_mykey(txn, dbs, mykey_id)
     if rec is None:
         raise KeyError(f"event {env.seq} changes unknown MyKey ID {mykey_id}")
-    _put_mykey(txn, dbs, mykey_id, k.MyKeyRecord(**{**_fields(rec), "state": state, "reason": reason}))
+    fields = {**_fields(rec), "state": state, "reason": reason, "suspended_by_crl": by_crl}
+    _put_mykey(txn, dbs, mykey_id, k.MyKeyRecord(**fields))
     _note_event(txn, dbs, mykey_id, env.seq)
     # Denormalised answers: rewrite every linked service key in the same transaction.
     prefix = mykey_id.encode("ascii")
@@ -127,7 +130,7 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
 
 @handles(ev.MyKeySuspended)
 def _suspended(txn, dbs, env, b: ev.MyKeySuspended) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.SUSPENDED, b.reason)
+    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.SUSPENDED, b.reason, b.by_crl)
 
 
 @handles(ev.MyKeyResumed)

@@ -5,18 +5,35 @@ from __future__ import annotations
 import hypothesis.strategies as st
 
 from mykey import events as ev
-from mykey.ids import MYKEY_ALPHABET, MYKEY_ID_LEN, individual_number_check_digit, is_individual_number
+from mykey.errors import ValidationError
+from mykey.ids import (
+    MYKEY_ALPHABET,
+    MYKEY_ID_LEN,
+    check_text,
+    individual_number_check_digit,
+    is_individual_number,
+)
 
 printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 business_ids = st.from_regex(r"[A-Z][0-9]{4}", fullmatch=True)
 mykey_ids = st.text(alphabet=MYKEY_ALPHABET, min_size=MYKEY_ID_LEN, max_size=MYKEY_ID_LEN)
-opaque_ids = st.text(alphabet=printable, min_size=1, max_size=32).filter(lambda s: not is_individual_number(s))
+opaque_ids = st.text(alphabet=printable, min_size=1, max_size=32).filter(
+    lambda s: not is_individual_number(s) and not is_individual_number(s.replace("-", ""))
+)
 terminal_numbers = st.integers(min_value=0, max_value=9999)
 digests = st.binary(min_size=32, max_size=32)
 serials = st.integers(min_value=1, max_value=(1 << 159) - 1).map(lambda n: format(n, "x"))
-reasons = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64).filter(
-    lambda s: not any(is_individual_number(s[i : i + 12]) for i in range(len(s)))
-)
+
+
+def _text_ok(s: str) -> bool:
+    try:
+        check_text(s, "reason", 256)
+    except ValidationError:
+        return False
+    return True
+
+
+reasons = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=64).filter(_text_ok)
 names = reasons.filter(lambda s: s.strip() != "")
 issuers = st.sampled_from(["CN=Test Root,O=mykey", "CN=JPKI User CA,O=JPKI,C=JP"])
 seconds = st.integers(min_value=0, max_value=2**40)

@@ -166,3 +166,28 @@ def test_demo_never_replaces_real_data(tmp_path, capsys):
         with pytest.raises(LogLockedError):
             prepare_data_dir(demo)  # never under a running engine
     capsys.readouterr()
+
+
+def test_cli_refuses_cleanly(tmp_path, capsys):
+    d = ["--data", str(tmp_path / "data")]
+    assert main(["init", *d]) == 0
+    code, _, err = run(capsys, "crl", "apply", *d, str(tmp_path / "missing.crl"))
+    assert code == 1 and "No such file" in err and "Traceback" not in err
+    code, _, err = run(capsys, "feed", *d, "pünkte")
+    assert code == 1 and "consumer" in err
+
+
+def test_terminal_keys_are_never_overwritten(tmp_path, capsys):
+    keys = tmp_path / "keys"
+    paths = []
+    for name in ("one", "two"):  # two platforms enrolling into one key directory
+        d = ["--data", str(tmp_path / name)]
+        assert main(["init", *d]) == 0
+        assert main(["business", "add", *d, "--name", "Lib", "--municipality", "131016"]) == 0
+        capsys.readouterr()
+        code, out, _ = run(capsys, "--json", "terminal", "enrol", *d, "A0001", "--out", str(keys))
+        assert code == 0
+        paths.append(json.loads(out)["key_file"])
+    assert paths[0] != paths[1]
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in paths)
+    assert open(paths[0], "rb").read() != open(paths[1], "rb").read()

@@ -465,7 +465,7 @@ def test_every_event_is_attributed(engine, pki):
     engine.suspend(mk, "x", actor=ev.Actor("operator", "desk-7"))
     actors = [(type(e.body).__name__, e.actor.kind, e.actor.id) for e in engine.log.read()]
     assert ("MyKeyCreated", "user", mk) in actors
-    assert ("ServiceIdLinked", "user", mk) in actors
+    assert ("ServiceIdLinked", "operator", engine.operator.id) in actors  # whoever called link, by default
     assert ("MyKeySuspended", "operator", "desk-7") in actors
     assert all(kind in ("operator", "user", "terminal", "system") and aid for _, kind, aid in actors)
 
@@ -518,8 +518,10 @@ def test_subject_digest_is_keyed(engine, pki):
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
 
-def test_index_ahead_of_a_shortened_log_is_rebuilt(tmp_path, binding):
+def test_index_ahead_of_a_shortened_log_is_refused_until_rebuilt(tmp_path, binding, capsys):
     """After an OS crash with fsync="never" the log may lose a tail the index already applied."""
+    from mykey.cli import main
+    from mykey.engine import IndexAheadError
     from mykey.filelog import list_segments
 
     data = tmp_path / "data"
@@ -531,10 +533,14 @@ def test_index_ahead_of_a_shortened_log_is_rebuilt(tmp_path, binding):
         e.register_service_ids(bid, [("S2", None)])
     with open(seg, "r+b") as f:
         f.truncate(size_after_s1)  # the last batch never reached the disk
+    with pytest.raises(IndexAheadError, match="mykey rebuild"):
+        Engine.open(data, binding=binding, audit=False)
+    assert main(["rebuild", "--data", str(data)]) == 0  # the operator accepts the loss
     with Engine.open(data, binding=binding, audit=False) as e:
         assert e.index.last_seq == e.log.last_seq == 2
         assert status(e, bid, "S1") == Status.UNLINKED and status(e, bid, "S2") == Status.UNKNOWN
         e.register_service_ids(bid, [("S3", None)])  # and it accepts commands again
+    capsys.readouterr()
 
 
 def test_a_renewed_away_certificate_cannot_come_back(engine, pki):
@@ -550,3 +556,39 @@ def test_a_renewed_away_certificate_cannot_come_back(engine, pki):
     ch = engine.new_challenge("renew")
     with appends_nothing(engine), pytest.raises(CommandRefused, match="already replaced"):
         engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+
+
+
+def test_engine_stops_cleanly_when_the_index_cannot_follow(engine, monkeypatch):
+    bid = engine.register_business("Library", "131016")
+
+    def broken(envs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.index, "apply", broken)
+    monkeypatch.setattr(engine.index, "catch_up", lambda log: broken(None))
+    with pytest.raises(MykeyError, match="recorded in the log .* reopen"):
+        engine.register_service_ids(bid, [("S1", None)])
+    with pytest.raises(MykeyError, match="reopen"):
+        engine.register_service_ids(bid, [("S2", None)])
+
+
+def test_crl_listing_a_serial_twice(engine, pki):
+    mk, cred = create_user(engine, pki)
+    report = engine.apply_crl(pki.inter.crl([(cred, "key_compromise"), (cred, "key_compromise")], number=40))
+    assert report.suspended == [mk] and report.newly_revoked == 1
+
+
+def test_an_operator_suspension_survives_a_renewal(engine, pki):
+    mk, old = create_user(engine, pki)
+    engine.suspend(mk, "certificate revoked (says the operator)")
+    new = pki.inter.renew(old)
+    ch = engine.new_challenge("renew")
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    assert engine.mykey(mk).state == MyKeyState.SUSPENDED
+
+
+def test_business_ids_fill_gaps_after_z9999(engine):
+    engine.register_business("a", "131016")
+    engine.register_business("z", "131016", business_id="Z9999")
+    assert engine.register_business("b", "131016") == "A0002"

@@ -70,3 +70,22 @@ def test_text_limits():
         ids.check_text("a\nb", "reason", 256)
     # A 13-digit run is not an Individual Number.
     assert ids.check_text("order 1234567890180", "reason", 256)
+
+
+@given(individual_numbers())
+def test_individual_numbers_in_disguise_are_refused(number):
+    spaced = f"{number[:4]} {number[4:8]} {number[8:]}"
+    hyphened = f"{number[:4]}-{number[4:8]}-{number[8:]}"
+    full_width = "".join(chr(0xFF10 + int(d)) for d in number)
+    for text in (f"my number is {spaced}", f"no. {hyphened}!", f"番号{full_width}です"):
+        with pytest.raises(IndividualNumberError):
+            ids.check_text(text, "reason", 256)
+    with pytest.raises(IndividualNumberError):
+        ids.check_service_id(hyphened)
+    with pytest.raises(IndividualNumberError):
+        ids.check_customer_id(hyphened)
+
+
+def test_longer_digit_runs_are_not_individual_numbers():
+    assert ids.check_text("order 1234-5678-9018-7", "reason", 256)
+    assert ids.check_text("tel 03-1234-5678", "reason", 256)

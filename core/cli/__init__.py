@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MykeyError as exc:
         out.refused(str(exc), error=type(exc).__name__)
         return EXIT_REFUSED
+    except OSError as exc:  # a file named on the command line cannot be read or written
+        out.refused(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), error=type(exc).__name__)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from .. import certs
 from ..datadir import DataDir
 from ..engine import Engine, feed_items
 from ..errors import MykeyError
+from ..ids import check_actor_id
 from ..filelog import FileLog
 from ..index import current_generation, open_dbs
 from ..keys import parse_u64
@@ -157,15 +158,41 @@ def cmd_terminal_enrol(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     directory = Path(args.out) if args.out else data.terminal_keys
     directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".probe-{os.getpid()}"
+    probe.write_bytes(b"")  # fail before enrolling if the key cannot be written
+    probe.unlink()
     with open_engine(args) as e:
         cred = e.enrol_terminal(args.business)
-    path = directory / f"{cred.terminal_id}.key"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(cred.private_key_pem)
+    path = _write_private_key(directory, cred.terminal_id, cred.private_key_pem)
     out.result(f"enrolled terminal {cred.terminal_id}; private key written to {path} (mode 0600)",
                terminal_id=cred.terminal_id, business_id=cred.business_id, key_file=str(path))
     return 0
+
+
+def _write_private_key(directory: Path, stem: str, pem: bytes) -> Path:
+    """Write pem durably with mode 0600 as STEM.key, never over an existing file (the key exists once)."""
+    tmp = directory / f".{stem}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    path = directory / f"{stem}.key"
+    n = 1
+    while True:
+        try:
+            os.link(tmp, path)
+            break
+        except FileExistsError:
+            n += 1
+            path = directory / f"{stem}.{n}.key"
+    tmp.unlink()
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return path
 
 
 def cmd_terminal_revoke(args: argparse.Namespace, out: Output) -> int:
@@ -286,6 +313,7 @@ def _feed_position(data: DataDir, consumer: str) -> int:
 
 
 def cmd_feed(args: argparse.Namespace, out: Output) -> int:
+    check_actor_id(args.consumer, "consumer")
     data = DataDir(args.data)
     if not data.log.is_dir():
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
