@@ -256,7 +256,7 @@ def build_generation(
                 flush()
         flush()
         # Large write transactions leave free pages behind: keep a compacted copy
-        # (about half the size), fsynced by LMDB's copy.
+        # (about half the size). LMDB's copy does not fsync, so we do.
         compact = target.with_name(target.name + ".compact")
         if compact.exists():
             shutil.rmtree(compact)
@@ -264,9 +264,20 @@ def build_generation(
         env.copy(str(compact), compact=True)
     finally:
         env.close()
+    _fsync_path(compact / "data.mdb")
+    _fsync_path(compact)
     shutil.rmtree(target)
     os.rename(compact, target)
+    _fsync_path(target.parent)
     return target
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
