@@ -66,6 +66,7 @@ class EngineModel(RuleBasedStateMachine):
         self.terminals: dict[str, tuple[str, object, bool]] = {}  # terminal id -> (bid, key, active)
         self.crl_number = 0
         self.revoked: set[str] = set()  # MyKey IDs whose current certificate a CRL revoked
+        self.crl_suspended: set[str] = set()  # MyKey IDs a CRL suspended (a renewal resumes them)
 
     def teardown(self) -> None:
         self.engine.close()
@@ -188,6 +189,25 @@ class EngineModel(RuleBasedStateMachine):
         else:
             assert call().label == nxt
             self.mykeys[mk] = nxt
+            self.crl_suspended.discard(mk)
+
+    @rule(data=st.data())
+    def renew(self, data) -> None:
+        if not self.mykeys:
+            return
+        mk = data.draw(st.sampled_from(list(self.mykeys)))
+        new = pki().inter.renew(self.creds[mk])
+        ch = self.engine.new_challenge("renew")
+        call = lambda: self.engine.renew_certificate(mk, pki().chain(new), new.sign(ch), ch)  # noqa: E731
+        if self.mykeys[mk] == "invalid":
+            self.expect(CommandRefused, call)
+            return
+        call()
+        self.creds[mk] = new
+        self.revoked.discard(mk)
+        if mk in self.crl_suspended:
+            self.mykeys[mk] = "valid"
+            self.crl_suspended.discard(mk)
 
     @rule(data=st.data())
     def enrol_terminal(self, data) -> None:
@@ -220,6 +240,7 @@ class EngineModel(RuleBasedStateMachine):
         if self.mykeys[mk] == "valid" and mk not in self.revoked:
             assert report.suspended == [mk]
             self.mykeys[mk] = "suspended"
+            self.crl_suspended.add(mk)
         else:
             assert report.suspended == []
         self.revoked.add(mk)
