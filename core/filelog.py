@@ -14,11 +14,19 @@ Durability (fsync modes):
 - ``never``: no fsync until close(); survives a process crash only.
 In every mode a batch is atomic: after any crash it is wholly present or absent.
 
-Recovery on open (writer): the tail of the newest segment is scanned; a torn or
-garbage tail (an incomplete or damaged last batch with no valid batch after it)
-is cut off, saved under ``log/torn/`` and reported. Damage with valid data after
-it is never skipped: opening fails with CorruptLogError naming segment, offset
-and sequence number.
+Recovery on open (writer): the tail of the newest segment is scanned. A torn
+tail is cut off, saved under ``log/torn/`` and reported; torn means (a) an
+incomplete final batch, (b) an invalid batch header with no valid header after it
+(garbage or zeros appended), or (c) a complete final batch whose damaged region
+holds a run of >= 512 zero bytes (blocks left unwritten by a power loss). Any
+other damage is never skipped: opening fails with CorruptLogError naming segment,
+offset and sequence number. A complete final batch that is damaged otherwise was
+written in full (with fsync="always", acknowledged), so it is corruption; only an
+operator cuts it (``cut_damaged_tail=True``, ``mykey log repair --cut-damaged-tail``).
+
+New segments are created under a temporary name (header written and fsynced) and
+renamed into place, so a reader never sees a segment without its header, and the
+writer never appends to a segment once a newer one exists.
 """
 
 from __future__ import annotations
@@ -50,7 +58,15 @@ IDX_ENTRY = struct.Struct("<QQ")  # first_seq of a batch, its offset
 IDX_STRIDE = 64 * 1024  # write an index entry at most every this many bytes
 READ_CHUNK = 4 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+TMP_SUFFIX = ".tmp"  # a segment being created: "<name>.seg.tmp", never listed
+ZERO_RUN = b"\0" * 512  # a damaged region holding this is unwritten blocks, i.e. torn
 _ALL = 1 << 62
+_GAP = -1  # pseudo parse status: a whole batch that does not start at the expected sequence
+
+# How damage found at the end of the parsed part of the newest segment is treated.
+TORN = "torn"  # cut on open and reported
+DAMAGED_FINAL = "damaged final batch"  # complete and damaged: refused unless the operator cuts it
+DAMAGED_MIDDLE = "damaged, valid data follows"  # never cut
 
 
 @dataclass(frozen=True)
@@ -62,10 +78,13 @@ class RecoveryReport:
     dropped_bytes: int
     reason: str
     saved_to: str | None
+    first_seq: int = 0  # the first sequence number that was cut (if the cut bytes held any)
+    operator_cut: bool = False  # True when cut_damaged_tail cut a complete damaged batch
 
     def __str__(self) -> str:
+        what = "cut damaged final batch" if self.operator_cut else "truncated torn tail"
         return (
-            f"truncated torn tail of {self.segment} at offset {self.offset}: "
+            f"{what} of {self.segment} at offset {self.offset} (from sequence {self.first_seq}): "
             f"{self.dropped_bytes} bytes ({self.reason}); saved to {self.saved_to}"
         )
 
@@ -85,15 +104,46 @@ def segment_name(first_seq: int) -> str:
 
 
 def list_segments(directory: Path) -> list[Segment]:
-    """Segments in the log directory, oldest first."""
+    """Segments in the log directory, oldest first (temporary files being created are not listed)."""
     segs = []
     for p in directory.glob("*.seg"):
-        try:
+        if p.suffix == ".seg" and p.stem.isdigit():
             segs.append(Segment(int(p.stem), p))
-        except ValueError:
-            continue
     segs.sort(key=lambda s: s.first_seq)
     return segs
+
+
+def classify_damage(data: bytes, pos: int, status: int, err_off: int) -> tuple[str, int]:
+    """How damage at data[pos] (the end of the newest segment's valid part) is treated.
+
+    Returns (TORN, DAMAGED_FINAL or DAMAGED_MIDDLE, offset in data of the next valid batch or -1).
+    """
+    if status == framing.INCOMPLETE:
+        return TORN, -1
+    if status == framing.BAD_HEADER:
+        later = framing.find_header(data, pos + 1)
+        return (TORN if later == -1 else DAMAGED_MIDDLE), later
+    # BAD_RECORD or _GAP: the header is valid and the body wholly present.
+    head = framing.parse_header(data, pos)
+    assert head is not None
+    bend = pos + framing.HEADER_SIZE + head[2]
+    later = framing.find_header(data, bend)
+    if later != -1:
+        return DAMAGED_MIDDLE, later
+    if status == framing.BAD_RECORD and data.find(ZERO_RUN, err_off, bend) != -1:
+        return TORN, -1
+    return DAMAGED_FINAL, -1
+
+
+def damage_reason(status: int, base: int, err_off: int) -> str:
+    """Words for a parse status at file offset base + err_off."""
+    if status == framing.INCOMPLETE:
+        return "incomplete final batch"
+    if status == framing.BAD_HEADER:
+        return "bad batch header"
+    if status == _GAP:
+        return "sequence gap"
+    return f"CRC or framing error in record at offset {base + err_off}"
 
 
 def read_idx(seg: Segment) -> list[tuple[int, int]]:
@@ -172,7 +222,9 @@ class FileLog(LogStore):
         self._closed = False
         self._failed: str | None = None
         self._mutex = threading.Lock()
-        self._dirty = False
+        self._dirty = False  # the active segment has writes not yet fdatasynced
+        self._unsynced: list[Path] = []  # fsync="never": closed segments to fdatasync in sync()/close()
+        self._cut_damaged_tail = False
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
 
@@ -189,8 +241,14 @@ class FileLog(LogStore):
         fsync_interval_ms: int = 50,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         framing_impl: str | None = None,
+        cut_damaged_tail: bool = False,
     ) -> FileLog:
-        """Open the log in `directory` as the writer (default) or as a reader (readonly=True)."""
+        """Open the log in `directory` as the writer (default) or as a reader (readonly=True).
+
+        cut_damaged_tail=True (operator override) also cuts a complete but damaged final batch.
+        """
+        if readonly and cut_damaged_tail:
+            raise ValidationError("cut_damaged_tail needs the writer: open without readonly=True")
         self = cls(
             directory,
             readonly=readonly,
@@ -199,6 +257,7 @@ class FileLog(LogStore):
             segment_bytes=segment_bytes,
             framing_impl=framing_impl,
         )
+        self._cut_damaged_tail = cut_damaged_tail
         d = self.directory
         if readonly:
             if not d.is_dir():
@@ -238,6 +297,8 @@ class FileLog(LogStore):
         self._lock_fd = fd
 
     def _open_writer(self) -> None:
+        for tmp in self.directory.glob("*.seg" + TMP_SUFFIX):
+            tmp.unlink()  # a segment whose creation a crash interrupted; it was never in place
         segs = list_segments(self.directory)
         if not segs:
             self._start_segment(1)
@@ -255,59 +316,72 @@ class FileLog(LogStore):
         """Scan the newest segment's tail; cut a torn tail. Returns (last_seq, end offset)."""
         with open(seg.path, "rb") as f:
             head = f.read(SEGMENT_HEADER_SIZE)
-            if len(head) < SEGMENT_HEADER_SIZE and seg.first_seq > 1 and len(head) == f.seek(0, 2):
-                # A crash between creating a segment and writing its header.
-                self._write_segment_header(seg)
+            if len(head) < SEGMENT_HEADER_SIZE and len(head) == f.seek(0, 2):
+                # A crash while creating the segment (older versions wrote the header in place).
+                self._create_segment_file(seg)
+                self._fsync_dir()
                 return seg.first_seq - 1, SEGMENT_HEADER_SIZE
             _check_segment_header(seg, head)
-            start, expected = checked_index_entry(seg, 1 << 62)
+            start, expected = checked_index_entry(seg, _ALL)
             f.seek(start)
             data = f.read()
-        last_seq, pos, problem = self._scan(seg, data, start, expected)
+        last_seq, pos, status, err_off, err_rec = self._scan(data, expected)
         end = start + pos
-        if problem is not None:
-            reason, seq = problem
-            later = framing.find_header(data, pos + 1)
-            if later != -1:
-                raise CorruptLogError(
-                    f"{seg.path.name}: damaged batch at offset {end} (sequence {seq}): {reason}, "
-                    f"and valid data follows at offset {start + later}. The log is not truncated; "
-                    "restore the segment from a replica or backup (see `mykey log verify`)."
-                )
-            self.recovery = self._truncate_tail(seg, end, data[pos:], reason)
+        if status == framing.OK:
+            return last_seq, end
+        kind, later = classify_damage(data, pos, status, err_off)
+        reason = damage_reason(status, start, err_off)
+        seq = last_seq + 1 + max(err_rec, 0)
+        where = f"{seg.path.name}: damaged batch at offset {end} (sequence {seq}): {reason}"
+        if kind == DAMAGED_MIDDLE:
+            raise CorruptLogError(
+                f"{where}, and valid data follows at offset {start + later}. The log is not truncated; "
+                "restore the segment from a replica or backup (see `mykey log verify`)."
+            )
+        if kind == DAMAGED_FINAL and not self._cut_damaged_tail:
+            head = framing.parse_header(data, pos)
+            assert head is not None
+            raise CorruptLogError(
+                f"{where}. It is the final batch and it was written in full, so it may have been "
+                "acknowledged: this is corruption, not a torn write, and nothing was truncated. Restore "
+                "the segment from a replica or backup; or, accepting the loss of sequences "
+                f"{head[0]}..{head[0] + head[1] - 1}, stop every writer and run "
+                "`mykey log repair --cut-damaged-tail` (it saves the batch under log/torn/)."
+            )
+        self.recovery = self._truncate_tail(seg, end, data[pos:], reason, last_seq + 1, kind == DAMAGED_FINAL)
         return last_seq, end
 
-    def _scan(self, seg: Segment, data: bytes, base: int, expected: int) -> tuple[int, int, tuple[str, int] | None]:
-        """Walk batches in data; returns (last_seq, stop pos, problem or None)."""
+    def _scan(self, data: bytes, expected: int) -> tuple[int, int, int, int, int]:
+        """Walk batches in data; returns (last_seq, stop pos, status, err_offset, err_record)."""
         pos = 0
         frames = self._frames
         while True:
             batches, npos, status, err_off, err_rec = frames.parse_batches(data, pos, _ALL)
             for off, first_seq, payloads in batches:
                 if first_seq != expected:
-                    return expected - 1, off, (f"sequence gap: batch starts at {first_seq}, expected {expected}", expected)
+                    return expected - 1, off, _GAP, off, -1
                 expected += len(payloads)
-            pos = npos
-            if status == framing.OK:
-                return expected - 1, pos, None
-            if status == framing.INCOMPLETE:
-                return expected - 1, pos, ("incomplete final batch", expected)
-            if status == framing.BAD_HEADER:
-                return expected - 1, pos, ("bad batch header", expected)
-            return expected - 1, pos, (f"CRC or framing error in record at offset {base + err_off}", expected + err_rec)
+            return expected - 1, npos, status, err_off, err_rec
 
-    def _truncate_tail(self, seg: Segment, end: int, dropped: bytes, reason: str) -> RecoveryReport:
+    def _truncate_tail(
+        self, seg: Segment, end: int, dropped: bytes, reason: str, first_seq: int, operator_cut: bool
+    ) -> RecoveryReport:
         torn = self.directory / "torn"
         torn.mkdir(exist_ok=True)
         saved = torn / f"{seg.path.stem}-{end}.bin"
         saved.write_bytes(dropped)
+        fd = os.open(saved, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the copy is durable before the original bytes go
+        finally:
+            os.close(fd)
         fd = os.open(seg.path, os.O_WRONLY)
         try:
             os.ftruncate(fd, end)
             os.fsync(fd)
         finally:
             os.close(fd)
-        report = RecoveryReport(seg.path.name, end, len(dropped), reason, str(saved))
+        report = RecoveryReport(seg.path.name, end, len(dropped), reason, str(saved), first_seq, operator_cut)
         log.warning("log recovery: %s", report)
         return report
 
@@ -321,28 +395,60 @@ class FileLog(LogStore):
         self._idx_fd = os.open(seg.idx_path, os.O_WRONLY | os.O_APPEND)
         self._idx_last_offset = entries[-1][1] if entries else -IDX_STRIDE
 
-    def _write_segment_header(self, seg: Segment) -> None:
-        fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    def _create_segment_file(self, seg: Segment) -> None:
+        """Write seg's header to a temporary file, fsync it and rename it into place (fsync the directory after)."""
+        tmp = seg.path.with_name(seg.path.name + TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, seg.first_seq))
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.rename(tmp, seg.path)
 
     def _start_segment(self, first_seq: int) -> None:
-        """Create a new segment (and its index) for batches from first_seq on; fsync the directory."""
+        """Roll to a new segment (and index) for batches from first_seq on; the old one is done."""
         seg = Segment(first_seq, self.directory / segment_name(first_seq))
-        self._write_segment_header(seg)
-        idx_fd = os.open(seg.idx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        self._fsync_dir()
+        try:
+            if self._fd is not None and self._dirty and self.fsync == "interval":
+                os.fdatasync(self._fd)  # sync at the roll: sync() only reaches the active segment
+                self._dirty = False
+            idx_fd = os.open(seg.idx_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            try:
+                self._create_segment_file(seg)
+            except BaseException:
+                os.close(idx_fd)
+                raise
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                self._failed = str(exc)
+            raise LogError(
+                f"could not start segment {seg.path.name} ({exc}); nothing was appended. "
+                "Free disk space or check the disk"
+            ) from exc
+        # The new segment is in place: from here on, nothing more is written to the old one.
+        if self._dirty and self._segment is not None:  # fsync="never": synced by sync() or close()
+            self._unsynced.append(self._segment.path)
         for fd in (self._fd, self._idx_fd):
             if fd is not None:
                 os.close(fd)
         self._segment = seg
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        self._fd = None
         self._idx_fd = idx_fd
         self._offset = SEGMENT_HEADER_SIZE
         self._idx_last_offset = -IDX_STRIDE
+        self._dirty = False
+        try:
+            self._fsync_dir()
+            self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            self._failed = str(exc)
+            raise LogError(
+                f"could not start segment {seg.path.name} ({exc}); nothing was appended. Reopen the log"
+            ) from exc
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY)
@@ -389,11 +495,11 @@ class FileLog(LogStore):
             frame = self._frames.encode_batch(first, [encode_envelope(e) for e in envs])
             if self._offset + len(frame) > self.segment_bytes and self._offset > SEGMENT_HEADER_SIZE:
                 self._start_segment(first)
-            self._write_frame(frame, first)
-            self._last_seq = first + len(envs) - 1
+            self._write_frame(frame, first, first + len(envs) - 1)
         return envs
 
-    def _write_frame(self, frame: bytes, first_seq: int) -> None:
+    def _write_frame(self, frame: bytes, first_seq: int, last_seq: int) -> None:
+        """Write one framed batch (fdatasync for "always"), then record it; the index hint is best-effort."""
         fd = self._fd
         assert fd is not None
         start = self._offset
@@ -415,11 +521,31 @@ class FileLog(LogStore):
                 if exc.errno == errno.EIO:
                     self._failed = str(exc)
             raise LogError(f"append failed ({exc}); nothing was appended. Free disk space or check the disk") from exc
+        # The batch is written (and durable for "always"): record it before anything else can fail.
         self._offset = start + len(frame)
+        self._last_seq = last_seq
         self._last_batch = (first_seq, self._segment.path, start)
-        if start - self._idx_last_offset >= IDX_STRIDE:
-            os.write(self._idx_fd, IDX_ENTRY.pack(first_seq, start))
-            self._idx_last_offset = start
+        if self._idx_fd is not None and start - self._idx_last_offset >= IDX_STRIDE:
+            self._write_idx_hint(first_seq, start)
+
+    def _write_idx_hint(self, first_seq: int, offset: int) -> None:
+        """Append an index entry; on failure stop hinting this segment (readers validate hints anyway)."""
+        try:
+            if os.write(self._idx_fd, IDX_ENTRY.pack(first_seq, offset)) != IDX_ENTRY.size:
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            log.warning(
+                "could not write an index hint for %s (%s); no more hints for this segment, readers scan instead",
+                self._segment.path.name,
+                exc,
+            )
+            try:
+                os.close(self._idx_fd)
+            except OSError:
+                pass
+            self._idx_fd = None
+        else:
+            self._idx_last_offset = offset
 
     def _sync_loop(self) -> None:
         while not self._stop_syncer.wait(self.fsync_interval):
@@ -430,11 +556,21 @@ class FileLog(LogStore):
                 log.error("log fsync failed: %s", exc)
 
     def sync(self) -> None:
-        """fdatasync the active segment now (a no-op for readers)."""
+        """fdatasync every segment with unsynced writes now (a no-op for readers)."""
         with self._mutex:
             if self._fd is not None and self._dirty:
                 os.fdatasync(self._fd)
                 self._dirty = False
+            self._sync_closed_segments()
+
+    def _sync_closed_segments(self) -> None:
+        while self._unsynced:
+            fd = os.open(self._unsynced[0], os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self._unsynced.pop(0)
 
     # --- reading ---------------------------------------------------------
 
@@ -573,10 +709,11 @@ class FileLog(LogStore):
                 buf = b""  # bytes of an incomplete batch carried to the next read
                 base = offset  # file offset of buf[0]
                 chunk_size = 64 * 1024
+                final_pass = False  # a newer segment exists: read this one to its end once more
+                retried_at = -1  # damage is re-read once from its batch start before it counts
                 while True:
                     chunk = f.read(chunk_size)
                     chunk_size = min(chunk_size * 4, READ_CHUNK)
-                    damaged_tail = False
                     if chunk:
                         buf = buf + chunk if buf else chunk
                         batches, pos, status, err_off, err_rec = frames.parse_batches(buf, 0, _ALL)
@@ -593,33 +730,55 @@ class FileLog(LogStore):
                         buf = buf[pos:]
                         if status == framing.OK or status == framing.INCOMPLETE:
                             continue
-                        # Damage at the tail of the newest segment (a write in progress, or a torn
-                        # tail the writer will cut) ends the readable log; elsewhere it is corruption.
+                        if retried_at != base:
+                            # Bytes carried from an earlier read may predate a truncation by the
+                            # writer (a failed append): judge damage only on a fresh read.
+                            retried_at = base
+                            buf = b""
+                            f.seek(base)
+                            continue
+                        # Damage that is a torn tail of the newest segment (the writer cuts it on
+                        # open) ends the readable log; anything else is corruption.
                         rest = buf + f.read()
                         newest = i == len(list_segments(self.directory)) - 1
-                        if not newest or framing.find_header(rest, 1) != -1:
+                        kind = classify_damage(rest, 0, status, err_off - pos)[0] if newest else DAMAGED_MIDDLE
+                        if kind != TORN:
                             what = "bad batch header" if status == framing.BAD_HEADER else "record CRC or framing error"
-                            where = base if status == framing.BAD_HEADER else base + err_off
+                            where = base if status == framing.BAD_HEADER else base + err_off - pos
+                            hint = (
+                                "; it is the final batch: restore the segment from a replica, or run "
+                                "`mykey log repair --cut-damaged-tail`"
+                                if kind == DAMAGED_FINAL
+                                else "; run `mykey log verify` and restore the segment"
+                            )
                             raise CorruptLogError(
                                 f"{seg.path.name}: {what} at offset {where} (sequence "
-                                f"{expected + max(err_rec, 0)}); run `mykey log verify` and restore the segment"
+                                f"{expected + max(err_rec, 0)}){hint}"
                             )
-                        damaged_tail = True
                         buf = b""
                     # End of this file for now.
-                    segs = list_segments(self.directory)
-                    if i + 1 < len(segs) and not damaged_tail:
+                    if final_pass:
                         if buf:
                             raise CorruptLogError(
                                 f"{seg.path.name}: {len(buf)} bytes of an incomplete batch at offset {base} "
                                 "in a segment that is not the newest; run `mykey log verify`"
                             )
                         break
+                    segs = list_segments(self.directory)
+                    if i + 1 < len(segs):
+                        # The writer never appends to a segment once a newer one exists, but it may
+                        # have appended here since our last read: read to the end once more.
+                        final_pass = True
+                        buf = b""
+                        f.seek(base)
+                        continue
                     if not follow or should_stop(stop):
                         return
                     time.sleep(poll_interval)
                     if should_stop(stop):
                         return
+                    if buf and os.fstat(f.fileno()).st_size < base + len(buf):
+                        buf = b""  # the writer cut a failed append: read it again
                     f.seek(base + len(buf))
             finally:
                 f.close()
@@ -636,8 +795,11 @@ class FileLog(LogStore):
         if self._syncer is not None:
             self._syncer.join()
         try:
-            if self._fd is not None and not self._failed and self.fsync != "always":
-                os.fdatasync(self._fd)
+            if not self._failed and self.fsync != "always":
+                self._sync_closed_segments()
+                if self._fd is not None:
+                    os.fdatasync(self._fd)
+                    self._dirty = False
         finally:
             self._release()
             self._closed = True

@@ -21,6 +21,7 @@ HEADER_SIZE = HEADER.size  # 32
 RECORD_HEAD = struct.Struct("<II")
 RECORD_HEAD_SIZE = RECORD_HEAD.size  # 8
 MAX_RECORD = 16 * 1024 * 1024
+NEGATIVE_POS = "pos must be >= 0 (an offset into the buffer)"
 
 # parse_batches status codes
 OK = 0
@@ -48,6 +49,8 @@ def encode_batch(first_seq: int, payloads: list[bytes]) -> bytes:
 
 def parse_header(buf: bytes | memoryview, pos: int) -> tuple[int, int, int] | None:
     """Return (first_seq, count, body_len) if a valid header starts at pos, else None."""
+    if pos < 0:
+        raise ValueError(NEGATIVE_POS)
     if len(buf) - pos < HEADER_SIZE:
         return None
     magic, hcrc, first_seq, count, body_len, _flags, _res = HEADER.unpack_from(buf, pos)
@@ -69,6 +72,8 @@ def parse_batches(
     for BAD_RECORD err_offset is the record's offset and err_record its index.
     Stops after a whole batch once max_records records were returned.
     """
+    if pos < 0:
+        raise ValueError(NEGATIVE_POS)
     mv = memoryview(buf)
     end = len(mv)
     batches: list[tuple[int, int, list[bytes]]] = []

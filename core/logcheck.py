@@ -3,7 +3,8 @@
 Checks segment headers and names, every batch header and record CRC, sequence
 continuity across batches and segments, that each record decodes and carries the
 sequence number its frame says, and that index entries point at real batches.
-Reports the first problem with its exact position.
+Reports the first problem with its exact position; damage at the newest segment's
+end counts as a torn tail only by the writer's rule (mykey.filelog.classify_damage).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from . import framing
 from .accel import framing_module
 from .errors import RecordDecodeError
 from .events import decode_envelope
-from .filelog import SEGMENT_HEADER, SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, list_segments, read_idx
+from .filelog import (
+    DAMAGED_FINAL,
+    SEGMENT_HEADER,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    TORN,
+    classify_damage,
+    list_segments,
+    read_idx,
+)
 
 
 @dataclass
@@ -98,12 +108,19 @@ def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
                 framing.BAD_RECORD: f"record {err_rec} of the batch fails its CRC or framing",
             }[status]
             where = err_off if status == framing.BAD_RECORD else pos
-            prob = Problem(seg.path.name, where, expected + max(err_rec, 0), what)
-            if newest and framing.find_header(data, pos + 1) == -1:
+            kind = classify_damage(data, pos, status, err_off)[0] if newest else None
+            if kind == TORN:
+                prob = Problem(seg.path.name, where, expected + max(err_rec, 0), what)
                 report.torn_tail = prob
                 report.notes.append(f"torn tail ({what}) that the writer cuts on its next open: {prob}")
             else:
-                report.problem = prob
+                if kind == DAMAGED_FINAL:
+                    what += (
+                        " in the final batch, which was written in full: corruption, not a torn tail. Restore "
+                        "the segment from a replica or backup, or cut the batch (losing its events) with "
+                        "`mykey log repair --cut-damaged-tail`"
+                    )
+                report.problem = Problem(seg.path.name, where, expected + max(err_rec, 0), what)
                 return report
         for first_seq, off in read_idx(seg):
             if batch_starts.get(off) != first_seq and off < pos:

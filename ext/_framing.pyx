@@ -14,6 +14,7 @@ from mykey.framing import (
     BAD_RECORD,
     HEADER_SIZE,
     INCOMPLETE,
+    NEGATIVE_POS,
     OK,
     RECORD_HEAD_SIZE,
 )
@@ -83,6 +84,8 @@ cdef inline bint header_ok(const uint8_t *h) noexcept nogil:
 
 def parse_header(const uint8_t[::1] buf, Py_ssize_t pos):
     """Return (first_seq, count, body_len) if a valid header starts at pos, else None."""
+    if pos < 0:
+        raise ValueError(NEGATIVE_POS)
     if buf.shape[0] - pos < HSIZE or not header_ok(&buf[pos]):
         return None
     return get64(&buf[pos + 8]), get32(&buf[pos + 16]), get32(&buf[pos + 20])
@@ -96,6 +99,8 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
     cdef const uint8_t *base = &buf[0] if end > 0 else NULL
     cdef list batches = []
     cdef list payloads
+    if pos < 0:
+        raise ValueError(NEGATIVE_POS)
     while pos < end and got < max_records:
         if end - pos < HSIZE:
             return batches, pos, INCOMPLETE, pos, -1

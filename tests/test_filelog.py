@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mykey import framing
+from mykey import filelog, framing
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
 from mykey.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
 from mykey.logcheck import verify_log
@@ -235,3 +236,296 @@ def test_reader_in_another_process_follows_the_tail(tmp_path):
     assert child.returncode == 0
     assert [int(x) for x in lines[0::2]] == list(range(1, 301))
     assert lines[1::2] == [f"s{i}" for i in range(300)]
+
+
+# --- followers across segment rolls (segments appear whole, via rename) ---
+
+FOLLOWER = textwrap.dedent(
+    """
+    import sys
+    from mykey.filelog import FileLog
+    path, last = sys.argv[1], int(sys.argv[2])
+    log = FileLog.open(path, readonly=True)
+    print("ready", flush=True)
+    seqs = []
+    for seq, _payload in log.follow_raw(1, poll_interval=0.0005):
+        seqs.append(seq)
+        if seq >= last:
+            break
+    ok = seqs == list(range(1, last + 1))
+    print("ok" if ok else f"bad: got {len(seqs)} records, first {seqs[:5]}", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("fsync", ["never", "always"])
+def test_follower_in_another_process_sees_every_seq_across_segment_rolls(tmp_path, fsync):
+    for round_ in range(5):
+        path = tmp_path / f"log{round_}"
+        writer = FileLog.open(path, segment_bytes=1024, fsync=fsync)
+        writer.append([svc(0)])
+        batches = 3000
+        child = subprocess.Popen(
+            [sys.executable, "-c", FOLLOWER, str(path), str(batches)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout.readline().strip() == "ready"
+        for b in range(1, batches):
+            writer.append([svc(b)])
+        out, err = child.communicate(timeout=120)
+        writer.close()
+        assert child.returncode == 0 and out.strip() == "ok", f"round {round_}: {out} {err[-2000:]}"
+        assert len(list_segments(path)) > 200
+
+
+def test_follower_reads_a_segment_to_its_end_before_moving_to_the_next(tmp_path, monkeypatch):
+    big = 60  # a batch of 60 events is ~4 KB: one fits in a 6,000-byte segment, two do not
+    writer = FileLog.open(tmp_path, segment_bytes=6000)
+    writer.append([svc(i) for i in range(big)])
+    reader = FileLog.open(tmp_path, readonly=True)
+    real_list = filelog.list_segments
+    segments_after = []
+
+    def listing(directory):
+        # The reader is at the end of its segment: the writer appends one more batch there, then rolls.
+        if len(segments_after) < 10:
+            n = len(list_segments(tmp_path))
+            writer.append([svc(writer.last_seq)])
+            writer.append([svc(writer.last_seq + i) for i in range(big)])
+            segments_after.append(len(list_segments(tmp_path)) - n)
+        return real_list(directory)
+
+    records = reader.follow_raw(1, poll_interval=0.001)
+    seen = [next(records)[0]]  # the reader has started on the first segment
+    monkeypatch.setattr(filelog, "list_segments", listing)
+    last = big + 10 * (1 + big)
+    for seq, _ in records:
+        seen.append(seq)
+        if seq == last:
+            break
+    assert segments_after == [1] * 10  # each time: one batch into the old segment, then a new one
+    assert seen == list(range(1, last + 1))
+
+
+def test_new_segments_appear_with_their_header_and_temp_files_are_ignored(tmp_path, monkeypatch):
+    log = FileLog.open(tmp_path, segment_bytes=4096)
+    seen: list[tuple[str, bytes]] = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        seen.append((str(dst), Path(src).read_bytes()))
+        assert [s.path for s in list_segments(tmp_path)] == [tmp_path / f"{1:020d}.seg"]  # tmp not listed
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    while len(list_segments(tmp_path)) < 2:
+        log.append([svc(log.last_seq)])
+    dst, content = seen[-1]
+    assert dst.endswith(f"{log.last_seq:020d}.seg") and len(content) == SEGMENT_HEADER_SIZE
+    monkeypatch.undo()
+    log.close()
+    (tmp_path / f"{99:020d}.seg.tmp").write_bytes(b"half-made")  # a crash while creating a segment
+    assert all(s.path.suffix == ".seg" for s in list_segments(tmp_path))
+    FileLog.open(tmp_path).close()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- a damaged final batch that was written in full is corruption, not a torn tail ---
+
+
+def last_batch_offset(seg: Path) -> int:
+    data = seg.read_bytes()
+    pos = SEGMENT_HEADER_SIZE
+    while True:
+        _, _, body_len = framing.parse_header(data, pos)
+        if pos + framing.HEADER_SIZE + body_len == len(data):
+            return pos
+        pos += framing.HEADER_SIZE + body_len
+
+
+def test_damaged_complete_final_batch_is_refused_until_the_operator_cuts_it(tmp_path):
+    fill(tmp_path, batches=5, per=10).close()
+    seg = newest_segment(tmp_path)
+    pos = last_batch_offset(seg)
+    data = bytearray(seg.read_bytes())
+    data[pos + 32 + 8 + 8 + 5] ^= 0x01  # a payload byte of the last batch's first record (sequence 41)
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError) as err:
+        FileLog.open(tmp_path)
+    msg = str(err.value)
+    assert seg.name in msg and f"offset {pos}" in msg and "sequence 41" in msg
+    assert "mykey log repair --cut-damaged-tail" in msg and "replica" in msg
+    assert seg.read_bytes() == bytes(data)  # nothing truncated
+    assert not (tmp_path / "torn").exists()
+    with pytest.raises(CorruptLogError, match="sequence 41"):
+        list(FileLog.open(tmp_path, readonly=True).read())  # readers do not pass it silently either
+    report = verify_log(tmp_path)
+    assert report.problem is not None and report.problem.seq == 41 and report.torn_tail is None
+    assert "--cut-damaged-tail" in report.problem.what
+    with pytest.raises(ValidationError):
+        FileLog.open(tmp_path, readonly=True, cut_damaged_tail=True)
+
+    log = FileLog.open(tmp_path, cut_damaged_tail=True)
+    rec = log.recovery
+    assert rec is not None and rec.operator_cut and rec.offset == pos and rec.first_seq == 41
+    assert Path(rec.saved_to).read_bytes() == bytes(data[pos:])
+    assert log.last_seq == 40 and seg.stat().st_size == pos
+    assert log.append([svc(99)])[0].seq == 41
+    log.close()
+    assert verify_log(tmp_path).ok
+
+
+def test_damaged_final_batch_with_valid_data_after_is_never_cut(tmp_path):
+    fill(tmp_path, batches=5, per=10).close()
+    seg = newest_segment(tmp_path)
+    pos = last_batch_offset(seg)
+    data = bytearray(seg.read_bytes())
+    data[pos + 32 + 8 + 5] ^= 0x01
+    data += framing.encode_batch(51, [b"x"])  # a valid batch after the damage
+    seg.write_bytes(bytes(data))
+    for kw in ({}, {"cut_damaged_tail": True}):
+        with pytest.raises(CorruptLogError, match="valid data follows"):
+            FileLog.open(tmp_path, **kw)
+    assert seg.read_bytes() == bytes(data)
+
+
+def test_sequence_gap_in_the_final_batch_is_not_a_torn_tail(tmp_path):
+    fill(tmp_path, batches=2, per=10).close()
+    seg = newest_segment(tmp_path)
+    good = seg.read_bytes()
+    seg.write_bytes(good + framing.encode_batch(25, [b"x"]))
+    with pytest.raises(CorruptLogError, match="sequence gap"):
+        FileLog.open(tmp_path)
+    assert not verify_log(tmp_path).ok
+
+
+@pytest.mark.parametrize("where", ["body", "whole-batch"])
+def test_zero_filled_final_batch_region_is_truncated(tmp_path, where):
+    fill(tmp_path, batches=5, per=20).close()
+    seg = newest_segment(tmp_path)
+    pos = last_batch_offset(seg)
+    data = bytearray(seg.read_bytes())
+    start = pos + 32 + 100 if where == "body" else pos  # unwritten blocks after a power loss
+    assert len(data) - start >= 512
+    data[start:] = bytes(len(data) - start)
+    seg.write_bytes(bytes(data))
+    assert verify_log(tmp_path).ok  # a torn tail, not a problem
+    assert list(FileLog.open(tmp_path, readonly=True).read())[-1].seq == 80
+    log = FileLog.open(tmp_path)
+    assert log.last_seq == 80 and seg.stat().st_size == pos
+    assert log.recovery is not None and not log.recovery.operator_cut
+
+
+def test_cli_log_repair_cut_damaged_tail(tmp_path, capsys):
+    from mykey.cli import main
+
+    fill(tmp_path / "log", batches=5, per=10).close()
+    seg = newest_segment(tmp_path / "log")
+    pos = last_batch_offset(seg)
+    data = bytearray(seg.read_bytes())
+    data[pos + 32 + 8 + 3] ^= 0x10
+    seg.write_bytes(bytes(data))
+    d = ["--data", str(tmp_path)]
+    assert main(["log", "verify", *d]) == 1
+    assert "repair --cut-damaged-tail" in capsys.readouterr().err
+    assert main(["log", "repair", *d]) == 1  # without the flag: refused, nothing cut
+    err = capsys.readouterr().err
+    assert "mykey log repair --cut-damaged-tail" in err and "replica" in err
+    assert seg.read_bytes() == bytes(data)
+    lock_fd = os.open(tmp_path / "log" / "LOCK", os.O_RDWR)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # as a running writer holds it
+    try:
+        assert main(["log", "repair", "--cut-damaged-tail", *d]) == 1  # needs the writer lock
+        assert "another writer" in capsys.readouterr().err
+        assert seg.read_bytes() == bytes(data)
+    finally:
+        os.close(lock_fd)
+    assert main(["log", "repair", "--cut-damaged-tail", *d]) == 0
+    out = capsys.readouterr().out
+    assert "cut damaged final batch" in out and seg.name in out and f"offset {pos}" in out and "sequence 40" in out
+    assert main(["log", "verify", *d]) == 0
+    assert main(["log", "repair", *d]) == 0
+    assert "nothing to cut" in capsys.readouterr().out
+
+
+# --- a failed index-hint write after a durable append ---
+
+
+def test_failed_idx_write_after_a_durable_append_keeps_sequence_numbers(tmp_path, caplog):
+    log = FileLog.open(tmp_path)
+    log.append([svc(0)])
+    os.close(log._idx_fd)
+    log._idx_fd = os.open("/dev/null", os.O_RDONLY)  # os.write fails with EBADF
+    log._idx_last_offset = -(1 << 40)  # make the next append write a hint
+    a = log.append([svc(1), svc(2)])
+    assert [e.seq for e in a] == [2, 3] and log.last_seq == 3
+    assert "index hint" in caplog.text
+    assert log.append([svc(3)])[0].seq == 4
+    for i in range(200):  # more appends: no more hints for this segment, and no errors
+        log.append([svc(4 + i)] * 50)
+    log.close()
+    assert [e.seq for e in FileLog.open(tmp_path, readonly=True).read()] == list(range(1, 10_005))
+    assert verify_log(tmp_path).ok
+    w = FileLog.open(tmp_path)
+    assert w.last_seq == 10_004 and w.recovery is None
+
+
+# --- fsync of segments that are no longer active ---
+
+
+def track_unsynced_writes(monkeypatch) -> set[str]:
+    """Patch os.write/fdatasync/fsync; returns the set of segment paths written but not yet synced."""
+    dirty: set[str] = set()
+    real_write, real_fdatasync, real_fsync = os.write, os.fdatasync, os.fsync
+
+    def path_of(fd):
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def write(fd, data):
+        if path_of(fd).endswith(".seg"):
+            dirty.add(path_of(fd))
+        return real_write(fd, data)
+
+    def synced(real):
+        def sync(fd):
+            real(fd)
+            dirty.discard(path_of(fd))
+
+        return sync
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", synced(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", synced(real_fsync))
+    return dirty
+
+
+@pytest.mark.parametrize("mode", ["interval", "never"])
+def test_sync_and_close_leave_no_segment_unsynced(tmp_path, monkeypatch, mode):
+    dirty = track_unsynced_writes(monkeypatch)
+    log = FileLog.open(tmp_path, fsync=mode, fsync_interval_ms=3_600_000, segment_bytes=4096)
+    for i in range(300):
+        log.append([svc(i)])
+    segs = list_segments(tmp_path)
+    assert len(segs) > 3
+    active = str(segs[-1].path)
+    if mode == "interval":
+        assert dirty <= {active}  # older segments were synced when the log rolled past them
+    else:
+        assert len(dirty) > 1  # "never": nothing synced before sync()/close()
+    log.sync()
+    assert dirty == set()
+    log.append([svc(1000)] * 100)
+    log.append([svc(1001)] * 100)  # rolls: the previous segment is written, not yet synced
+    log.close()
+    assert dirty == set()
+
+
+def test_crash_while_creating_the_first_segment(tmp_path):
+    (tmp_path / f"{1:020d}.seg").write_bytes(b"")
+    log = FileLog.open(tmp_path)
+    assert log.last_seq == 0 and log.recovery is None
+    assert log.append([svc(1)])[0].seq == 1
+    log.close()
+    assert [e.seq for e in FileLog.open(tmp_path, readonly=True).read()] == [1]

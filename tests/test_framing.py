@@ -88,3 +88,15 @@ def test_find_header_skips_fake_magic():
     assert framing.find_header(junk, 0) == -1
     with pytest.raises(TypeError):
         framing_module("native").encode_batch(1, ["not bytes"])
+
+
+def test_negative_pos_is_refused_by_both_twins():
+    buf = framing.encode_batch(1, [b"abc"]) + b"\0" * 40
+    errors = []
+    for name in ("native", "pure"):
+        f = framing_module(name)
+        for call, args in ((f.parse_header, (buf, -5)), (f.parse_batches, (buf, -1, 10)), (f.parse_batches, (b"", -1, 1))):
+            with pytest.raises(ValueError) as err:
+                call(*args)
+            errors.append(str(err.value))
+    assert len(set(errors)) == 1 and "pos" in errors[0]

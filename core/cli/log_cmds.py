@@ -1,4 +1,4 @@
-"""`mykey log ...`: inspect and verify the event log."""
+"""`mykey log ...`: inspect, verify and repair the event log."""
 
 from __future__ import annotations
 
@@ -13,12 +13,24 @@ from .output import EXIT_REFUSED, Output
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("log", help="inspect and verify the event log", parents=[common])
+    p = sub.add_parser("log", help="inspect, verify and repair the event log", parents=[common])
     lsub = p.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
     lsub.required = True
 
     v = lsub.add_parser("verify", help="check every record's CRC, framing, sequence and decoding", parents=[common])
     v.set_defaults(func=cmd_verify)
+
+    r = lsub.add_parser(
+        "repair",
+        help="open the log as the writer and run recovery (needs the writer lock); prints what was cut",
+        parents=[common],
+    )
+    r.add_argument(
+        "--cut-damaged-tail",
+        action="store_true",
+        help="also cut a complete but damaged final batch (its events are lost; its bytes are kept in log/torn/)",
+    )
+    r.set_defaults(func=cmd_repair)
 
     s = lsub.add_parser("show", help="print events (one line each, or JSON lines)", parents=[common])
     s.add_argument("--from", dest="from_seq", type=int, default=1, help="first sequence number (default 1)")
@@ -52,6 +64,32 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         f"last sequence {report.last_seq}",
         **data,
     )
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace, out: Output) -> int:
+    log_dir = DataDir(args.data).log
+    if not log_dir.is_dir():
+        out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
+        return EXIT_REFUSED
+    log = FileLog.open(log_dir, create=False, cut_damaged_tail=args.cut_damaged_tail)
+    try:
+        rec, last = log.recovery, log.last_seq
+    finally:
+        log.close()
+    if rec is None:
+        out.result(f"nothing to cut: the log ends cleanly at sequence {last}", cut=None, last_seq=last)
+        return 0
+    cut = {
+        "segment": rec.segment,
+        "offset": rec.offset,
+        "bytes": rec.dropped_bytes,
+        "first_seq": rec.first_seq,
+        "reason": rec.reason,
+        "saved_to": rec.saved_to,
+        "operator_cut": rec.operator_cut,
+    }
+    out.result(f"{rec}; the log now ends at sequence {last}", cut=cut, last_seq=last)
     return 0
 
 
