@@ -444,21 +444,39 @@ def _exact_types(annotation: Any) -> tuple[type, ...]:
     return (type(None),) if annotation is None or annotation is type(None) else (annotation,)
 
 
-# event type -> [(field, exact types)]: msgspec does not check types when a Struct is
-# built in Python, and a wrongly typed field would make a record that never decodes.
+# msgspec does not check types when a Struct is built in Python, and a wrongly typed
+# field would make a record that never decodes: each event type gets a compiled
+# exact-type check (bool is not an int here).
 _FIELD_TYPES: dict[type, list[tuple[str, tuple[type, ...]]]] = {
     cls: [(f.name, _exact_types(f.type)) for f in msgspec.structs.fields(cls)] for cls in EVENT_TYPES
 }
 
 
+def _compile_type_check(cls: type) -> Callable[[Any], bool]:
+    terms = []
+    env: dict[str, Any] = {}
+    for i, (name, types) in enumerate(_FIELD_TYPES[cls]):
+        alts = []
+        for j, t in enumerate(types):
+            env[f"t{i}_{j}"] = t
+            alts.append(f"type(e.{name}) is t{i}_{j}")
+        terms.append("(" + " or ".join(alts) + ")")
+    exec(f"def ok(e):\n    return {' and '.join(terms) or 'True'}\n", env)  # noqa: S102 - our own field names
+    return env["ok"]
+
+
+_TYPE_OK: dict[type, Callable[[Any], bool]] = {cls: _compile_type_check(cls) for cls in EVENT_TYPES}
+
+
 def check_event(event: Any) -> None:
     """Validate one event body before it is written (field types, then content); raises ValidationError."""
-    fields = _FIELD_TYPES.get(type(event))
-    if fields is None:
+    type_ok = _TYPE_OK.get(type(event))
+    if type_ok is None:
         raise ValidationError(f"{type(event).__name__} is not a mykey event type")
-    for name, types in fields:
-        value = getattr(event, name)
-        if type(value) not in types:
-            want = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-            raise ValidationError(f"{type(event).__name__}.{name} must be {want}, not {type(value).__name__}")
+    if not type_ok(event):
+        for name, types in _FIELD_TYPES[type(event)]:
+            value = getattr(event, name)
+            if type(value) not in types:
+                want = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+                raise ValidationError(f"{type(event).__name__}.{name} must be {want}, not {type(value).__name__}")
     event.check()
