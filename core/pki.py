@@ -105,8 +105,34 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+class _CertAndKey:
+    """Export helpers for anything holding ``cert`` and ``key``."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(Encoding.PEM)
+
+    def cert_der(self) -> bytes:
+        return self.cert.public_bytes(Encoding.DER)
+
+    def key_pem(self) -> bytes:
+        """Unencrypted PKCS#8 PEM of the private key (throwaway keys only)."""
+        return _private_pem(self.key)
+
+    def write(self, directory: Path | str, stem: str) -> tuple[Path, Path]:
+        """Write ``stem.pem`` (certificate) and ``stem.key`` (private key, mode 0600)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+        _write_private(key_path, self.key_pem())
+        _write_public(cert_path, self.cert_pem())
+        return cert_path, key_path
+
+
 @dataclass
-class UserCredential:
+class UserCredential(_CertAndKey):
     """A user certificate plus its private key: what the ID card holds."""
 
     cert: x509.Certificate
@@ -129,33 +155,13 @@ class UserCredential:
             return key.sign(challenge, ec.ECDSA(_SHA256))
         return key.sign(challenge)
 
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(Encoding.PEM)
-
-    def cert_der(self) -> bytes:
-        return self.cert.public_bytes(Encoding.DER)
-
-    def key_pem(self) -> bytes:
-        """Unencrypted PKCS#8 PEM of the private key (throwaway keys only)."""
-        return _private_pem(self.key)
-
-    def write(self, directory: Path | str, stem: str) -> tuple[Path, Path]:
-        """Write ``stem.pem`` (certificate) and ``stem.key`` (private key, mode 0600)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-        _write_private(key_path, self.key_pem())
-        _write_public(cert_path, self.cert_pem())
-        return cert_path, key_path
-
-
 RevokeItem = Union[
     tuple[Union[int, UserCredential, x509.Certificate], str],
     tuple[Union[int, UserCredential, x509.Certificate], str, datetime],
 ]
 
 
-class ThrowawayCA:
+class ThrowawayCA(_CertAndKey):
     """A CA (root or intermediate) with its key in memory; issues users, renewals and CRLs."""
 
     def __init__(self, cert: x509.Certificate, key: PrivateKey) -> None:
@@ -307,17 +313,3 @@ class ThrowawayCA:
                 rb = rb.add_extension(x509.CRLReason(x509.ReasonFlags[reason]), critical=False)
             builder = builder.add_revoked_certificate(rb.build())
         return builder.sign(self.key, self._alg).public_bytes(Encoding.DER)
-
-    def cert_pem(self) -> bytes:
-        return self.cert.public_bytes(Encoding.PEM)
-
-    def cert_der(self) -> bytes:
-        return self.cert.public_bytes(Encoding.DER)
-
-    def key_pem(self) -> bytes:
-        """Unencrypted PKCS#8 PEM of the CA key (throwaway keys only)."""
-        return _private_pem(self.key)
-
-    def write(self, directory: Path | str, stem: str) -> tuple[Path, Path]:
-        """Write ``stem.pem`` (CA certificate) and ``stem.key`` (CA key, mode 0600)."""
-        return UserCredential(self.cert, self.key).write(directory, stem)
