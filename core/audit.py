@@ -225,6 +225,12 @@ def list_checkpoints(data: DataDir) -> list[tuple[int, Path]]:
     return out
 
 
+def signed_size(data: DataDir) -> int:
+    """The tree size of the newest stored checkpoint (0 if none): events the platform signed for."""
+    cps = list_checkpoints(data)
+    return cps[-1][0] if cps else 0
+
+
 def read_checkpoint(data: DataDir, size: int) -> str:
     """The signed checkpoint note stored for tree size ``size``."""
     path = checkpoint_path(data, size)

@@ -188,11 +188,15 @@ class Engine:
         (the CLI does, so every change is covered by a signed checkpoint at once).
         """
         data = DataDir(Path(data_dir))
-        log = FileLog.open(data.log, fsync=fsync)
-        index = None
+        index = Index.open(data, binding=binding)
+        log = None
         trail = None
         try:
-            index = Index.open(data, binding=binding)
+            # Recovery may cut a torn tail, never events the index applied or a checkpoint signed.
+            from .audit import signed_size
+
+            keep = max(index.last_seq, signed_size(data))
+            log = FileLog.open(data.log, fsync=fsync, keep_through=keep)
             if index.last_seq > log.last_seq:
                 raise IndexAheadError(
                     f"the index has applied events up to sequence {index.last_seq} but the log ends at "
@@ -207,9 +211,9 @@ class Engine:
                 ensure_signing_key(data)
                 trail = AuditTrail.open(data, log)
         except BaseException:
-            if index is not None:
-                index.close()
-            log.close()
+            index.close()
+            if log is not None:
+                log.close()
             raise
         engine = cls(data, log, index, clock=clock, operator=operator, trail=trail)
         engine._checkpoint_from = log.last_seq if checkpoint_on_close else None

@@ -113,16 +113,47 @@ def list_segments(directory: Path) -> list[Segment]:
     return segs
 
 
-def classify_damage(data: bytes, pos: int, status: int, err_off: int) -> tuple[str, int]:
+def _records_follow(data: bytes, start: int) -> bool:
+    """True if CRC-valid, non-empty records are framed from start on (a batch whose header is damaged)."""
+    p = start
+    while len(data) - p >= framing.RECORD_HEAD_SIZE:
+        n, crc = framing.RECORD_HEAD.unpack_from(data, p)
+        if n == 0 or n > len(data) - p - framing.RECORD_HEAD_SIZE:
+            return False
+        if framing.crc32(data[p + framing.RECORD_HEAD_SIZE : p + framing.RECORD_HEAD_SIZE + n]) != crc:
+            return False
+        return True  # one real record is enough: garbage does not carry a matching CRC
+    return False
+
+
+def _unwritten_tail(data: bytes, base: int, damaged_at: int) -> bool:
+    """True if data ends in zeros covering damaged_at that look like unwritten blocks.
+
+    After a power loss the blocks of the last write may read as zeros: a zero run of a
+    sector or more, or zeros from a 512-aligned file offset to the end.
+    """
+    if data.find(ZERO_RUN, damaged_at) != -1:
+        return True
+    zeros_from = len(data.rstrip(b"\0"))  # where the trailing zeros begin
+    return damaged_at <= zeros_from < len(data) and (base + zeros_from) % 512 == 0
+
+
+def classify_damage(data: bytes, pos: int, status: int, err_off: int, base: int = 0) -> tuple[str, int]:
     """How damage at data[pos] (the end of the newest segment's valid part) is treated.
 
-    Returns (TORN, DAMAGED_FINAL or DAMAGED_MIDDLE, offset in data of the next valid batch or -1).
+    base is the file offset of data[0]. Returns (TORN, DAMAGED_FINAL or DAMAGED_MIDDLE,
+    offset in data of the next valid batch or -1).
     """
     if status == framing.INCOMPLETE:
         return TORN, -1
     if status == framing.BAD_HEADER:
         later = framing.find_header(data, pos + 1)
-        return (TORN if later == -1 else DAMAGED_MIDDLE), later
+        if later != -1:
+            return DAMAGED_MIDDLE, later
+        header = data[pos : pos + framing.HEADER_SIZE]
+        if header.strip(b"\0") and _records_follow(data, pos + framing.HEADER_SIZE):
+            return DAMAGED_FINAL, -1  # a written batch whose header was damaged afterwards
+        return TORN, -1  # garbage or unwritten blocks after the last batch
     # BAD_RECORD or _GAP: the header is valid and the body wholly present.
     head = framing.parse_header(data, pos)
     assert head is not None
@@ -130,7 +161,7 @@ def classify_damage(data: bytes, pos: int, status: int, err_off: int) -> tuple[s
     later = framing.find_header(data, bend)
     if later != -1:
         return DAMAGED_MIDDLE, later
-    if status == framing.BAD_RECORD and data.find(ZERO_RUN, err_off, bend) != -1:
+    if status == framing.BAD_RECORD and _unwritten_tail(data[:bend], base, err_off):
         return TORN, -1
     return DAMAGED_FINAL, -1
 
@@ -225,6 +256,7 @@ class FileLog(LogStore):
         self._dirty = False  # the active segment has writes not yet fdatasynced
         self._unsynced: list[Path] = []  # fsync="never": closed segments to fdatasync in sync()/close()
         self._cut_damaged_tail = False
+        self._keep_through = 0  # recovery never cuts sequences at or below this
         self._syncer: threading.Thread | None = None
         self._stop_syncer = threading.Event()
 
@@ -242,10 +274,13 @@ class FileLog(LogStore):
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         framing_impl: str | None = None,
         cut_damaged_tail: bool = False,
+        keep_through: int = 0,
     ) -> FileLog:
         """Open the log in `directory` as the writer (default) or as a reader (readonly=True).
 
         cut_damaged_tail=True (operator override) also cuts a complete but damaged final batch.
+        keep_through: sequences known to be acknowledged (applied by the index, covered by a
+        signed checkpoint); recovery refuses to cut any of them.
         """
         if readonly and cut_damaged_tail:
             raise ValidationError("cut_damaged_tail needs the writer: open without readonly=True")
@@ -258,6 +293,7 @@ class FileLog(LogStore):
             framing_impl=framing_impl,
         )
         self._cut_damaged_tail = cut_damaged_tail
+        self._keep_through = keep_through
         d = self.directory
         if readonly:
             if not d.is_dir():
@@ -329,7 +365,7 @@ class FileLog(LogStore):
         end = start + pos
         if status == framing.OK:
             return last_seq, end
-        kind, later = classify_damage(data, pos, status, err_off)
+        kind, later = classify_damage(data, pos, status, err_off, start)
         reason = damage_reason(status, start, err_off)
         seq = last_seq + 1 + max(err_rec, 0)
         where = f"{seg.path.name}: damaged batch at offset {end} (sequence {seq}): {reason}"
@@ -340,13 +376,18 @@ class FileLog(LogStore):
             )
         if kind == DAMAGED_FINAL and not self._cut_damaged_tail:
             head = framing.parse_header(data, pos)
-            assert head is not None
+            lost = f"sequences {head[0]}..{head[0] + head[1] - 1}" if head else f"the batch from sequence {seq}"
             raise CorruptLogError(
                 f"{where}. It is the final batch and it was written in full, so it may have been "
                 "acknowledged: this is corruption, not a torn write, and nothing was truncated. Restore "
-                "the segment from a replica or backup; or, accepting the loss of sequences "
-                f"{head[0]}..{head[0] + head[1] - 1}, stop every writer and run "
-                "`mykey log repair --cut-damaged-tail` (it saves the batch under log/torn/)."
+                f"the segment from a replica or backup; or, accepting the loss of {lost}, stop every "
+                "writer and run `mykey log repair --cut-damaged-tail` (it saves the batch under log/torn/)."
+            )
+        if last_seq < self._keep_through:
+            raise CorruptLogError(
+                f"{where}. Cutting it would drop sequences {last_seq + 1}..{self._keep_through}, which the "
+                "index applied or a signed checkpoint covers, so they were acknowledged: nothing was "
+                "truncated. Restore the segment from a replica or backup."
             )
         self.recovery = self._truncate_tail(seg, end, data[pos:], reason, last_seq + 1, kind == DAMAGED_FINAL)
         return last_seq, end
@@ -369,12 +410,17 @@ class FileLog(LogStore):
         torn = self.directory / "torn"
         torn.mkdir(exist_ok=True)
         saved = torn / f"{seg.path.stem}-{end}.bin"
+        n = 1
+        while saved.exists():  # never overwrite an earlier cut's copy
+            n += 1
+            saved = torn / f"{seg.path.stem}-{end}.{n}.bin"
         saved.write_bytes(dropped)
-        fd = os.open(saved, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the copy is durable before the original bytes go
-        finally:
-            os.close(fd)
+        for path in (saved, torn, self.directory):  # the copy is durable before the original bytes go
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         fd = os.open(seg.path, os.O_WRONLY)
         try:
             os.ftruncate(fd, end)
@@ -423,7 +469,7 @@ class FileLog(LogStore):
                 os.close(idx_fd)
                 raise
         except OSError as exc:
-            if exc.errno == errno.EIO:
+            if exc.errno == errno.EIO or self._dirty:  # the roll-time fdatasync failed
                 self._failed = str(exc)
             raise LogError(
                 f"could not start segment {seg.path.name} ({exc}); nothing was appended. "
@@ -503,12 +549,14 @@ class FileLog(LogStore):
         fd = self._fd
         assert fd is not None
         start = self._offset
+        syncing = False
         try:
             view = memoryview(frame)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
             if self.fsync == "always":
+                syncing = True
                 os.fdatasync(fd)
             else:
                 self._dirty = True
@@ -518,7 +566,9 @@ class FileLog(LogStore):
             except OSError:
                 self._failed = str(exc)
             else:
-                if exc.errno == errno.EIO:
+                # After a failed fsync the kernel may have dropped dirty pages of earlier writes
+                # too: the only safe way on is to reopen (which re-reads what the disk holds).
+                if syncing or exc.errno == errno.EIO:
                     self._failed = str(exc)
             raise LogError(f"append failed ({exc}); nothing was appended. Free disk space or check the disk") from exc
         # The batch is written (and durable for "always"): record it before anything else can fail.
@@ -558,10 +608,14 @@ class FileLog(LogStore):
     def sync(self) -> None:
         """fdatasync every segment with unsynced writes now (a no-op for readers)."""
         with self._mutex:
-            if self._fd is not None and self._dirty:
-                os.fdatasync(self._fd)
-                self._dirty = False
-            self._sync_closed_segments()
+            try:
+                if self._fd is not None and self._dirty:
+                    os.fdatasync(self._fd)
+                    self._dirty = False
+                self._sync_closed_segments()
+            except OSError as exc:
+                self._failed = str(exc)  # unsynced writes may be gone: appends stop until a reopen
+                raise LogError(f"fsync of the log failed ({exc}); reopen the log to recover") from exc
 
     def _sync_closed_segments(self) -> None:
         while self._unsynced:
@@ -578,7 +632,9 @@ class FileLog(LogStore):
         """Find the last committed sequence number by reading the tail; returns it."""
         if not self.readonly:
             return self._last_seq
-        last = 0
+        segs = list_segments(self.directory)
+        # A segment exists only once every earlier sequence was written (it may hold no batch yet).
+        last = segs[-1].first_seq - 1 if segs else 0
         for _seq, _payload in self.read_raw(self._tail_hint(), None):
             last = _seq
         self._last_seq = max(self._last_seq, last)
@@ -741,7 +797,7 @@ class FileLog(LogStore):
                         # open) ends the readable log; anything else is corruption.
                         rest = buf + f.read()
                         newest = i == len(list_segments(self.directory)) - 1
-                        kind = classify_damage(rest, 0, status, err_off - pos)[0] if newest else DAMAGED_MIDDLE
+                        kind = classify_damage(rest, 0, status, err_off - pos, base)[0] if newest else DAMAGED_MIDDLE
                         if kind != TORN:
                             what = "bad batch header" if status == framing.BAD_HEADER else "record CRC or framing error"
                             where = base if status == framing.BAD_HEADER else base + err_off - pos

@@ -24,9 +24,9 @@ OPAQUE_ID_RE = re.compile(r"[\x21-\x7e]{1,32}\Z")
 TERMINAL_ID_RE = re.compile(r"[A-Z][0-9]{4}-T[0-9]{4,8}\Z")
 ACTOR_ID_RE = re.compile(r"[\x21-\x7e]{1,64}\Z")
 MUNICIPALITY_RE = re.compile(r"[0-9]{5,6}\Z")
-# A run of exactly 12 digits inside free text (reasons, names), allowing the usual
-# single spaces or hyphens between digit groups (1234 5678 9018, 1234-5678-9018).
-_TWELVE_DIGITS_RE = re.compile(r"(?<![0-9])(?<![0-9][ -])[0-9](?:[ -]?[0-9]){11}(?![ -]?[0-9])")
+# Digit groups joined by single spaces or hyphens (1234 5678 9018, 1234-5678-9018).
+_DIGIT_RUN_RE = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
+_GROUP_SEP_RE = re.compile(r"[ -]")
 _SEPARATORS = str.maketrans("", "", " -")
 MAX_SERVICE_ID_LEN = 32
 
@@ -84,7 +84,8 @@ def check_service_id(value: str, field: str = "service_id", *, numeric_declared:
         raise ValidationError(
             f"{field} {value!r} is not valid: use 1-{MAX_SERVICE_ID_LEN} printable ASCII characters without spaces"
         )
-    if not numeric_declared:
+    if not numeric_declared or not value.isdigit():
+        # A declaration covers the business's plain 12-digit IDs, not separated forms.
         _refuse_individual_number(field, value)
     return value
 
@@ -134,9 +135,27 @@ def check_text(value: str, field: str, max_len: int, *, allow_empty: bool = True
     if any(ch in value for ch in "\x00\r\n"):
         raise ValidationError(f"{field} must be a single line without control characters")
     # NFKC folds full-width digits (１２３…) into ASCII before looking for numbers.
-    for m in _TWELVE_DIGITS_RE.finditer(unicodedata.normalize("NFKC", value)):
-        _refuse_individual_number(field, m.group())
+    for candidate in twelve_digit_candidates(unicodedata.normalize("NFKC", value)):
+        _refuse_individual_number(field, candidate)
     return value
+
+
+def twelve_digit_candidates(text: str) -> list[str]:
+    """Every way text can spell a 12-digit number: a 12-digit group, or adjacent groups of 12 digits in all."""
+    out = []
+    for m in _DIGIT_RUN_RE.finditer(text):
+        groups = _GROUP_SEP_RE.split(m.group())
+        for i, group in enumerate(groups):
+            if len(group) == 12:
+                out.append(group)
+            total = len(group)
+            for j in range(i + 1, len(groups)):
+                total += len(groups[j])
+                if total == 12:
+                    out.append("".join(groups[i : j + 1]))
+                if total >= 12:
+                    break
+    return out
 
 
 def random_mykey_id() -> str:

@@ -529,3 +529,62 @@ def test_crash_while_creating_the_first_segment(tmp_path):
     assert log.append([svc(1)])[0].seq == 1
     log.close()
     assert [e.seq for e in FileLog.open(tmp_path, readonly=True).read()] == [1]
+
+
+@pytest.mark.parametrize("byte", [0, 5, 9, 17, 21, 30])
+def test_damaged_header_of_the_final_batch_is_refused(tmp_path, byte):
+    """A bit flip in the last, fully written batch's header is damage, not a torn tail."""
+    fill(tmp_path, batches=5, per=10).close()
+    seg = newest_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    pos = SEGMENT_HEADER_SIZE
+    for _ in range(4):
+        pos += framing.HEADER_SIZE + framing.parse_header(data, pos)[2]
+    data[pos + byte] ^= 0x10
+    seg.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError, match="sequence 41"):
+        FileLog.open(tmp_path)
+    assert seg.read_bytes() == bytes(data)
+    assert not verify_log(tmp_path).ok
+    cut = FileLog.open(tmp_path, cut_damaged_tail=True)
+    assert cut.last_seq == 40 and cut.recovery.operator_cut
+
+
+def test_unwritten_blocks_shorter_than_a_sector_at_an_aligned_offset_are_torn(tmp_path):
+    """After a power loss the last page may read as zeros from a 512-aligned offset to the end."""
+    log = FileLog.open(tmp_path)
+    log.append([svc(i) for i in range(10)])
+    seg = newest_segment(tmp_path)
+    good = seg.stat().st_size
+    log.append([svc(100 + i) for i in range(40)])
+    log.close()
+    size = seg.stat().st_size
+    aligned = (size - 1) // 512 * 512  # the last sector boundary: fewer than 512 zero bytes follow
+    assert good + 64 < aligned < size and size - aligned < 512
+    data = bytearray(seg.read_bytes())
+    data[aligned:] = b"\0" * (size - aligned)
+    seg.write_bytes(bytes(data))
+    log = FileLog.open(tmp_path)
+    assert log.last_seq == 10 and log.recovery is not None
+
+
+def test_recovery_never_cuts_what_is_known_to_be_acknowledged(tmp_path):
+    fill(tmp_path, batches=5, per=10).close()
+    seg = newest_segment(tmp_path)
+    with open(seg, "r+b") as f:
+        f.truncate(seg.stat().st_size - 7)  # looks like a torn tail...
+    with pytest.raises(CorruptLogError, match="acknowledged"):
+        FileLog.open(tmp_path, keep_through=50)  # ...but the index already applied sequence 50
+    assert FileLog.open(tmp_path, keep_through=40).last_seq == 40
+
+
+def test_cut_copies_are_never_overwritten(tmp_path):
+    for round_ in range(2):
+        log = fill(tmp_path / "log", batches=1, per=3) if round_ == 0 else FileLog.open(tmp_path / "log")
+        log.close()
+        seg = newest_segment(tmp_path / "log")
+        with open(seg, "ab") as f:
+            f.write(b"garbage" * (round_ + 1))
+        FileLog.open(tmp_path / "log").close()
+    saved = sorted(p.read_bytes() for p in (tmp_path / "log" / "torn").iterdir())
+    assert saved == [b"garbage", b"garbage" * 2]

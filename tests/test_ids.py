@@ -87,5 +87,21 @@ def test_individual_numbers_in_disguise_are_refused(number):
 
 
 def test_longer_digit_runs_are_not_individual_numbers():
-    assert ids.check_text("order 1234-5678-9018-7", "reason", 256)
     assert ids.check_text("tel 03-1234-5678", "reason", 256)
+    assert ids.check_text("order 1234567890180", "reason", 256)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x 2024 123456789018", "card 123456789018 2 times", "123456789018 123456789018", "ids 1 123456789018",
+     "a 1234 5678 9018 b", "99-1234-5678-9018"],
+)
+def test_individual_numbers_next_to_other_digits_are_refused(text):
+    with pytest.raises(IndividualNumberError):
+        ids.check_text(text, "reason", 256)
+
+
+def test_a_numeric_declaration_covers_only_plain_12_digit_ids():
+    assert ids.check_service_id("123456789018", numeric_declared=True)
+    with pytest.raises(IndividualNumberError):
+        ids.check_service_id("1234-5678-9018", numeric_declared=True)

@@ -6,6 +6,7 @@ import argparse
 
 import msgspec
 
+from ..audit import signed_size
 from ..datadir import DataDir
 from ..filelog import FileLog
 from ..logcheck import verify_log
@@ -72,7 +73,9 @@ def cmd_repair(args: argparse.Namespace, out: Output) -> int:
     if not log_dir.is_dir():
         out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
         return EXIT_REFUSED
-    log = FileLog.open(log_dir, create=False, cut_damaged_tail=args.cut_damaged_tail)
+    # Never cut what a signed checkpoint covers: those events were published as existing.
+    signed = signed_size(DataDir(args.data))
+    log = FileLog.open(log_dir, create=False, cut_damaged_tail=args.cut_damaged_tail, keep_through=signed)
     try:
         rec, last = log.recovery, log.last_seq
     finally:
@@ -89,7 +92,12 @@ def cmd_repair(args: argparse.Namespace, out: Output) -> int:
         "saved_to": rec.saved_to,
         "operator_cut": rec.operator_cut,
     }
-    out.result(f"{rec}; the log now ends at sequence {last}", cut=cut, last_seq=last)
+    out.result(
+        f"{rec}; the log now ends at sequence {last}. If the index had applied the cut events, "
+        "`mykey` will say so on the next command: accept the loss with `mykey rebuild`",
+        cut=cut,
+        last_seq=last,
+    )
     return 0
 
 
