@@ -9,8 +9,10 @@ authenticated business ID, and no answer carries a MyKey ID.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -46,6 +48,8 @@ def _business_prefix(business_id: str) -> bytes:
 TERMINAL_AUTH_CONTEXT = b"mykey-terminal-auth/v1"
 MAX_CLOCK_SKEW = 60  # seconds a terminal's signed timestamp may differ from ours
 RECHECK_SECONDS = 0.25  # how often an open resolver looks for a rebuilt index
+RETIRE_GRACE = 5.0  # seconds an index replaced by a rebuild stays open for calls still using it
+_log = logging.getLogger("mykey.resolver")
 
 
 def terminal_auth_message(terminal_id: str, timestamp: int, nonce: bytes) -> bytes:
@@ -68,18 +72,22 @@ class _View:
 class Resolver:
     """Answers a terminal's lookups from the index. Open with Resolver.open(data_dir).
 
-    Safe to share between threads. A resolver that opened the index itself notices a
-    `mykey rebuild` within RECHECK_SECONDS and switches to the new index.
+    Safe to share between threads. A resolver that opened the index itself watches for
+    `mykey rebuild` (every RECHECK_SECONDS, in a background thread) and switches to the
+    new index; the old one is closed RETIRE_GRACE seconds later, when no call can still use it.
     """
 
     def __init__(self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None) -> None:
         self._view = _View(env, dbs, generation)
         self._owns_env = owns_env
-        self._retired: list[_View] = []
+        self._retired: list[tuple[float, _View]] = []
         self._swap = threading.Lock()
-        self._next_check = 0.0
         self._data: DataDir | None = None
-        self._seen_nonces: dict[bytes, float] = {}
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        # Accepted authentication nonces: (terminal, nonce) -> expiry, and the same in expiry order.
+        self._nonces: dict[tuple[str, bytes], float] = {}
+        self._nonce_order: deque[tuple[float, tuple[str, bytes]]] = deque()
         self._nonce_lock = threading.Lock()
 
     @classmethod
@@ -92,7 +100,8 @@ class Resolver:
         self._data = data
         self._binding = binding
         self._nordahead = nordahead
-        self._next_check = time.monotonic() + RECHECK_SECONDS
+        self._watcher = threading.Thread(target=self._watch, name="mykey-resolver-watch", daemon=True)
+        self._watcher.start()
         return self
 
     @property
@@ -107,11 +116,6 @@ class Resolver:
     def generation(self) -> Path | None:
         return self._view.generation
 
-    def _current(self) -> _View:
-        if self._data is not None and time.monotonic() >= self._next_check:
-            self.reopen_if_rebuilt()
-        return self._view
-
     def resolve(self, business_id: str, service_id: str) -> Status:
         """Status of one service ID of this business."""
         prefix = _business_prefix(business_id)
@@ -119,14 +123,14 @@ class Resolver:
             key = service_id.encode("ascii")
         except UnicodeEncodeError:
             return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
-        view = self._current()
+        view = self._view
         raw = view.reader.get(view.dbs.svc, prefix + key) if key else None
         return status_of(raw[0]) if raw else Status.UNKNOWN
 
     def resolve_many(self, business_id: str, service_ids: Sequence[bytes | str], *, method: str = "auto") -> bytes:
         """One status code byte per service ID, in input order (see Status and statuses())."""
         prefix = _business_prefix(business_id)
-        view = self._current()
+        view = self._view
         try:
             return view.reader.resolve_many(view.dbs.svc, prefix, service_ids, method=method)
         except UnicodeEncodeError:
@@ -144,13 +148,14 @@ class Resolver:
         """Verify a terminal's Ed25519 signature over terminal_auth_message(...); returns its business ID.
 
         The message must name this terminal, carry a time within MAX_CLOCK_SKEW seconds and
-        a nonce this resolver has not accepted before (replays fail). Revoked terminals and
-        deactivated businesses fail; their state is told only to a caller holding the key.
+        a nonce this resolver has not accepted before (replays fail; the record of nonces is
+        per Resolver, i.e. per gateway process). Revoked terminals and deactivated businesses
+        fail; their state is told only to a caller holding the key.
         """
         now = time.time() if now is None else now
         fail = TerminalAuthError(f"authentication of terminal {terminal_id!r} failed; check its ID and key file")
         nonce = _parse_auth_message(terminal_id, message, now, fail)
-        view = self._current()
+        view = self._view
         raw = view.reader.get(view.dbs.terminal, terminal_id.encode("ascii")) if terminal_id.isascii() else None
         if raw is None:
             raise fail
@@ -164,26 +169,39 @@ class Resolver:
         braw = view.reader.get(view.dbs.business, term.business_id.encode("ascii"))
         if braw is None or not k.decode(k.BusinessRecord, braw).active:
             raise TerminalAuthError(f"business {term.business_id} of terminal {terminal_id} is deactivated")
-        with self._nonce_lock:
-            if nonce in self._seen_nonces:
-                raise TerminalAuthError(f"terminal {terminal_id} sent a message that was already used (a replay)")
-            if len(self._seen_nonces) > 100_000:
-                self._seen_nonces = {n: t for n, t in self._seen_nonces.items() if t > now}
-            self._seen_nonces[nonce] = now + 2 * MAX_CLOCK_SKEW
+        self._accept_nonce((terminal_id, nonce), now)
         return term.business_id
+
+    def _accept_nonce(self, key: tuple[str, bytes], now: float) -> None:
+        with self._nonce_lock:
+            order = self._nonce_order
+            while order and order[0][0] < now:  # forget nonces whose messages are too old anyway
+                self._nonces.pop(order.popleft()[1], None)
+            if key in self._nonces:
+                raise TerminalAuthError(f"terminal {key[0]} sent a message that was already used (a replay)")
+            expiry = now + 2 * MAX_CLOCK_SKEW
+            self._nonces[key] = expiry
+            order.append((expiry, key))
 
     @property
     def last_seq(self) -> int:
         """The last log sequence number reflected in the answers."""
-        view = self._current()
+        view = self._view
         with view.env.begin() as txn:
             return read_meta_last_seq(txn, view.dbs)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(RECHECK_SECONDS):
+            try:
+                self.reopen_if_rebuilt()
+            except Exception as exc:  # keep answering from the current index; try again later
+                _log.warning("could not switch to the rebuilt index (%s); still using %s", exc, self.generation)
+            self._close_retired(RETIRE_GRACE)
 
     def reopen_if_rebuilt(self) -> bool:
         """Switch to the index generation DATA/index points at, if `mykey rebuild` made a new one."""
         if self._data is None:
             return False
-        self._next_check = time.monotonic() + RECHECK_SECONDS
         gen = current_generation(self._data)
         if gen is None or gen == self._view.generation or not gen.is_dir():
             return False
@@ -191,27 +209,49 @@ class Resolver:
             if gen == self._view.generation:
                 return False
             env, dbs, gen = _open_generation(self._data, self._binding, self._nordahead)
-            # The old view may still be in use by another thread: close it with the resolver.
-            self._retired.append(self._view)
+            # The old view may still be in use by another thread: it is closed after a grace period.
+            self._retired.append((time.monotonic(), self._view))
             self._view = _View(env, dbs, gen)
         return True
 
+    def _close_retired(self, grace: float) -> None:
+        now = time.monotonic()
+        with self._swap:
+            keep = []
+            for since, view in self._retired:
+                if now - since < grace or not _close_view(view, self._owns_env):
+                    keep.append((since, view))
+            self._retired = keep
+
     def close(self) -> None:
-        """Release readers (and the environments this resolver opened). Idempotent."""
-        for view in [self._view, *self._retired]:
-            if view.reader is not None:
-                view.reader.close()
-                view.reader = None
-            if self._owns_env and view.env is not None:
-                view.env.close()
-                view.env = None
-        self._retired = []
+        """Stop watching, release readers (and the environments this resolver opened). Idempotent."""
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        with self._swap:
+            for view in [self._view, *(v for _, v in self._retired)]:
+                _close_view(view, self._owns_env)
+            self._retired = []
 
     def __enter__(self) -> Resolver:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close_view(view: _View, owns_env: bool) -> bool:
+    """Close a view's reader (and env); False if it is still busy (try again later)."""
+    try:
+        if view.reader is not None:
+            view.reader.close()
+            view.reader = None
+        if owns_env and view.env is not None:
+            view.env.close()
+            view.env = None
+    except MykeyError:
+        return False
+    return True
 
 
 def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):

@@ -261,3 +261,44 @@ def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
     assert gateway.resolve(bid, "S1") == Status.SUSPENDED  # the suspension takes effect without a restart
     assert gateway.resolve_many(bid, ["S1"]) == bytes([Status.SUSPENDED])
     gateway.close()
+
+
+def test_rebuilds_under_load_close_old_indexes_and_never_answer_wrong(tmp_path, pki, monkeypatch):
+    import threading
+
+    from mykey import resolver as resolver_mod
+
+    monkeypatch.setattr(resolver_mod, "RECHECK_SECONDS", 0.02)
+    monkeypatch.setattr(resolver_mod, "RETIRE_GRACE", 0.1)
+    data = DataDir(tmp_path / "data")
+    with Engine.open(data.root) as e:
+        bid = e.register_business("Lib", "131016")
+        e.register_service_ids(bid, [(f"S{i}", None) for i in range(500)])
+    gateway = Resolver.open(data.root)
+    stop = threading.Event()
+    wrong: list[bytes] = []
+
+    def hammer():
+        want = bytes([Status.UNLINKED]) * 500 + bytes([Status.UNKNOWN])
+        sids = [f"S{i}" for i in range(500)] + ["nope"]
+        while not stop.is_set():
+            got = gateway.resolve_many(bid, sids)
+            if got != want:
+                wrong.append(got)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(6):
+        log = FileLog.open(data.log)
+        rebuild(data, log)
+        log.close()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert gateway.generation == (data.root / "index").resolve()
+    assert gateway._retired == []  # replaced indexes were closed, not kept open until restart
+    gateway.close()
