@@ -53,7 +53,7 @@ EVENT_STRATEGIES = {
     ev.MyKeyCreated: st.builds(
         ev.MyKeyCreated, mykey_ids, issuers, serials, digests, st.one_of(st.just(b""), digests), seconds
     ),
-    ev.MyKeySuspended: st.builds(ev.MyKeySuspended, mykey_ids, reasons),
+    ev.MyKeySuspended: st.builds(ev.MyKeySuspended, mykey_ids, reasons, st.booleans()),
     ev.MyKeyResumed: st.builds(ev.MyKeyResumed, mykey_ids),
     ev.MyKeyInvalidated: st.builds(ev.MyKeyInvalidated, mykey_ids, reasons),
     ev.CertificateRenewed: st.builds(

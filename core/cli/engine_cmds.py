@@ -181,12 +181,19 @@ def _write_private_key(directory: Path, stem: str, pem: bytes) -> Path:
     n = 1
     while True:
         try:
-            os.link(tmp, path)
+            os.link(tmp, path)  # never replaces an existing file
+            tmp.unlink()
             break
         except FileExistsError:
             n += 1
             path = directory / f"{stem}.{n}.key"
-    tmp.unlink()
+        except OSError:  # no hard links on this filesystem: check, then rename
+            if path.exists():
+                n += 1
+                path = directory / f"{stem}.{n}.key"
+                continue
+            os.rename(tmp, path)
+            break
     dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)
