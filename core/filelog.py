@@ -767,6 +767,7 @@ class FileLog(LogStore):
                 chunk_size = 64 * 1024
                 final_pass = False  # a newer segment exists: read this one to its end once more
                 retried_at = -1  # damage is re-read once from its batch start before it counts
+                rechecked_at = -1  # ... and once more if a newer segment appeared meanwhile
                 while True:
                     chunk = f.read(chunk_size)
                     chunk_size = min(chunk_size * 4, READ_CHUNK)
@@ -797,6 +798,13 @@ class FileLog(LogStore):
                         # open) ends the readable log; anything else is corruption.
                         rest = buf + f.read()
                         newest = i == len(list_segments(self.directory)) - 1
+                        if not newest and rechecked_at != base:
+                            # A newer segment appeared since our fresh read: a restarted writer may
+                            # have cut this tail before rolling. Judge on one more read.
+                            rechecked_at = base
+                            buf = b""
+                            f.seek(base)
+                            continue
                         kind = classify_damage(rest, 0, status, err_off - pos, base)[0] if newest else DAMAGED_MIDDLE
                         if kind != TORN:
                             what = "bad batch header" if status == framing.BAD_HEADER else "record CRC or framing error"
