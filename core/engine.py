@@ -311,6 +311,26 @@ class Engine:
             raise CommandRefused("no trust anchor is configured; run `mykey init --trust-anchor CA.pem` or `mykey trust add`")
         return trust
 
+    def _intermediates(self, txn) -> dict[tuple[str, str], str]:
+        """Trusted intermediate CAs: (their issuer, serial hex) -> their subject (the issuer of user certificates)."""
+        out = {}
+        cur = txn.cursor(self.index.dbs.trust)
+        try:
+            for _key, der in cur.iter_from(b"i", b"i"):
+                ca = x509.load_der_x509_certificate(der)
+                out[(ca.issuer.rfc4514_string(), format(ca.serial_number, "x"))] = ca.subject.rfc4514_string()
+        finally:
+            cur.close()
+        return out
+
+    def _certificate_revoked(self, rec: k.MyKeyRecord) -> bool:
+        """True if the MyKey ID's current certificate, or the intermediate CA that issued it, is revoked."""
+        if self._is_revoked(rec.cert_issuer, int(rec.cert_serial, 16)):
+            return True
+        with self._txn() as txn:
+            cas = [key for key, subject in self._intermediates(txn).items() if subject == rec.cert_issuer]
+        return any(self._is_revoked(issuer, int(serial, 16)) for issuer, serial in cas)
+
     def _is_revoked(self, issuer: str, serial: int) -> bool:
         with self._txn() as txn:
             return txn.get(self.index.dbs.revoked, k.revoked_key(issuer, format(serial, "x"))) is not None
@@ -645,7 +665,7 @@ class Engine:
     def resume(self, mykey_id: str, *, actor: ev.Actor | None = None) -> MyKeyState:
         """suspended -> valid; refused while the current certificate is revoked (renew it instead)."""
         rec = self._mykey(mykey_id)
-        if rec.state == MyKeyState.SUSPENDED and self._is_revoked(rec.cert_issuer, int(rec.cert_serial, 16)):
+        if rec.state == MyKeyState.SUSPENDED and self._certificate_revoked(rec):
             raise CommandRefused(
                 f"the certificate of {mykey_id} is revoked; it can be resumed only by renewing the certificate"
             )
@@ -737,6 +757,22 @@ class Engine:
                 if rec is not None and rec.state == MyKeyState.VALID and rec.cert_serial == serial:
                     events.append(ev.MyKeySuspended(mk.decode(), f"{REVOKED_REASON} ({entry.reason})", by_crl=True))
                     suspended.append(mk.decode())
+            # A revoked intermediate CA takes every certificate it issued with it.
+            revoked_cas = {
+                subject for (issuer, serial), subject in self._intermediates(txn).items()
+                if issuer == info.issuer and serial in seen
+            }
+            if revoked_cas:
+                cur = txn.cursor(dbs.mykey)
+                try:
+                    for key, raw in cur.iter_from(b""):
+                        rec = k.decode(k.MyKeyRecord, raw)
+                        mk_id = key.decode()
+                        if rec.state == MyKeyState.VALID and rec.cert_issuer in revoked_cas and mk_id not in suspended:
+                            events.append(ev.MyKeySuspended(mk_id, f"{REVOKED_REASON} (its issuing CA)", by_crl=True))
+                            suspended.append(mk_id)
+                finally:
+                    cur.close()
         newly = sum(1 for e in events if isinstance(e, ev.CertificateRevoked))
         events.append(
             ev.CrlApplied(info.issuer, number, info.fingerprint, int(info.this_update.timestamp()), len(info.entries))

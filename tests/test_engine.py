@@ -592,3 +592,31 @@ def test_business_ids_fill_gaps_after_z9999(engine):
     engine.register_business("a", "131016")
     engine.register_business("z", "131016", business_id="Z9999")
     assert engine.register_business("b", "131016") == "A0002"
+
+
+def test_revoking_an_intermediate_ca_suspends_what_it_issued(tmp_path, binding, pki):
+    from mykey.pki import ThrowawayCA
+
+    root = ThrowawayCA.create("own root")
+    ca_a = root.intermediate("CA A")
+    ca_b = root.intermediate("CA B")
+    with Engine.open(tmp_path / "d", binding=binding) as e:
+        e.add_trust_anchor(root.cert_pem())
+        e.add_trust_anchor(ca_a.cert_pem() + ca_b.cert_pem(), intermediate=True)
+        made = {}
+        for ca in (ca_a, ca_a, ca_b):
+            cred = ca.issue_user()
+            ch = e.new_challenge()
+            made[e.create_mykey(cred.cert_pem() + ca.cert_pem(), cred.sign(ch), ch)] = (ca, cred)
+        report = e.apply_crl(root.crl([(ca_a.cert.serial_number, "ca_compromise")], number=1))
+        under_a = sorted(mk for mk, (ca, _) in made.items() if ca is ca_a)
+        assert sorted(report.suspended) == under_a
+        assert [e.mykey(mk).state for mk in made if mk not in under_a] == [MyKeyState.VALID]
+        with appends_nothing(e), pytest.raises(CommandRefused, match="renewing"):
+            e.resume(under_a[0])
+        # Renewal onto a certificate from a sound CA restores the MyKey ID.
+        old_ca, old = made[under_a[0]]
+        new = ca_b.issue_user(subject=old.cert.subject)
+        ch = e.new_challenge("renew")
+        e.renew_certificate(under_a[0], new.cert_pem() + ca_b.cert_pem(), new.sign(ch), ch)
+        assert e.mykey(under_a[0]).state == MyKeyState.VALID
