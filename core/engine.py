@@ -45,7 +45,7 @@ from .errors import (
 from .filelog import FileLog
 from .index import Index
 from .projection import get_business, get_mykey, get_terminal
-from .resolver import Resolver
+from .resolver import Resolver, open_nonce_store
 from .status import MyKeyState, Status
 from .transitions import next_state
 
@@ -269,7 +269,8 @@ class Engine:
     def resolver(self) -> Resolver:
         """A Resolver sharing this engine's index environment (one env per process)."""
         if self._resolver is None:
-            self._resolver = Resolver(self.index.env, self.index.dbs, owns_env=False)
+            nonces = open_nonce_store(self.data, self.index.binding)
+            self._resolver = Resolver(self.index.env, self.index.dbs, owns_env=False, nonces=nonces)
         return self._resolver
 
     # --- trust configuration -----------------------------------------------

@@ -26,6 +26,7 @@ from .errors import MykeyError, ValidationError
 from .ids import BUSINESS_ID_RE
 from .index import current_generation, open_dbs, read_meta_last_seq
 from .lmdbenv import binding as default_binding
+from .nonces import NonceStore, ReplayError
 from .projection import Dbs
 from .status import Status, status_of, statuses
 
@@ -77,8 +78,11 @@ class Resolver:
     new index; the old one is closed RETIRE_GRACE seconds later, when no call can still use it.
     """
 
-    def __init__(self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None) -> None:
+    def __init__(
+        self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None, nonces: NonceStore | None = None
+    ) -> None:
         self._view = _View(env, dbs, generation)
+        self._nonce_store = nonces  # shared by the gateway processes; None: this process only
         self._owns_env = owns_env
         self._retired: list[tuple[float, _View]] = []
         self._swap = threading.Lock()
@@ -96,7 +100,12 @@ class Resolver:
         data = DataDir(Path(data_dir))
         binding = binding or default_binding()
         env, dbs, gen = _open_generation(data, binding, nordahead)
-        self = cls(env, dbs, owns_env=True, generation=gen)
+        try:
+            nonces = open_nonce_store(data, binding)
+        except BaseException:
+            env.close()
+            raise
+        self = cls(env, dbs, owns_env=True, generation=gen, nonces=nonces)
         self._data = data
         self._binding = binding
         self._nordahead = nordahead
@@ -173,13 +182,19 @@ class Resolver:
         return term.business_id
 
     def _accept_nonce(self, key: tuple[str, bytes], now: float) -> None:
+        expiry = now + 2 * MAX_CLOCK_SKEW
+        if self._nonce_store is not None:
+            try:
+                self._nonce_store.accept(key[0], key[1], expiry)
+            except ReplayError as exc:
+                raise TerminalAuthError(str(exc)) from None
+            return
         with self._nonce_lock:
             order = self._nonce_order
             while order and order[0][0] < now:  # forget nonces whose messages are too old anyway
                 self._nonces.pop(order.popleft()[1], None)
             if key in self._nonces:
                 raise TerminalAuthError(f"terminal {key[0]} sent a message that was already used (a replay)")
-            expiry = now + 2 * MAX_CLOCK_SKEW
             self._nonces[key] = expiry
             order.append((expiry, key))
 
@@ -232,6 +247,9 @@ class Resolver:
             for view in [self._view, *(v for _, v in self._retired)]:
                 _close_view(view, self._owns_env)
             self._retired = []
+            if self._nonce_store is not None:
+                self._nonce_store.close()
+                self._nonce_store = None
 
     def __enter__(self) -> Resolver:
         return self
@@ -252,6 +270,15 @@ def _close_view(view: _View, owns_env: bool) -> bool:
     except MykeyError:
         return False
     return True
+
+
+def open_nonce_store(data: DataDir, binding: ModuleType) -> NonceStore | None:
+    """The machine-wide record of accepted nonces (DATA/auth-nonces), or None where it cannot be written."""
+    try:
+        return NonceStore(data.root / "auth-nonces", binding)
+    except (OSError, MykeyError) as exc:
+        _log.warning("replay protection is per process: cannot open %s/auth-nonces (%s)", data.root, exc)
+        return None
 
 
 def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):

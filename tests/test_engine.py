@@ -620,3 +620,33 @@ def test_revoking_an_intermediate_ca_suspends_what_it_issued(tmp_path, binding, 
         ch = e.new_challenge("renew")
         e.renew_certificate(under_a[0], new.cert_pem() + ca_b.cert_pem(), new.sign(ch), ch)
         assert e.mykey(under_a[0]).state == MyKeyState.VALID
+
+
+def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
+    import subprocess
+    import sys
+    import textwrap
+
+    data = tmp_path / "data"
+    with Engine.open(data, binding=binding) as e:
+        bid = e.register_business("Library", "131016")
+        cred = e.enrol_terminal(bid)
+    key = load_pem_private_key(cred.private_key_pem, None)
+    m = terminal_auth_message(cred.terminal_id, int(time.time()), os.urandom(16))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from mykey.resolver import Resolver, TerminalAuthError
+        r = Resolver.open({str(data)!r})
+        try:
+            print(r.authenticate_terminal({cred.terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+        except TerminalAuthError as exc:
+            print("refused:", exc)
+        r.close()
+        """
+    )
+    run = lambda: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", code, m.hex(), key.sign(m).hex()], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert run() == bid  # the first gateway process accepts the message...
+    assert run().startswith("refused:") and "replay" in run()  # ...any other one refuses it again
