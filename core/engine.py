@@ -221,16 +221,27 @@ class Engine:
 
     def close(self) -> None:
         """Close the resolver, audit trail, index and log (releases the writer locks)."""
-        if self._resolver is not None:
-            self._resolver.close()
-            self._resolver = None
-        if self.trail is not None:
-            if self._checkpoint_from is not None and self.log.last_seq > self._checkpoint_from:
-                self.trail.checkpoint()
-            self.trail.close()
-            self.trail = None
-        self.index.close()
-        self.log.close()
+        try:
+            if self._resolver is not None:
+                self._resolver.close()
+                self._resolver = None
+        finally:
+            try:
+                if self.trail is not None:
+                    try:
+                        if self._checkpoint_from is not None and self.log.last_seq > self._checkpoint_from:
+                            self.trail.checkpoint()
+                    finally:
+                        self.trail.close()
+                        self.trail = None
+            finally:
+                self._close_storage()
+
+    def _close_storage(self) -> None:
+        try:
+            self.index.close()
+        finally:
+            self.log.close()
 
     def __enter__(self) -> Engine:
         return self

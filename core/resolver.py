@@ -26,6 +26,7 @@ from .errors import MykeyError, ValidationError
 from .ids import BUSINESS_ID_RE
 from .index import current_generation, open_dbs, read_meta_last_seq
 from .lmdbenv import binding as default_binding
+from . import nonces
 from .nonces import NonceStore, ReplayError
 from .projection import Dbs
 from .status import Status, status_of, statuses
@@ -157,9 +158,9 @@ class Resolver:
         """Verify a terminal's Ed25519 signature over terminal_auth_message(...); returns its business ID.
 
         The message must name this terminal, carry a time within MAX_CLOCK_SKEW seconds and
-        a nonce this resolver has not accepted before (replays fail; the record of nonces is
-        per Resolver, i.e. per gateway process). Revoked terminals and deactivated businesses
-        fail; their state is told only to a caller holding the key.
+        a nonce no gateway process on this machine accepted before (DATA/auth-nonces).
+        Revoked terminals and deactivated businesses fail; their state is told only to a
+        caller holding the key.
         """
         now = time.time() if now is None else now
         fail = TerminalAuthError(f"authentication of terminal {terminal_id!r} failed; check its ID and key file")
@@ -183,9 +184,10 @@ class Resolver:
 
     def _accept_nonce(self, key: tuple[str, bytes], now: float) -> None:
         expiry = now + 2 * MAX_CLOCK_SKEW
-        if self._nonce_store is not None:
+        store = self._nonce_store
+        if store is not None:
             try:
-                self._nonce_store.accept(key[0], key[1], expiry)
+                store.accept(key[0], key[1], now, expiry)
             except ReplayError as exc:
                 raise TerminalAuthError(str(exc)) from None
             return
@@ -248,7 +250,7 @@ class Resolver:
                 _close_view(view, self._owns_env)
             self._retired = []
             if self._nonce_store is not None:
-                self._nonce_store.close()
+                nonces.release(self._nonce_store)
                 self._nonce_store = None
 
     def __enter__(self) -> Resolver:
@@ -273,11 +275,17 @@ def _close_view(view: _View, owns_env: bool) -> bool:
 
 
 def open_nonce_store(data: DataDir, binding: ModuleType) -> NonceStore | None:
-    """The machine-wide record of accepted nonces (DATA/auth-nonces), or None where it cannot be written."""
+    """This process's share of the machine-wide accepted-nonce record (DATA/auth-nonces).
+
+    None only where it cannot be written (a read-only data directory): replay protection
+    is then per process, and a warning says so.
+    """
     try:
-        return NonceStore(data.root / "auth-nonces", binding)
-    except (OSError, MykeyError) as exc:
-        _log.warning("replay protection is per process: cannot open %s/auth-nonces (%s)", data.root, exc)
+        return nonces.acquire(data.root / "auth-nonces", binding)
+    except OSError as exc:
+        if not nonces.unavailable(exc):
+            raise
+        _log.warning("replay protection is per process: cannot write %s/auth-nonces (%s)", data.root, exc)
         return None
 
 

@@ -650,3 +650,44 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
     ).stdout.strip()
     assert run() == bid  # the first gateway process accepts the message...
     assert run().startswith("refused:") and "replay" in run()  # ...any other one refuses it again
+
+
+def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
+    from mykey.datadir import DataDir
+    from mykey.filelog import FileLog
+    from mykey.index import rebuild
+    from mykey.lmdbenv import binding_by_name
+    from mykey.resolver import Resolver
+
+    data = tmp_path / "data"
+    with Engine.open(data) as e:
+        bid = e.register_business("Library", "131016")
+        cred = e.enrol_terminal(bid)
+    key = load_pem_private_key(cred.private_key_pem, None)
+    m = terminal_auth_message(cred.terminal_id, int(time.time()), os.urandom(16))
+    a = Resolver.open(data, binding=binding_by_name("pure"))  # an index generation...
+    log = FileLog.open(data / "log")
+    rebuild(DataDir(data), log)
+    log.close()
+    b = Resolver.open(data, binding=binding_by_name("native"))  # ...and the rebuilt one, other binding
+    assert a.generation != b.generation
+    assert a.authenticate_terminal(cred.terminal_id, m, key.sign(m)) == bid
+    with pytest.raises(TerminalAuthError, match="replay"):
+        b.authenticate_terminal(cred.terminal_id, m, key.sign(m))
+    a.close()
+    with pytest.raises(TerminalAuthError, match="replay"):
+        b.authenticate_terminal(cred.terminal_id, m, key.sign(m))  # still shared after a closed
+    b.close()
+
+
+def test_replays_are_judged_by_the_callers_clock(tmp_path):
+    data = tmp_path / "data"
+    lagging = time.time() - 3600
+    with Engine.open(data, clock=lambda: lagging) as e:
+        bid = e.register_business("Library", "131016")
+        cred = e.enrol_terminal(bid)
+        key = load_pem_private_key(cred.private_key_pem, None)
+        m = terminal_auth_message(cred.terminal_id, int(lagging), os.urandom(16))
+        assert e.authenticate_terminal(cred.terminal_id, m, key.sign(m)) == bid
+        with pytest.raises(TerminalAuthError, match="replay"):
+            e.authenticate_terminal(cred.terminal_id, m, key.sign(m))

@@ -170,36 +170,25 @@ def cmd_terminal_enrol(args: argparse.Namespace, out: Output) -> int:
 
 
 def _write_private_key(directory: Path, stem: str, pem: bytes) -> Path:
-    """Write pem durably with mode 0600 as STEM.key, never over an existing file (the key exists once)."""
-    tmp = directory / f".{stem}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    path = directory / f"{stem}.key"
+    """Write pem durably with mode 0600 as STEM.key (or STEM.N.key): never over an existing file."""
     n = 1
     while True:
+        path = directory / (f"{stem}.key" if n == 1 else f"{stem}.{n}.key")
         try:
-            os.link(tmp, path)  # never replaces an existing file
-            tmp.unlink()
-            break
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             n += 1
-            path = directory / f"{stem}.{n}.key"
-        except OSError:  # no hard links on this filesystem: check, then rename
-            if path.exists():
-                n += 1
-                path = directory / f"{stem}.{n}.key"
-                continue
-            os.rename(tmp, path)
-            break
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return path
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return path
 
 
 def cmd_terminal_revoke(args: argparse.Namespace, out: Output) -> int:
