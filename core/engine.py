@@ -323,14 +323,18 @@ class Engine:
             raise CommandRefused("no trust anchor is configured; run `mykey init --trust-anchor CA.pem` or `mykey trust add`")
         return trust
 
-    def _intermediates(self, txn) -> dict[tuple[str, str], str]:
-        """Trusted intermediate CAs: (their issuer, serial hex) -> their subject (the issuer of user certificates)."""
+    def _intermediates(self, txn) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """Trusted intermediate CAs: (their issuer, serial hex) -> (subject, subject key identifier or b"")."""
         out = {}
         cur = txn.cursor(self.index.dbs.trust)
         try:
             for _key, der in cur.iter_from(b"i", b"i"):
                 ca = x509.load_der_x509_certificate(der)
-                out[(ca.issuer.rfc4514_string(), format(ca.serial_number, "x"))] = ca.subject.rfc4514_string()
+                try:
+                    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+                except x509.ExtensionNotFound:
+                    ski = b""
+                out[(ca.issuer.rfc4514_string(), format(ca.serial_number, "x"))] = (ca.subject.rfc4514_string(), ski)
         finally:
             cur.close()
         return out
@@ -340,7 +344,7 @@ class Engine:
         if self._is_revoked(rec.cert_issuer, int(rec.cert_serial, 16)):
             return True
         with self._txn() as txn:
-            cas = [key for key, subject in self._intermediates(txn).items() if subject == rec.cert_issuer]
+            cas = [key for key, ca in self._intermediates(txn).items() if _issued_by(rec, *ca)]
         return any(self._is_revoked(issuer, int(serial, 16)) for issuer, serial in cas)
 
     def _is_revoked(self, issuer: str, serial: int) -> bool:
@@ -447,6 +451,7 @@ class Engine:
             info.fingerprint,
             self._subject_digest(info),
             int(info.not_after.timestamp()),
+            _authority_key_id(info),
         )
         self._commit([body], ev.Actor("user", mykey_id))
         return mykey_id
@@ -727,6 +732,7 @@ class Engine:
                 info.fingerprint,
                 subject_digest,
                 int(info.not_after.timestamp()),
+                _authority_key_id(info),
             )
         ]
         if rec.state == MyKeyState.SUSPENDED and rec.suspended_by_crl:
@@ -770,17 +776,21 @@ class Engine:
                     events.append(ev.MyKeySuspended(mk.decode(), f"{REVOKED_REASON} ({entry.reason})", by_crl=True))
                     suspended.append(mk.decode())
             # A revoked intermediate CA takes every certificate it issued with it.
-            revoked_cas = {
-                subject for (issuer, serial), subject in self._intermediates(txn).items()
+            revoked_cas = [
+                ca for (issuer, serial), ca in self._intermediates(txn).items()
                 if issuer == info.issuer and serial in seen
-            }
+            ]
             if revoked_cas:
                 cur = txn.cursor(dbs.mykey)
                 try:
                     for key, raw in cur.iter_from(b""):
                         rec = k.decode(k.MyKeyRecord, raw)
                         mk_id = key.decode()
-                        if rec.state == MyKeyState.VALID and rec.cert_issuer in revoked_cas and mk_id not in suspended:
+                        if (
+                            rec.state == MyKeyState.VALID
+                            and mk_id not in suspended
+                            and any(_issued_by(rec, *ca) for ca in revoked_cas)
+                        ):
                             events.append(ev.MyKeySuspended(mk_id, f"{REVOKED_REASON} (its issuing CA)", by_crl=True))
                             suspended.append(mk_id)
                 finally:
@@ -814,6 +824,23 @@ class Engine:
         if seq < self.feed_position(consumer):
             raise CommandRefused(f"consumer {consumer} already acknowledged past {seq}; positions only move forward")
         self._commit([ev.FeedAcked(consumer, seq)], ev.Actor("system", consumer))
+
+
+def _authority_key_id(info: certs.CertInfo) -> bytes:
+    """The issuing CA's key identifier named in the certificate (AKI), or b""."""
+    try:
+        aki = x509.load_der_x509_certificate(info.der).extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return b""
+    return aki.value.key_identifier or b""
+
+
+def _issued_by(rec: k.MyKeyRecord, ca_subject: str, ca_key_id: bytes) -> bool:
+    """Was the MyKey ID's current certificate issued by this CA? By key identifier when both
+    sides have one (a CA's key rollover keeps its name), else by name."""
+    if rec.issuer_key_id and ca_key_id:
+        return rec.issuer_key_id == ca_key_id and rec.cert_issuer == ca_subject
+    return rec.cert_issuer == ca_subject
 
 
 _FEED_CHANGE = {

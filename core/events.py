@@ -56,6 +56,11 @@ def _fp(value: bytes, field: str) -> None:
         raise ValidationError(f"{field} must be a 32-byte SHA-256 digest")
 
 
+def _key_id(value: bytes) -> None:
+    if len(value) > 64:
+        raise ValidationError("issuer_key_id must be at most 64 bytes (a key identifier)")
+
+
 def _serial(value: str, field: str = "serial") -> None:
     if (
         not isinstance(value, str)
@@ -87,8 +92,10 @@ class MyKeyCreated(_Event, tag="mk.created"):
     cert_fingerprint: bytes
     subject_digest: bytes = b""
     cert_not_after: int = 0  # unix seconds
+    issuer_key_id: bytes = b""  # the issuing CA's key identifier (from the certificate's AKI)
 
     def check(self) -> None:
+        _key_id(self.issuer_key_id)
         ids.check_mykey_id(self.mykey_id)
         _issuer(self.cert_issuer)
         _serial(self.cert_serial, "cert_serial")
@@ -143,8 +150,10 @@ class CertificateRenewed(_Event, tag="cert.renewed"):
     new_fingerprint: bytes
     subject_digest: bytes = b""
     new_not_after: int = 0
+    issuer_key_id: bytes = b""  # the new certificate's issuing CA key identifier
 
     def check(self) -> None:
+        _key_id(self.issuer_key_id)
         ids.check_mykey_id(self.mykey_id)
         _fp(self.old_fingerprint, "old_fingerprint")
         _issuer(self.new_issuer)

@@ -107,6 +107,7 @@ class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):
     created_seq: int
     reason: str = ""
     suspended_by_crl: bool = False
+    issuer_key_id: bytes = b""
 
 
 class BusinessRecord(msgspec.Struct, array_like=True, frozen=True):

@@ -119,6 +119,7 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
         b.subject_digest,
         b.cert_not_after,
         env.seq,
+        issuer_key_id=b.issuer_key_id,
     )
     mk = b.mykey_id.encode("ascii")
     _put_mykey(txn, dbs, b.mykey_id, rec)
@@ -164,6 +165,7 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
             "cert_fingerprint": b.new_fingerprint,
             "subject_digest": b.subject_digest or rec.subject_digest,
             "cert_not_after": b.new_not_after,
+            "issuer_key_id": b.issuer_key_id,
         }
     )
     _put_mykey(txn, dbs, b.mykey_id, new)

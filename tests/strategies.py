@@ -51,13 +51,15 @@ terminal_ids = st.builds(lambda b, n: f"{b}-T{n:04d}", business_ids, terminal_nu
 # One strategy per event type: tests parametrise over these so every type is exercised.
 EVENT_STRATEGIES = {
     ev.MyKeyCreated: st.builds(
-        ev.MyKeyCreated, mykey_ids, issuers, serials, digests, st.one_of(st.just(b""), digests), seconds
+        ev.MyKeyCreated, mykey_ids, issuers, serials, digests, st.one_of(st.just(b""), digests), seconds,
+        st.binary(max_size=20),
     ),
     ev.MyKeySuspended: st.builds(ev.MyKeySuspended, mykey_ids, reasons, st.booleans()),
     ev.MyKeyResumed: st.builds(ev.MyKeyResumed, mykey_ids),
     ev.MyKeyInvalidated: st.builds(ev.MyKeyInvalidated, mykey_ids, reasons),
     ev.CertificateRenewed: st.builds(
-        ev.CertificateRenewed, mykey_ids, digests, issuers, serials, digests, digests, seconds
+        ev.CertificateRenewed, mykey_ids, digests, issuers, serials, digests, digests, seconds,
+        st.binary(max_size=20),
     ),
     ev.CertificateRevoked: st.builds(ev.CertificateRevoked, issuers, serials, reasons, seconds, digests),
     ev.CrlApplied: st.builds(ev.CrlApplied, issuers, st.integers(0, 2**63 - 1), digests, seconds, st.integers(0, 2**31)),

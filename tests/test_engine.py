@@ -691,3 +691,22 @@ def test_replays_are_judged_by_the_callers_clock(tmp_path):
         assert e.authenticate_terminal(cred.terminal_id, m, key.sign(m)) == bid
         with pytest.raises(TerminalAuthError, match="replay"):
             e.authenticate_terminal(cred.terminal_id, m, key.sign(m))
+
+
+def test_revoking_a_rolled_over_ca_spares_certificates_of_its_successor(tmp_path, binding):
+    from mykey.pki import ThrowawayCA
+
+    root = ThrowawayCA.create("own root")
+    old_ca = root.intermediate("CA A")
+    new_ca = root.intermediate("CA A")  # key rollover: same name, new key
+    with Engine.open(tmp_path / "d", binding=binding) as e:
+        e.add_trust_anchor(root.cert_pem())
+        e.add_trust_anchor(old_ca.cert_pem() + new_ca.cert_pem(), intermediate=True)
+        made = {}
+        for ca in (old_ca, new_ca):
+            cred = ca.issue_user()
+            ch = e.new_challenge()
+            made[ca] = e.create_mykey(cred.cert_pem() + ca.cert_pem(), cred.sign(ch), ch)
+        report = e.apply_crl(root.crl([(old_ca.cert.serial_number, "superseded")], number=1))
+        assert report.suspended == [made[old_ca]]
+        assert e.mykey(made[new_ca]).state == MyKeyState.VALID
