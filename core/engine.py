@@ -44,7 +44,7 @@ from .errors import (
 )
 from .filelog import FileLog
 from .index import Index
-from .projection import get_business, get_mykey, get_terminal
+from .projection import get_business, get_mykey, get_terminal, scan
 from .resolver import Resolver, open_nonce_store
 from .status import MyKeyState, Status
 from .transitions import next_state
@@ -309,12 +309,8 @@ class Engine:
     def _trust_store(self) -> certs.TrustStore | None:
         anchors, inter = [], []
         with self._txn() as txn:
-            cur = txn.cursor(self.index.dbs.trust)
-            try:
-                for key, der in cur.iter_from(b""):
-                    (inter if key[:1] == b"i" else anchors).append(x509.load_der_x509_certificate(der))
-            finally:
-                cur.close()
+            for key, der in scan(txn, self.index.dbs.trust):
+                (inter if key[:1] == b"i" else anchors).append(x509.load_der_x509_certificate(der))
         return certs.TrustStore(anchors, inter) if anchors else None
 
     def _require_trust(self) -> certs.TrustStore:
@@ -326,17 +322,13 @@ class Engine:
     def _intermediates(self, txn) -> dict[tuple[str, str], tuple[str, bytes]]:
         """Trusted intermediate CAs: (their issuer, serial hex) -> (subject, subject key identifier or b"")."""
         out = {}
-        cur = txn.cursor(self.index.dbs.trust)
-        try:
-            for _key, der in cur.iter_from(b"i", b"i"):
-                ca = x509.load_der_x509_certificate(der)
-                try:
-                    ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-                except x509.ExtensionNotFound:
-                    ski = b""
-                out[(ca.issuer.rfc4514_string(), format(ca.serial_number, "x"))] = (ca.subject.rfc4514_string(), ski)
-        finally:
-            cur.close()
+        for _key, der in scan(txn, self.index.dbs.trust, b"i", b"i"):
+            ca = x509.load_der_x509_certificate(der)
+            try:
+                ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+            except x509.ExtensionNotFound:
+                ski = b""
+            out[(ca.issuer.rfc4514_string(), format(ca.serial_number, "x"))] = (ca.subject.rfc4514_string(), ski)
         return out
 
     def _certificate_revoked(self, rec: k.MyKeyRecord) -> bool:
@@ -461,11 +453,7 @@ class Engine:
     def _next_business_id(self) -> str:
         """The ID after the highest one issued; when Z9999 is taken, the lowest free one."""
         with self._txn() as txn:
-            cur = txn.cursor(self.index.dbs.business)
-            try:
-                taken = [key.decode() for key, _ in cur.iter_from(b"")]
-            finally:
-                cur.close()
+            taken = [key.decode() for key, _ in scan(txn, self.index.dbs.business)]
         if not taken:
             return "A0001"
         last = taken[-1]
@@ -697,11 +685,8 @@ class Engine:
         rec = self._mykey(mykey_id)
         prefix = mykey_id.encode()
         with self._txn() as txn:
-            cur = txn.cursor(self.index.dbs.mksvc)
-            try:
-                businesses = sorted({key[len(prefix) : len(prefix) + 5].decode() for key, _ in cur.iter_from(prefix, prefix)})
-            finally:
-                cur.close()
+            links = scan(txn, self.index.dbs.mksvc, prefix, prefix)
+            businesses = sorted({key[len(prefix) : len(prefix) + 5].decode() for key, _ in links})
         return MyKeyView(mykey_id, rec.state, rec.cert_issuer, rec.cert_serial, rec.cert_not_after, rec.reason, businesses)
 
     # --- 5. certificate renewal -------------------------------------------------------
@@ -781,20 +766,16 @@ class Engine:
                 if issuer == info.issuer and serial in seen
             ]
             if revoked_cas:
-                cur = txn.cursor(dbs.mykey)
-                try:
-                    for key, raw in cur.iter_from(b""):
-                        rec = k.decode(k.MyKeyRecord, raw)
-                        mk_id = key.decode()
-                        if (
-                            rec.state == MyKeyState.VALID
-                            and mk_id not in suspended
-                            and any(_issued_by(rec, *ca) for ca in revoked_cas)
-                        ):
-                            events.append(ev.MyKeySuspended(mk_id, f"{REVOKED_REASON} (its issuing CA)", by_crl=True))
-                            suspended.append(mk_id)
-                finally:
-                    cur.close()
+                for key, raw in scan(txn, dbs.mykey):
+                    rec = k.decode(k.MyKeyRecord, raw)
+                    mk_id = key.decode()
+                    if (
+                        rec.state == MyKeyState.VALID
+                        and mk_id not in suspended
+                        and any(_issued_by(rec, *ca) for ca in revoked_cas)
+                    ):
+                        events.append(ev.MyKeySuspended(mk_id, f"{REVOKED_REASON} (its issuing CA)", by_crl=True))
+                        suspended.append(mk_id)
         newly = sum(1 for e in events if isinstance(e, ev.CertificateRevoked))
         events.append(
             ev.CrlApplied(info.issuer, number, info.fingerprint, int(info.this_update.timestamp()), len(info.entries))

@@ -28,7 +28,7 @@ from .ids import check_mykey_id
 from .jsonable import jsonable
 from .index import current_generation, open_dbs, read_meta_last_seq
 from .lmdbenv import binding as default_binding
-from .projection import get_mykey
+from .projection import get_mykey, scan
 from .proofs import build_inclusion_doc
 
 __all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
@@ -94,16 +94,8 @@ def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
             if rec is None:
                 raise SubjectNotFoundError(f"MyKey ID {mykey_id} is not known to this platform (check the spelling)")
             index_last = read_meta_last_seq(txn, dbs)
-            cur = txn.cursor(dbs.mkevents)
-            try:
-                seqs = [k.parse_u64(key[len(prefix) :]) for key, _ in cur.iter_from(prefix, prefix)]
-            finally:
-                cur.close()
-            cur = txn.cursor(dbs.mksvc)
-            try:
-                links = sorted(k.split_service_key(key[len(prefix) :]) for key, _ in cur.iter_from(prefix, prefix))
-            finally:
-                cur.close()
+            seqs = [k.parse_u64(key[len(prefix) :]) for key, _ in scan(txn, dbs.mkevents, prefix, prefix)]
+            links = sorted(k.split_service_key(key[len(prefix) :]) for key, _ in scan(txn, dbs.mksvc, prefix, prefix))
     finally:
         env.close()
 

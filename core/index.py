@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -66,6 +66,40 @@ def _point_index_at(data: DataDir, generation: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def envelope_chunks(
+    log: LogStore, from_seq: int, max_events: int, to_seq: int | None = None
+) -> Iterator[list[Envelope]]:
+    """Envelopes from from_seq on in whole log batches, grouped up to about max_events.
+
+    Whole batches keep a command's events together in one transaction; with to_seq, the
+    last chunk ends at the last batch boundary at or before it.
+    """
+    pending: list[Envelope] = []
+    for first_seq, payloads in log.read_batches(from_seq):
+        if to_seq is not None and first_seq + len(payloads) - 1 > to_seq:
+            break
+        skip = from_seq - first_seq if first_seq < from_seq else 0
+        pending.extend(decode_envelope(p) for p in payloads[skip:])
+        if len(pending) >= max_events:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def commit_envelopes(env, dbs: Dbs, envs: Sequence[Envelope]) -> int:
+    """Apply envelopes and record the last applied seq in one write transaction; returns it."""
+    txn = env.begin(write=True)
+    try:
+        last = apply_envelopes(txn, dbs, envs)
+        txn.put(dbs.meta, b"last_seq", k.u64(last))
+        txn.commit()
+    except BaseException:
+        txn.abort()
+        raise
+    return last
 
 
 def read_meta_last_seq(txn, dbs: Dbs) -> int:
@@ -132,16 +166,8 @@ class Index:
                 f"index is at sequence {self._last_seq} but the next event given is {envs[start].seq}; "
                 "catch up from the log instead"
             )
-        txn = self.env.begin(write=True)
-        try:
-            last = apply_envelopes(txn, self.dbs, envs[start:] if start else envs)
-            txn.put(self.dbs.meta, b"last_seq", k.u64(last))
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        self._last_seq = last
-        return last
+        self._last_seq = commit_envelopes(self.env, self.dbs, envs[start:] if start else envs)
+        return self._last_seq
 
     def catch_up(self, log: LogStore, *, progress: Callable[[int], None] | None = None,
                  max_events_per_txn: int = 50_000) -> int:
@@ -150,21 +176,10 @@ class Index:
         Whole log batches only (a command's events become visible together); small
         consecutive batches share a transaction up to max_events_per_txn.
         """
-        pending: list[Envelope] = []
-        for first_seq, payloads in log.read_batches(self._last_seq + 1):
-            envs = [decode_envelope(p) for p in payloads]
-            if first_seq <= self._last_seq:
-                envs = envs[self._last_seq + 1 - first_seq :]
-            pending.extend(envs)
-            if len(pending) >= max_events_per_txn:
-                self.apply(pending)
-                if progress:
-                    progress(len(pending))
-                pending = []
-        if pending:
-            self.apply(pending)
+        for chunk in envelope_chunks(log, self._last_seq + 1, max_events_per_txn):
+            self.apply(chunk)
             if progress:
-                progress(len(pending))
+                progress(len(chunk))
         return self._last_seq
 
     def sync(self) -> None:
@@ -234,27 +249,10 @@ def build_generation(
     try:
         dbs = open_dbs(env, create=True)
         _check_schema(env, dbs)
-        pending: list[Envelope] = []
-        last = 0
-
-        def flush() -> None:
-            nonlocal pending, last
-            if not pending:
-                return
-            with env.begin(write=True) as txn:
-                last = apply_envelopes(txn, dbs, pending)
-                txn.put(dbs.meta, b"last_seq", k.u64(last))
+        for chunk in envelope_chunks(log, 1, batch_events, to_seq):
+            commit_envelopes(env, dbs, chunk)
             if progress:
-                progress(len(pending))
-            pending = []
-
-        for first_seq, payloads in log.read_batches(1):
-            if to_seq is not None and first_seq + len(payloads) - 1 > to_seq:
-                break
-            pending.extend(decode_envelope(p) for p in payloads)
-            if len(pending) >= batch_events:
-                flush()
-        flush()
+                progress(len(chunk))
         # Large write transactions leave free pages behind: keep a compacted copy
         # (about half the size). LMDB's copy does not fsync, so we do.
         compact = target.with_name(target.name + ".compact")
@@ -299,8 +297,6 @@ def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
         return final
     finally:
         os.close(lock_fd)
-
-
 
 
 def diff_indexes(env_a, dbs_a: Dbs, env_b, dbs_b: Dbs, *, limit: int = 100) -> list[str]:

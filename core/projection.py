@@ -8,9 +8,11 @@ they only make the index say what the log says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from msgspec.structs import replace
 
 from . import events as ev
 from . import keys as k
@@ -68,6 +70,15 @@ def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope]) -> int:
     return last
 
 
+def scan(txn: Any, db: int, start: bytes = b"", prefix: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) pairs of db from start on (only those with prefix); the cursor closes with the loop."""
+    cur = txn.cursor(db)
+    try:
+        yield from cur.iter_from(start, prefix)
+    finally:
+        cur.close()
+
+
 def get_mykey(txn: Any, dbs: Dbs, mykey_id: str) -> k.MyKeyRecord | None:
     raw = txn.get(dbs.mykey, mykey_id.encode("ascii"))
     return None if raw is None else k.decode(k.MyKeyRecord, raw)
@@ -87,25 +98,16 @@ def _set_state(
     rec = get_mykey(txn, dbs, mykey_id)
     if rec is None:
         raise KeyError(f"event {env.seq} changes unknown MyKey ID {mykey_id}")
-    fields = {**_fields(rec), "state": state, "reason": reason, "suspended_by_crl": by_crl}
-    _put_mykey(txn, dbs, mykey_id, k.MyKeyRecord(**fields))
+    _put_mykey(txn, dbs, mykey_id, replace(rec, state=state, reason=reason, suspended_by_crl=by_crl))
     _note_event(txn, dbs, mykey_id, env.seq)
     # Denormalised answers: rewrite every linked service key in the same transaction.
     prefix = mykey_id.encode("ascii")
-    cur = txn.cursor(dbs.mksvc)
-    try:
-        svc_keys = [key[len(prefix) :] for key, _ in cur.iter_from(prefix, prefix)]
-    finally:
-        cur.close()
+    svc_keys = [key[len(prefix) :] for key, _ in scan(txn, dbs.mksvc, prefix, prefix)]
     status = state.status
     for skey in svc_keys:
         old = txn.get(dbs.svc, skey)
         if old is not None:
             txn.put(dbs.svc, skey, k.with_status(old, status))
-
-
-def _fields(rec: Any) -> dict[str, Any]:
-    return {f: getattr(rec, f) for f in rec.__struct_fields__}
 
 
 @handles(ev.MyKeyCreated)
@@ -157,16 +159,14 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
         txn.delete(dbs.cert, k.cert_serial_key(rec.cert_issuer, rec.cert_serial))
     # Remembered as a former certificate, so its later revocation lands in the holder's history.
     txn.put(dbs.cert, k.former_cert_key(rec.cert_issuer, rec.cert_serial), mk)
-    new = k.MyKeyRecord(
-        **{
-            **_fields(rec),
-            "cert_issuer": b.new_issuer,
-            "cert_serial": b.new_serial,
-            "cert_fingerprint": b.new_fingerprint,
-            "subject_digest": b.subject_digest or rec.subject_digest,
-            "cert_not_after": b.new_not_after,
-            "issuer_key_id": b.issuer_key_id,
-        }
+    new = replace(
+        rec,
+        cert_issuer=b.new_issuer,
+        cert_serial=b.new_serial,
+        cert_fingerprint=b.new_fingerprint,
+        subject_digest=b.subject_digest or rec.subject_digest,
+        cert_not_after=b.new_not_after,
+        issuer_key_id=b.issuer_key_id,
     )
     _put_mykey(txn, dbs, b.mykey_id, new)
     txn.put(dbs.cert, k.cert_fp_key(b.new_fingerprint), mk)
@@ -214,7 +214,7 @@ def _business_off(txn, dbs, env, b: ev.BusinessDeactivated) -> None:
     rec = get_business(txn, dbs, b.business_id)
     if rec is None:
         raise KeyError(f"event {env.seq} deactivates unknown business {b.business_id}")
-    txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(k.BusinessRecord(**{**_fields(rec), "active": False})))
+    txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(replace(rec, active=False)))
 
 
 @handles(ev.TerminalEnrolled)
@@ -225,7 +225,7 @@ def _terminal(txn, dbs, env, b: ev.TerminalEnrolled) -> None:
         txn.put(
             dbs.business,
             b.business_id.encode("ascii"),
-            k.encode(k.BusinessRecord(**{**_fields(rec), "terminals": rec.terminals + 1})),
+            k.encode(replace(rec, terminals=rec.terminals + 1)),
         )
 
 
@@ -239,7 +239,7 @@ def _terminal_off(txn, dbs, env, b: ev.TerminalRevoked) -> None:
     rec = get_terminal(txn, dbs, b.terminal_id)
     if rec is None:
         raise KeyError(f"event {env.seq} revokes unknown terminal {b.terminal_id}")
-    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(k.TerminalRecord(rec.business_id, rec.public_key, False)))
+    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(replace(rec, active=False)))
 
 
 def _registration(env: ev.Envelope, b: ev.ServiceIdRegistered) -> tuple[bytes, bytes]:

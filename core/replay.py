@@ -85,10 +85,8 @@ def as_of_seq(log: LogStore, as_of: int | str) -> int:
     if kind == "seq":
         if value == 0:
             return 0
-        for first_seq, payloads in log.read_batches(value):
+        for first_seq, payloads in log.read_batches(value):  # starts with the batch holding value
             end = first_seq + len(payloads) - 1
-            if end < value:
-                continue  # read_batches may start at an earlier (indexed) batch
             return value if end == value else first_seq - 1
         return min(value, log.refresh())  # value is past the end of the log
     for first_seq, payloads in log.read_batches(1):
