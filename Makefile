@@ -41,7 +41,7 @@ setup: sysdeps $(STAMP) build
 # Rebuild the extensions in place whenever a .pyx changes.
 build: $(STAMP)
 	@$(BIN)/python setup.py -q build_ext --inplace >/dev/null 2>&1 || $(BIN)/python setup.py build_ext --inplace
-	@$(BIN)/python -c 'import mykey._framing, mykey._lmdb' 2>/dev/null || \
+	@$(BIN)/python -c 'import mykey.log._framing, mykey.index._lmdb' 2>/dev/null || \
 	  { echo "error: the Cython extensions did not build; run: $(BIN)/python setup.py build_ext --inplace"; exit 1; }
 
 test: setup
@@ -55,4 +55,4 @@ bench: setup
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf build $(VENV) core/*.so ext/*.c *.egg-info .pytest_cache .hypothesis
+	rm -rf build $(VENV) core/*.so core/*/*.so ext/*.c *.egg-info .pytest_cache .hypothesis

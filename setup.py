@@ -1,7 +1,9 @@
-"""Build the Cython extensions in ext/ as mykey._<name> modules.
+"""Build the Cython extensions in ext/ into the packages that use them.
 
-Every ext/_<name>.pyx becomes mykey._<name>. MYKEY_ONLY_EXT=_lmdb,_framing
-restricts the build to those modules (handy while one is being edited).
+ext/_lmdb.pyx becomes mykey.index._lmdb (the LMDB binding) and ext/_framing.pyx
+becomes mykey.log._framing (batch framing); each has a pure-Python twin beside it.
+MYKEY_ONLY_EXT=_lmdb,_framing restricts the build to those modules (handy while
+one is being edited).
 """
 import os
 from pathlib import Path
@@ -9,7 +11,8 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-# System libraries each extension links against.
+# Where each extension lives, and the system libraries it links against.
+PACKAGES = {"_lmdb": "mykey.index", "_framing": "mykey.log"}
 LIBRARIES = {"_lmdb": ["lmdb"], "_framing": ["z"]}
 
 
@@ -24,7 +27,7 @@ def extensions() -> list:
             continue
         exts.append(
             Extension(
-                f"mykey.{name}",
+                f"{PACKAGES[name]}.{name}",
                 [str(pyx.relative_to(HERE))],
                 libraries=LIBRARIES.get(name, []),
                 extra_compile_args=["-O3"],

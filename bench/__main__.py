@@ -145,7 +145,7 @@ def machine_facts() -> dict:
     import msgspec
     import psutil
 
-    from mykey import lmdbenv
+    from mykey.index import binding as lmdbenv
 
     cpu = platform.processor() or platform.machine()
     try:

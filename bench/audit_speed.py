@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mykey import audit
-from mykey import events as ev
+from mykey.audit import trail as audit
+from mykey.domain import events as ev
 from mykey.datadir import DataDir
-from mykey.filelog import FileLog
-from mykey.proofs import check_proof
+from mykey.log.filelog import FileLog
+from mykey.audit.proofs import check_proof
 
 ISSUER = "CN=JPKI User CA,O=JPKI,C=JP"
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"

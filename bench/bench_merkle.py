@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mykey import merkle
-from mykey.merkle_store import MerkleStore
+from mykey.audit import merkle
+from mykey.audit.merkle_store import MerkleStore
 
 
 def _avg_ms(fn, reps: int) -> float:  # type: ignore[no-untyped-def]

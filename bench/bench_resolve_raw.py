@@ -39,7 +39,7 @@ PURE = "pure binding resolve_many"
 CHILD = textwrap.dedent(
     """
     import json, sys, time, zlib
-    from mykey import _lmdb_pure
+    from mykey.index import _lmdb_pure
     path, batch_file = sys.argv[1], sys.argv[2]
     prefix = %r
     raw = open(batch_file, "rb").read()
@@ -112,7 +112,7 @@ def main() -> None:
                     help="also time sorted vs get for batch sizes 1k..100k (where sorting pays off)")
     args = ap.parse_args()
 
-    from mykey import lmdbenv
+    from mykey.index import binding as lmdbenv
 
     native = lmdbenv.binding_by_name("native")
     tmp = None

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mykey import events as ev
-from mykey.accel import framing_module
-from mykey.filelog import FileLog
+from mykey.domain import events as ev
+from mykey.log.accel import framing_module
+from mykey.log.filelog import FileLog
 
 
 def make_batches(n: int, batch: int) -> list[list[ev.ServiceIdRegistered]]:

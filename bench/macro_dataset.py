@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mykey import events as ev
-from mykey.ids import MYKEY_ALPHABET, MYKEY_ID_LEN
+from mykey.domain import events as ev
+from mykey.domain.ids import MYKEY_ALPHABET, MYKEY_ID_LEN
 
 LINKED_PCT = 70
 SUSPENDED_PCT = 5
@@ -316,7 +316,7 @@ def dir_bytes(path: Path) -> int:
 
 def index_dir(data_root: Path) -> Path:
     from mykey.datadir import DataDir
-    from mykey.index import current_generation
+    from mykey.index.store import current_generation
 
     gen = current_generation(DataDir(data_root))
     assert gen is not None
@@ -330,9 +330,9 @@ def build(spec: Spec, data_root: Path, *, progress: Callable[[str, int], object]
     binding: "native" or "pure" for the index writer (default: mykey's default choice).
     """
     from mykey.datadir import DataDir
-    from mykey.filelog import FileLog
-    from mykey.index import Index
-    from mykey.lmdbenv import binding_by_name
+    from mykey.log.filelog import FileLog
+    from mykey.index.store import Index
+    from mykey.index.binding import binding_by_name
 
     data = DataDir(data_root)
     log = FileLog.open(data.log, fsync="never")
@@ -362,8 +362,8 @@ def build(spec: Spec, data_root: Path, *, progress: Callable[[str, int], object]
 
 def db_sizes(path: Path) -> dict[str, int]:
     """Bytes in use by each named database of the index (pages x page size)."""
-    from mykey import keys as k
-    from mykey.lmdbenv import binding
+    from mykey.index import keys as k
+    from mykey.index.binding import binding
 
     env = binding().Env(str(path), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2)
     try:
@@ -379,8 +379,8 @@ def db_sizes(path: Path) -> dict[str, int]:
 def rebuild_once(data_root: Path, *, progress: Callable[[int], object] | None = None) -> float:
     """Seconds for one full rebuild of the index from the log (`mykey rebuild`)."""
     from mykey.datadir import DataDir
-    from mykey.filelog import FileLog
-    from mykey.index import rebuild
+    from mykey.log.filelog import FileLog
+    from mykey.index.store import rebuild
 
     data = DataDir(data_root)
     log = FileLog.open(data.log, readonly=True)

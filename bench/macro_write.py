@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mykey import events as ev
+from mykey.domain import events as ev
 
 ACTOR = ev.Actor("operator", "bench")
 
@@ -39,7 +39,7 @@ def _fresh(workdir: Path, prefix: str) -> Path:
 
 def mykey_append(workdir: Path, batch: int, fsync: str, n_events: int) -> float:
     """Events per second appending n_events in batches (one atomic append each)."""
-    from mykey.filelog import FileLog
+    from mykey.log.filelog import FileLog
 
     batches = _chunks(make_events(n_events), batch)
     d = _fresh(workdir, "w-mykey-")

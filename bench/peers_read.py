@@ -103,8 +103,8 @@ class Job:
 
 
 def peer_mykey(job: Job, binding_name: str, *, one_at_a_time: bool = False) -> None:
-    from mykey.lmdbenv import binding_by_name
-    from mykey.resolver import Resolver
+    from mykey.index.binding import binding_by_name
+    from mykey.index.resolver import Resolver
 
     binding = binding_by_name(binding_name)
     t0 = time.perf_counter()

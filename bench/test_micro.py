@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from bench.macro_dataset import ACTOR, Spec, build
-from mykey import events as ev
+from mykey.domain import events as ev
 from mykey.datadir import DataDir
-from mykey.filelog import FileLog
-from mykey.lmdbenv import binding_by_name
-from mykey.projection import apply_envelopes
+from mykey.log.filelog import FileLog
+from mykey.index.binding import binding_by_name
+from mykey.index.projection import apply_envelopes
 
 BINDINGS = ["native", "pure"]
 SPEC = Spec(service_ids=20_000, mykeys=6_000, businesses=20)
@@ -101,8 +101,8 @@ def projection_batch() -> list[ev.Envelope]:
 
 @pytest.mark.parametrize("binding", BINDINGS)
 def test_projection_apply(benchmark, tmp_path, projection_batch, binding):
-    from mykey import keys as k
-    from mykey.index import open_dbs
+    from mykey.index import keys as k
+    from mykey.index.store import open_dbs
 
     b = binding_by_name(binding)
     env = b.Env(str(tmp_path / "index"), map_size=1 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=False)
@@ -127,7 +127,7 @@ def test_projection_apply(benchmark, tmp_path, projection_batch, binding):
 @pytest.fixture(scope="module", params=BINDINGS)
 def resolver(request, tmp_path_factory):
     """A Resolver over a 20,000-service-ID index built and read through one binding."""
-    from mykey.resolver import Resolver
+    from mykey.index.resolver import Resolver
 
     root = tmp_path_factory.mktemp(f"data-{request.param}")
     build(SPEC, root, binding=request.param)

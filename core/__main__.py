@@ -1,5 +1,5 @@
 """`python -m mykey` runs the CLI."""
 
-from .cli import main
+from mykey.cli import main
 
 raise SystemExit(main())

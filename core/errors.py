@@ -57,7 +57,7 @@ class AlreadyExistsError(CommandRefused):
 
 
 class IllegalTransitionError(CommandRefused):
-    """The MyKey ID's state does not allow this change (see mykey.transitions)."""
+    """The MyKey ID's state does not allow this change (see mykey.domain.transitions)."""
 
 
 class ChallengeError(CommandRefused):

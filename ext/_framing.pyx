@@ -9,7 +9,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp
 
-from mykey.framing import (
+from mykey.log.framing import (
     BAD_HEADER,
     BAD_RECORD,
     HEADER_SIZE,

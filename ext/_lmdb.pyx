@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Thin Cython binding to the LMDB C library (liblmdb 0.9), imported as mykey._lmdb.
+"""Thin Cython binding to the LMDB C library (liblmdb 0.9), imported as mykey.index._lmdb.
 
-Same interface and byte-identical results as mykey._lmdb_pure (py-lmdb). The only
+Same interface and byte-identical results as mykey.index._lmdb_pure (py-lmdb). The only
 loops here are C loops over buffers: batch puts and batch lookups (resolve_many),
 which run without the GIL.
 """
@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 
-from mykey.envguard import (
+from mykey.index.envguard import (
     FORKED_MESSAGE,
     DbNotFoundError,
     EnvNotFoundError,
@@ -738,7 +738,7 @@ cdef class Env:
 
     def __repr__(self):
         state = "open" if self._env != NULL else "closed"
-        return f"<mykey._lmdb.Env {self.path!r} {state}>"
+        return f"<mykey.index._lmdb.Env {self.path!r} {state}>"
 
 
 @cython.no_gc_clear

@@ -22,7 +22,7 @@ def framing_impl(request) -> str:
 @pytest.fixture(params=["native", "pure"])
 def binding(request):
     """The LMDB binding under test: the Cython module or its py-lmdb twin."""
-    from mykey.lmdbenv import binding_by_name
+    from mykey.index.binding import binding_by_name
 
     return binding_by_name(request.param)
 
@@ -31,7 +31,7 @@ class Pki:
     """A throwaway root and intermediate CA, built once per test session (keys are slow)."""
 
     def __init__(self) -> None:
-        from mykey.pki import ThrowawayCA
+        from mykey_dev.pki import ThrowawayCA
 
         self.root = ThrowawayCA.create("test root")
         self.inter = self.root.intermediate("test user CA")
@@ -58,7 +58,7 @@ def pki() -> Pki:
 @pytest.fixture
 def engine(tmp_path, binding, pki):
     """A fresh Engine (with the audit trail) trusting the session's root and intermediate."""
-    from mykey.engine import Engine
+    from mykey.engine.engine import Engine
 
     e = Engine.open(tmp_path / "data", binding=binding)
     e.add_trust_anchor(pki.root.cert_pem())

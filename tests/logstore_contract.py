@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mykey import events as ev
+from mykey.domain import events as ev
 from mykey.errors import ConcurrencyError, IndividualNumberError, ValidationError
 
 ACTOR = ev.Actor("operator", "op-1")

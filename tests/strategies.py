@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 
-from mykey import events as ev
+from mykey.domain import events as ev
 from mykey.errors import ValidationError
-from mykey.ids import (
+from mykey.domain.ids import (
     MYKEY_ALPHABET,
     MYKEY_ID_LEN,
     check_text,

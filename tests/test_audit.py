@@ -13,20 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from mykey import audit, framing
-from mykey import events as ev
-from mykey.checkpoint import peek_checkpoint
+from mykey.audit import trail as audit
+from mykey.log import framing
+from mykey.domain import events as ev
+from mykey.audit.checkpoint import peek_checkpoint
 from mykey.datadir import DataDir
 from mykey.errors import ValidationError
-from mykey.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments
-from mykey.history import SubjectNotFoundError
-from mykey.index import Index, current_generation
-from mykey.merkle import leaf_hash
-from mykey.merkle_store import MerkleStore
-from mykey.proofs import ProofError, check_proof, load_proof_doc
-from mykey.replay import as_of_seq, parse_as_of
-from mykey.resolver import Resolver
-from mykey.status import Status
+from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments
+from mykey.audit.history import SubjectNotFoundError
+from mykey.index.store import Index, current_generation
+from mykey.audit.merkle import leaf_hash
+from mykey.audit.merkle_store import MerkleStore
+from mykey.audit.proofs import ProofError, check_proof, load_proof_doc
+from mykey.audit.replay import as_of_seq, parse_as_of
+from mykey.index.resolver import Resolver
+from mykey.domain.status import Status
 
 ALICE, BOB = "AAAAAAAA", "BBBBBBBB"
 ISSUER = "CN=JPKI User CA,O=JPKI,C=JP"
@@ -280,7 +281,7 @@ def test_verify_a_healthy_data_dir(built):
 
 def test_verify_detects_a_rewritten_event_with_a_fixed_crc(copy):
     seg, pos = rewrite_record(copy, 11, b"card reported lost", b"card reported LOST")
-    from mykey.logcheck import verify_log
+    from mykey.log.verify import verify_log
 
     assert verify_log(copy.log).ok  # CRCs and sequence numbers are all fine
     p = audit.verify_data_dir(copy).problem
@@ -490,7 +491,7 @@ def test_diff_is_empty_on_a_healthy_dir(built):
 
 
 def test_diff_finds_a_tampered_live_index(copy):
-    from mykey import keys as k
+    from mykey.index import keys as k
 
     idx = Index.open(copy)
     with idx.env.begin(write=True) as txn:
@@ -538,7 +539,7 @@ def test_subject_history_of_an_unknown_or_malformed_id(built):
 
 
 def test_subject_history_drops_index_entries_about_someone_else(copy):
-    from mykey import keys as k
+    from mykey.index import keys as k
 
     idx = Index.open(copy)
     with idx.env.begin(write=True) as txn:  # a damaged index points Alice at Bob's suspension (seq 12)
@@ -599,7 +600,7 @@ def test_cli_verify_and_diff(cli, copy, capsys):
 
 
 def test_cli_diff_reports_differences(cli, copy, capsys):
-    from mykey import keys as k
+    from mykey.index import keys as k
 
     idx = Index.open(copy)
     with idx.env.begin(write=True) as txn:
@@ -721,9 +722,9 @@ def test_verify_pinpoints_a_rewrite_whatever_the_comparison_chunk(copy, monkeypa
 
 
 def test_revocation_of_a_former_certificate_is_in_the_holders_history(tmp_path, pki):
-    from mykey.audit import subject_history
+    from mykey.audit.trail import subject_history
     from mykey.datadir import DataDir
-    from mykey.engine import Engine
+    from mykey.engine.engine import Engine
 
     from .conftest import create_user
 

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mykey import certs, pki
-from mykey.certs import (
+from mykey.domain import certs
+from mykey_dev import pki
+from mykey.domain.certs import (
     CertificateError,
     CertificateExpiredError,
     CertificateNotYetValidError,
@@ -27,7 +28,7 @@ from mykey.certs import (
     UntrustedCertificateError,
 )
 from mykey.errors import MykeyError, ValidationError
-from mykey.pki import ThrowawayCA, UserCredential
+from mykey_dev.pki import ThrowawayCA, UserCredential
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)

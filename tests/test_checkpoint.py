@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mykey import checkpoint as ckpt
-from mykey import merkle
-from mykey.checkpoint import Checkpoint, CheckpointError
+from mykey.audit import checkpoint as ckpt
+from mykey.audit import merkle
+from mykey.audit.checkpoint import Checkpoint, CheckpointError
 from mykey.errors import MykeyError
-from mykey.merkle import ProofError
-from mykey.merkle_store import MerkleStore
-from mykey.proofs import (
+from mykey.audit.merkle import ProofError
+from mykey.audit.merkle_store import MerkleStore
+from mykey.audit.proofs import (
     ConsistencyProofDoc,
     InclusionProofDoc,
     build_consistency_doc,

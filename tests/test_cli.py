@@ -147,8 +147,8 @@ def test_data_dir_from_environment(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_never_replaces_real_data(tmp_path, capsys):
-    from mykey.demo import prepare_data_dir
-    from mykey.engine import Engine
+    from mykey_dev.demo import prepare_data_dir
+    from mykey.engine.engine import Engine
     from mykey.errors import LogLockedError, MykeyError
 
     real = tmp_path / "real"

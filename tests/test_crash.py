@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mykey.filelog import FileLog
-from mykey.logcheck import verify_log
+from mykey.log.filelog import FileLog
+from mykey.log.verify import verify_log
 
 WRITER = textwrap.dedent(
     """
     import random, sys
-    from mykey import events as ev
-    from mykey.filelog import FileLog
+    from mykey.domain import events as ev
+    from mykey.log.filelog import FileLog
     path, seed, impl = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     rng = random.Random(seed)
     log = FileLog.open(path, segment_bytes=256 * 1024, framing_impl=impl)

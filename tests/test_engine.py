@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from mykey import certs
-from mykey import events as ev
-from mykey.demo import design_example
-from mykey.engine import Engine
+from mykey.domain import certs
+from mykey.domain import events as ev
+from mykey_dev.demo import design_example
+from mykey.engine.engine import Engine
 from mykey.errors import (
     AlreadyExistsError,
     ChallengeError,
@@ -25,8 +25,8 @@ from mykey.errors import (
     StaleCrlError,
     ValidationError,
 )
-from mykey.resolver import TerminalAuthError, terminal_auth_message
-from mykey.status import MyKeyState, Status
+from mykey.index.resolver import TerminalAuthError, terminal_auth_message
+from mykey.domain.status import MyKeyState, Status
 
 from .conftest import create_user
 
@@ -371,7 +371,7 @@ def test_renewal_keeps_the_mykey_id(engine, pki):
     assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
     # The old certificate no longer resolves to the MyKey ID as its current certificate.
     with engine.index.env.begin() as txn:
-        from mykey import keys
+        from mykey.index import keys
 
         assert txn.get(engine.index.dbs.cert, keys.cert_serial_key(view.cert_issuer, format(old.serial, "x"))) is None
     assert status(engine, bid, "S1") == Status.VALID
@@ -471,7 +471,7 @@ def test_every_event_is_attributed(engine, pki):
 
 
 def test_reopen_replays_what_the_index_lacks(tmp_path, binding, pki):
-    from mykey.filelog import FileLog
+    from mykey.log.filelog import FileLog
 
     data = tmp_path / "data"
     with Engine.open(data, binding=binding) as e:
@@ -521,8 +521,8 @@ def test_subject_digest_is_keyed(engine, pki):
 def test_index_ahead_of_a_shortened_log_is_refused_until_rebuilt(tmp_path, binding, capsys):
     """After an OS crash with fsync="never" the log may lose a tail the index already applied."""
     from mykey.cli import main
-    from mykey.engine import IndexAheadError
-    from mykey.filelog import list_segments
+    from mykey.engine.engine import IndexAheadError
+    from mykey.log.filelog import list_segments
 
     data = tmp_path / "data"
     with Engine.open(data, binding=binding, fsync="never", audit=False) as e:
@@ -595,7 +595,7 @@ def test_business_ids_fill_gaps_after_z9999(engine):
 
 
 def test_revoking_an_intermediate_ca_suspends_what_it_issued(tmp_path, binding, pki):
-    from mykey.pki import ThrowawayCA
+    from mykey_dev.pki import ThrowawayCA
 
     root = ThrowawayCA.create("own root")
     ca_a = root.intermediate("CA A")
@@ -636,7 +636,7 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
     code = textwrap.dedent(
         f"""
         import sys
-        from mykey.resolver import Resolver, TerminalAuthError
+        from mykey.index.resolver import Resolver, TerminalAuthError
         r = Resolver.open({str(data)!r})
         try:
             print(r.authenticate_terminal({cred.terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
@@ -654,10 +654,10 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
 
 def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
     from mykey.datadir import DataDir
-    from mykey.filelog import FileLog
-    from mykey.index import rebuild
-    from mykey.lmdbenv import binding_by_name
-    from mykey.resolver import Resolver
+    from mykey.log.filelog import FileLog
+    from mykey.index.store import rebuild
+    from mykey.index.binding import binding_by_name
+    from mykey.index.resolver import Resolver
 
     data = tmp_path / "data"
     with Engine.open(data) as e:
@@ -694,7 +694,7 @@ def test_replays_are_judged_by_the_callers_clock(tmp_path):
 
 
 def test_revoking_a_rolled_over_ca_spares_certificates_of_its_successor(tmp_path, binding):
-    from mykey.pki import ThrowawayCA
+    from mykey_dev.pki import ThrowawayCA
 
     root = ThrowawayCA.create("own root")
     old_ca = root.intermediate("CA A")

@@ -18,8 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from mykey.engine import Engine
-from mykey.certs import CertificateRevokedError
+from mykey.engine.engine import Engine
+from mykey.domain.certs import CertificateRevokedError
 from mykey.errors import (
     AlreadyExistsError,
     CommandRefused,
@@ -29,10 +29,10 @@ from mykey.errors import (
     NotFoundError,
     ValidationError,
 )
-from mykey.lmdbenv import binding_by_name
-from mykey.resolver import TerminalAuthError, terminal_auth_message
-from mykey.status import Status
-from mykey.transitions import TRANSITIONS
+from mykey.index.binding import binding_by_name
+from mykey.index.resolver import TerminalAuthError, terminal_auth_message
+from mykey.domain.status import Status
+from mykey.domain.transitions import TRANSITIONS
 
 from .conftest import Pki
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mykey import events as ev
+from mykey.domain import events as ev
 from mykey.errors import IndividualNumberError, RecordDecodeError, ValidationError
 
 from .strategies import EVENT_STRATEGIES, actors, events

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mykey import filelog, framing
+from mykey.log import filelog
+from mykey.log import framing
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
-from mykey.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
-from mykey.logcheck import verify_log
+from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
+from mykey.log.verify import verify_log
 
 from .logstore_contract import LogStoreContract, svc
 
@@ -93,7 +94,7 @@ def test_second_writer_is_refused(tmp_path):
     log = FileLog.open(tmp_path)
     with pytest.raises(LogLockedError, match=f"pid {os.getpid()}"):
         FileLog.open(tmp_path)
-    code = "from mykey.filelog import FileLog; FileLog.open(%r)" % str(tmp_path)
+    code = "from mykey.log.filelog import FileLog; FileLog.open(%r)" % str(tmp_path)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode != 0 and "LogLockedError" in r.stderr
     log.close()
@@ -220,7 +221,7 @@ def test_reader_in_another_process_follows_the_tail(tmp_path):
     writer = FileLog.open(tmp_path)
     code = textwrap.dedent(
         f"""
-        from mykey.filelog import FileLog
+        from mykey.log.filelog import FileLog
         log = FileLog.open({str(tmp_path)!r}, readonly=True)
         for env in log.follow(1, poll_interval=0.005):
             print(env.seq, env.body.service_id, flush=True)
@@ -243,7 +244,7 @@ def test_reader_in_another_process_follows_the_tail(tmp_path):
 FOLLOWER = textwrap.dedent(
     """
     import sys
-    from mykey.filelog import FileLog
+    from mykey.log.filelog import FileLog
     path, last = sys.argv[1], int(sys.argv[2])
     log = FileLog.open(path, readonly=True)
     print("ready", flush=True)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mykey import framing
-from mykey.accel import framing_module
+from mykey.log import framing
+from mykey.log.accel import framing_module
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=40)
 

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given
 
-from mykey import ids
+from mykey.domain import ids
 from mykey.errors import IndividualNumberError, ValidationError
 
 from .strategies import individual_numbers, opaque_ids

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mykey import envguard, lmdbenv
-from mykey.envguard import DbNotFoundError, EnvNotFoundError, LmdbError, MapFullError
+from mykey.index import envguard
+from mykey.index import binding as lmdbenv
+from mykey.index.envguard import DbNotFoundError, EnvNotFoundError, LmdbError, MapFullError
 from mykey.errors import EnvAlreadyOpenError
 
 NATIVE_ERROR = lmdbenv.native_import_error()
@@ -503,7 +504,7 @@ def test_map_resized_by_writer_in_other_process(binding, tmp_path):
     r = e.reader()
     assert r.resolve_many(db, PREFIX, [b"first"]) == b"\x01"
     run_py(f"""
-        from mykey import lmdbenv
+        from mykey.index import binding as lmdbenv
         b = lmdbenv.binding_by_name({binding.NAME!r})
         with b.Env({path!r}, map_size=1 << 20) as e:
             db = e.open_db(b"ids")
@@ -531,7 +532,7 @@ def test_map_resized_while_this_process_holds_a_transaction(binding, tmp_path, m
     r = e.reader()
     held = e.begin()
     run_py(f"""
-        from mykey import lmdbenv
+        from mykey.index import binding as lmdbenv
         b = lmdbenv.binding_by_name({binding.NAME!r})
         with b.Env({path!r}, map_size=1 << 20) as e:
             db = e.open_db(b"ids")
@@ -587,7 +588,7 @@ def test_py_lmdb_writer_process_native_reader(tmp_path):
     assert r.resolve_many(db, PREFIX, keys, method="sorted") == bytes(
         [i % 200 + 1 for i in range(1000)] + [0] * 200)
     run_py(f"""
-        from mykey import _lmdb_pure as pure
+        from mykey.index import _lmdb_pure as pure
         with pure.Env({path!r}, map_size=64 << 20) as e:
             db = e.open_db(b"ids")
             with e.begin(write=True) as txn:
@@ -603,7 +604,7 @@ def test_pure_creates_format_native_reads(tmp_path):
     """The pure binding makes 0.9-format environments even if py-lmdb is told to default to 1.0."""
     path = str(tmp_path / "env")
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-        from mykey import _lmdb_pure as pure
+        from mykey.index import _lmdb_pure as pure
         with pure.Env({path!r}, map_size=1 << 20) as e:
             db = e.open_db(b"ids")
             with e.begin(write=True) as txn:

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mykey import merkle
-from mykey.merkle import ProofError
-from mykey.merkle_store import MerkleStore, MerkleStoreCorruptError, MerkleStoreError, MerkleStoreLockedError
+from mykey.audit import merkle
+from mykey.audit.merkle import ProofError
+from mykey.audit.merkle_store import MerkleStore, MerkleStoreCorruptError, MerkleStoreError, MerkleStoreLockedError
 
 # ---------------------------------------------------------------------------------
 # Reference implementation written straight from RFC 9162 §2.1.1, §2.1.3.1, §2.1.4.1
@@ -318,8 +318,8 @@ def test_store_truncate_then_append(tmp_path: Path) -> None:
 
 _CRASHING_WRITER = """
 import os, sys
-from mykey import merkle
-from mykey.merkle_store import MerkleStore
+from mykey.audit import merkle
+from mykey.audit.merkle_store import MerkleStore
 data = [f"leaf-{i}".encode() * (1 + i % 3) for i in range(64)]
 s = MerkleStore.open(sys.argv[1])
 s.append_leaves(data[:45])
@@ -459,7 +459,7 @@ def test_store_reader_in_another_process_sees_committed_prefix(tmp_path: Path) -
     d = tmp_path / "t"
     script = (
         "import sys\n"
-        "from mykey.merkle_store import MerkleStore\n"
+        "from mykey.audit.merkle_store import MerkleStore\n"
         "r = MerkleStore.open(sys.argv[1], readonly=True)\n"
         "print(r.size, r.root().hex())\n"
     )
@@ -474,7 +474,7 @@ def test_store_reader_in_another_process_sees_committed_prefix(tmp_path: Path) -
 
 _APPENDING_WRITER = """
 import random, sys, time
-from mykey.merkle_store import MerkleStore
+from mykey.audit.merkle_store import MerkleStore
 data = [b"concurrent-%d" % i for i in range(3000)]
 rnd = random.Random(7)
 with MerkleStore.open(sys.argv[1]) as s:

@@ -12,15 +12,15 @@ import time
 
 import pytest
 
-from mykey import events as ev
+from mykey.domain import events as ev
 from mykey.datadir import DataDir
-from mykey.engine import Engine
+from mykey.engine.engine import Engine
 from mykey.errors import EnvAlreadyOpenError
-from mykey.filelog import FileLog
-from mykey.index import Index, IndexGapError, IndexLockedError, build_generation, diff_indexes, open_dbs, rebuild
-from mykey.lmdbenv import binding_by_name
-from mykey.resolver import Resolver
-from mykey.status import Status
+from mykey.log.filelog import FileLog
+from mykey.index.store import Index, IndexGapError, IndexLockedError, build_generation, diff_indexes, open_dbs, rebuild
+from mykey.index.binding import binding_by_name
+from mykey.index.resolver import Resolver
+from mykey.domain.status import Status
 
 from .conftest import create_user
 
@@ -118,8 +118,8 @@ PROJECTOR = textwrap.dedent(
     import sys
     from pathlib import Path
     from mykey.datadir import DataDir
-    from mykey.lmdbenv import binding_by_name
-    from mykey.projector import run_projector
+    from mykey.index.binding import binding_by_name
+    from mykey.index.projector import run_projector
     run_projector(DataDir(Path(sys.argv[1])), binding=binding_by_name(sys.argv[2]), max_events_per_txn=1)
     print("done", flush=True)
     """
@@ -175,8 +175,8 @@ def test_projector_killed_at_random_moments(tmp_path, impl):
 READER = textwrap.dedent(
     """
     import sys, time
-    from mykey.resolver import Resolver
-    from mykey.lmdbenv import binding_by_name
+    from mykey.index.resolver import Resolver
+    from mykey.index.binding import binding_by_name
     r = Resolver.open(sys.argv[1], binding=binding_by_name(sys.argv[2]))
     sids = [f"S{i}" for i in range(2000)]
     seen = set()
@@ -241,7 +241,7 @@ def test_rebuild_swaps_atomically_and_old_readers_keep_working(tmp_path, pki):
 
 
 def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
-    from mykey.resolver import RECHECK_SECONDS
+    from mykey.index.resolver import RECHECK_SECONDS
 
     data = DataDir(tmp_path / "data")
     with Engine.open(data.root) as e:
@@ -266,7 +266,7 @@ def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
 def test_rebuilds_under_load_close_old_indexes_and_never_answer_wrong(tmp_path, pki, monkeypatch):
     import threading
 
-    from mykey import resolver as resolver_mod
+    from mykey.index import resolver as resolver_mod
 
     monkeypatch.setattr(resolver_mod, "RECHECK_SECONDS", 0.02)
     monkeypatch.setattr(resolver_mod, "RETIRE_GRACE", 0.1)

@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import audit
-from ..checkpoint import peek_checkpoint
-from ..datadir import DataDir
-from ..errors import LogLockedError
-from ..filelog import FileLog
-from ..history import format_history
-from ..proofs import check_proof, load_proof_doc
+from mykey.audit import trail as audit
+from mykey.audit.checkpoint import peek_checkpoint
+from mykey.datadir import DataDir
+from mykey.errors import LogLockedError
+from mykey.log.filelog import FileLog
+from mykey.audit.history import format_history
+from mykey.audit.proofs import check_proof, load_proof_doc
 from .output import EXIT_REFUSED, Output
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from ..demo import DemoConfig, Phase, format_result, run_demo
+from mykey_dev.demo import DemoConfig, Phase, format_result, run_demo
 from .output import Output
 from .progress import bar
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from .. import certs
-from ..datadir import DataDir
-from ..engine import Engine, feed_items
-from ..errors import MykeyError
-from ..ids import check_actor_id
-from ..filelog import FileLog
-from ..index import current_generation, open_dbs
-from ..keys import parse_u64
-from ..lmdbenv import binding
-from ..pki import UserCredential
+from mykey.domain import certs
+from mykey.datadir import DataDir
+from mykey.engine.engine import Engine, feed_items
+from mykey.errors import MykeyError
+from mykey.domain.ids import check_actor_id
+from mykey.log.filelog import FileLog
+from mykey.index.store import current_generation, open_dbs
+from mykey.index.keys import parse_u64
+from mykey.index.binding import binding
+from mykey_dev.pki import UserCredential
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 

@@ -6,10 +6,10 @@ import argparse
 
 import msgspec
 
-from ..audit import signed_size
-from ..datadir import DataDir
-from ..filelog import FileLog
-from ..logcheck import verify_log
+from mykey.audit.trail import signed_size
+from mykey.datadir import DataDir
+from mykey.log.filelog import FileLog
+from mykey.log.verify import verify_log
 from .output import EXIT_REFUSED, Output
 
 

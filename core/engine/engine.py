@@ -27,12 +27,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import certs
-from . import events as ev
-from . import ids
-from . import keys as k
-from .datadir import DataDir
-from .errors import (
+from mykey.domain import certs
+from mykey.domain import events as ev
+from mykey.domain import ids
+from mykey.index import keys as k
+from mykey.datadir import DataDir
+from mykey.errors import (
     AlreadyExistsError,
     ChallengeError,
     CommandRefused,
@@ -42,12 +42,12 @@ from .errors import (
     StaleCrlError,
     ValidationError,
 )
-from .filelog import FileLog
-from .index import Index
-from .projection import get_business, get_mykey, get_terminal, scan
-from .resolver import Resolver, open_nonce_store
-from .status import MyKeyState, Status
-from .transitions import next_state
+from mykey.log.filelog import FileLog
+from mykey.index.store import Index
+from mykey.index.projection import get_business, get_mykey, get_terminal, scan
+from mykey.index.resolver import Resolver, open_nonce_store
+from mykey.domain.status import MyKeyState, Status
+from mykey.domain.transitions import next_state
 
 CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
 CHALLENGE_BYTES = 32
@@ -193,7 +193,7 @@ class Engine:
         trail = None
         try:
             # Recovery may cut a torn tail, never events the index applied or a checkpoint signed.
-            from .audit import signed_size
+            from mykey.audit.trail import signed_size
 
             keep = max(index.last_seq, signed_size(data))
             log = FileLog.open(data.log, fsync=fsync, keep_through=keep)
@@ -206,7 +206,7 @@ class Engine:
                 )
             index.catch_up(log)
             if audit:
-                from .audit import AuditTrail, ensure_signing_key
+                from mykey.audit.trail import AuditTrail, ensure_signing_key
 
                 ensure_signing_key(data)
                 trail = AuditTrail.open(data, log)

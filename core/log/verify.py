@@ -14,11 +14,11 @@ from pathlib import Path
 
 import msgspec
 
-from . import framing
-from .accel import framing_module
-from .errors import RecordDecodeError
-from .events import decode_envelope
-from .filelog import (
+from mykey.log import framing
+from mykey.log.accel import framing_module
+from mykey.errors import RecordDecodeError
+from mykey.domain.events import decode_envelope
+from mykey.log.filelog import (
     DAMAGED_FINAL,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,

@@ -13,8 +13,8 @@ from typing import Any, Callable, ClassVar, Literal, Union
 
 import msgspec
 
-from . import ids
-from .errors import RecordDecodeError, ValidationError
+from mykey.domain import ids
+from mykey.errors import RecordDecodeError, ValidationError
 
 MAX_REASON = 256
 MAX_NAME = 128

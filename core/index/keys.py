@@ -13,7 +13,7 @@ import struct
 
 import msgspec
 
-from .status import MyKeyState, Status
+from mykey.domain.status import MyKeyState, Status
 
 # Named databases inside the index environment.
 DB_NAMES = (

@@ -10,10 +10,10 @@ import threading
 from collections.abc import Callable
 from types import ModuleType
 
-from .datadir import DataDir
-from .events import decode_envelope
-from .filelog import FileLog
-from .index import Index
+from mykey.datadir import DataDir
+from mykey.domain.events import decode_envelope
+from mykey.log.filelog import FileLog
+from mykey.index.store import Index
 
 
 def run_projector(

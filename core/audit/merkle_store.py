@@ -51,7 +51,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mykey.errors import MykeyError
-from mykey.merkle import (
+from mykey.audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     consistency_proof,
@@ -406,7 +406,7 @@ class MerkleStore:
                 if len(h) != HASH_SIZE:
                     raise MerkleStoreError(
                         f"leaf hash #{self._size + i} is {len(h)} bytes, expected {HASH_SIZE}; "
-                        "pass hashes from mykey.merkle.leaf_hash, or use append_leaves for raw data"
+                        "pass hashes from mykey.audit.merkle.leaf_hash, or use append_leaves for raw data"
                     )
             self._append_chunk([bytes(h) for h in chunk])
         return self._size

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from .errors import MykeyError
+from mykey.errors import MykeyError
 
 _EXPIRY = struct.Struct(">d")
 PRUNE_SECONDS = 60.0  # sweep expired entries at most this often (per process)

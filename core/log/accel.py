@@ -16,12 +16,12 @@ def pure_requested() -> bool:
 
 def framing_module(name: str | None = None) -> ModuleType:
     """The framing implementation: "native" (Cython), "pure", or the default choice."""
-    from . import framing
+    from mykey.log import framing
 
     if name == "pure" or (name is None and pure_requested()):
         return framing
     try:
-        from . import _framing  # type: ignore[attr-defined]
+        from mykey.log import _framing  # type: ignore[attr-defined]
     except ImportError:
         if name == "native":
             raise

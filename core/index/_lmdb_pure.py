@@ -14,7 +14,7 @@ from typing import Any
 
 import lmdb
 
-from mykey.envguard import (
+from mykey.index.envguard import (
     FORKED_MESSAGE,
     MDB_MAP_RESIZED,
     MDB_NOTFOUND,
@@ -320,7 +320,7 @@ class Env:
 
     def __repr__(self) -> str:
         state = "open" if self._env is not None else "closed"
-        return f"<mykey._lmdb_pure.Env {self.path!r} {state}>"
+        return f"<mykey.index._lmdb_pure.Env {self.path!r} {state}>"
 
 
 class Txn:

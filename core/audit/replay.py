@@ -18,16 +18,16 @@ from pathlib import Path
 
 import msgspec
 
-from . import events as ev
-from . import keys as k
-from .datadir import DataDir
-from .errors import MykeyError, ValidationError
-from .filelog import FileLog
-from .ids import BUSINESS_ID_RE
-from .index import build_generation, current_generation, diff_indexes, open_dbs, read_meta_last_seq
-from .lmdbenv import binding as default_binding
-from .logstore import LogStore
-from .status import MyKeyState, Status
+from mykey.domain import events as ev
+from mykey.index import keys as k
+from mykey.datadir import DataDir
+from mykey.errors import MykeyError, ValidationError
+from mykey.log.filelog import FileLog
+from mykey.domain.ids import BUSINESS_ID_RE
+from mykey.index.store import build_generation, current_generation, diff_indexes, open_dbs, read_meta_last_seq
+from mykey.index.binding import binding as default_binding
+from mykey.log.store import LogStore
+from mykey.domain.status import MyKeyState, Status
 
 __all__ = ["ReplayError", "parse_as_of", "as_of_seq", "replay", "resolve_as_of", "diff_live_index"]
 
@@ -179,7 +179,7 @@ def resolve_as_of(
     finally:
         log.close()
     events.sort(key=lambda e: e[0])
-    # The same rules as mykey.projection, restricted to these keys.
+    # The same rules as mykey.index.projection, restricted to these keys.
     state: dict[str, MyKeyState] = {}
     svc: dict[str, Status] = {}
     links: dict[str, set[str]] = {}

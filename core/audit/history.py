@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from . import events as ev
-from . import keys as k
-from .audit import (
+from mykey.domain import events as ev
+from mykey.index import keys as k
+from mykey.audit.trail import (
     AuditError,
     NoCheckpointError,
     _open_store,
@@ -23,13 +23,13 @@ from .audit import (
     load_verifier_key,
     read_record,
 )
-from .datadir import DataDir
-from .ids import check_mykey_id
-from .jsonable import jsonable
-from .index import current_generation, open_dbs, read_meta_last_seq
-from .lmdbenv import binding as default_binding
-from .projection import get_mykey, scan
-from .proofs import build_inclusion_doc
+from mykey.datadir import DataDir
+from mykey.domain.ids import check_mykey_id
+from mykey.jsonable import jsonable
+from mykey.index.store import current_generation, open_dbs, read_meta_last_seq
+from mykey.index.binding import binding as default_binding
+from mykey.index.projection import get_mykey, scan
+from mykey.audit.proofs import build_inclusion_doc
 
 __all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
 

@@ -2,7 +2,7 @@
 
 LMDB forbids opening one environment twice in a process, and opening it through
 py-lmdb and the C library at once silently corrupts reads (see DESIGN.md). Every
-`Env` of `mykey._lmdb` and `mykey._lmdb_pure` calls `acquire` before it opens an
+`Env` of `mykey.index._lmdb` and `mykey.index._lmdb_pure` calls `acquire` before it opens an
 environment and `release` when it closes, so a second open fails loudly here.
 
 The LMDB error types both bindings raise are defined here too, so that callers

@@ -1,4 +1,4 @@
-"""Batch framing of log records (pure-Python twin of ``mykey._framing``).
+"""Batch framing of log records (pure-Python twin of ``mykey.log._framing``).
 
 A batch is a 32-byte header followed by its records; each record is framed with
 its length and the CRC-32 of its payload. The header carries its own CRC, the

@@ -20,16 +20,16 @@ from types import ModuleType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import keys as k
-from .datadir import DataDir
-from .errors import MykeyError, ValidationError
-from .ids import BUSINESS_ID_RE
-from .index import current_generation, open_dbs, read_meta_last_seq
-from .lmdbenv import binding as default_binding
-from . import nonces
-from .nonces import NonceStore, ReplayError
-from .projection import Dbs
-from .status import Status, status_of, statuses
+from mykey.index import keys as k
+from mykey.datadir import DataDir
+from mykey.errors import MykeyError, ValidationError
+from mykey.domain.ids import BUSINESS_ID_RE
+from mykey.index.store import current_generation, open_dbs, read_meta_last_seq
+from mykey.index.binding import binding as default_binding
+from mykey.auth import nonces
+from mykey.auth.nonces import NonceStore, ReplayError
+from mykey.index.projection import Dbs
+from mykey.domain.status import Status, status_of, statuses
 
 
 class TerminalAuthError(MykeyError):

@@ -14,9 +14,9 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from . import events as ev
-from . import keys as k
-from .status import MyKeyState, Status
+from mykey.domain import events as ev
+from mykey.index import keys as k
+from mykey.domain.status import MyKeyState, Status
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .checkpoint import (
+from mykey.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
     VerifierKey,
@@ -35,15 +35,15 @@ from .checkpoint import (
     sign_checkpoint,
     verifier_key,
 )
-from .datadir import DataDir
-from .errors import CorruptLogError, LogError, MykeyError
-from .filelog import FileLog, list_segments
-from .logcheck import verify_log
-from .logstore import LogStore
-from .merkle import EMPTY_ROOT, ProofError, leaf_hash
-from .merkle_store import MerkleStore, MerkleStoreError
-from .proofs import ConsistencyProofDoc, InclusionProofDoc, build_consistency_doc, build_inclusion_doc
-from .replay import ReplayError, diff_live_index, parse_as_of, replay, resolve_as_of
+from mykey.datadir import DataDir
+from mykey.errors import CorruptLogError, LogError, MykeyError
+from mykey.log.filelog import FileLog, list_segments
+from mykey.log.verify import verify_log
+from mykey.log.store import LogStore
+from mykey.audit.merkle import EMPTY_ROOT, ProofError, leaf_hash
+from mykey.audit.merkle_store import MerkleStore, MerkleStoreError
+from mykey.audit.proofs import ConsistencyProofDoc, InclusionProofDoc, build_consistency_doc, build_inclusion_doc
+from mykey.audit.replay import ReplayError, diff_live_index, parse_as_of, replay, resolve_as_of
 
 __all__ = [
     "AuditError",
@@ -796,6 +796,6 @@ def _check_roots(
 
 def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
     """Every event about ``mykey_id`` with inclusion proofs, its state, certificate and linked business IDs."""
-    from .history import subject_history as _history
+    from mykey.audit.history import subject_history as _history
 
     return _history(data, mykey_id)

@@ -1,7 +1,7 @@
-"""Choose the LMDB binding: the Cython module `mykey._lmdb`, or its py-lmdb twin.
+"""Choose the LMDB binding: the Cython module `mykey.index._lmdb`, or its py-lmdb twin.
 
-`binding()` returns `mykey._lmdb` unless MYKEY_PURE=1 is set or the extension does
-not import, in which case it returns `mykey._lmdb_pure`. Both have the same interface
+`binding()` returns `mykey.index._lmdb` unless MYKEY_PURE=1 is set or the extension does
+not import, in which case it returns `mykey.index._lmdb_pure`. Both have the same interface
 and give byte-identical results. Whichever is chosen, a process opens each
 environment through one binding only (enforced by `mykey.envguard`).
 """
@@ -15,7 +15,7 @@ from types import ModuleType
 __all__ = ["binding", "binding_by_name", "native_import_error", "NAMES"]
 
 NAMES = ("native", "pure")
-_MODULES = {"native": "mykey._lmdb", "pure": "mykey._lmdb_pure"}
+_MODULES = {"native": "mykey.index._lmdb", "pure": "mykey.index._lmdb_pure"}
 
 
 def binding_by_name(name: str) -> ModuleType:
@@ -29,7 +29,7 @@ def binding_by_name(name: str) -> ModuleType:
     except ImportError as exc:
         if name == "native":
             raise ImportError(
-                f"the native LMDB binding mykey._lmdb is not built ({exc}); build it with "
+                f"the native LMDB binding mykey.index._lmdb is not built ({exc}); build it with "
                 f"`MYKEY_ONLY_EXT=_lmdb python setup.py build_ext --inplace`, or set MYKEY_PURE=1 "
                 f"to use the py-lmdb binding"
             ) from exc
@@ -54,7 +54,7 @@ def binding() -> ModuleType:
     except ImportError as exc:
         if not (isinstance(exc, ModuleNotFoundError) and exc.name == _MODULES["native"]):
             # Built but broken (e.g. liblmdb missing at run time): say so, then fall back.
-            warnings.warn(f"mykey._lmdb is built but does not import ({exc}); using the slower "
+            warnings.warn(f"mykey.index._lmdb is built but does not import ({exc}); using the slower "
                           f"py-lmdb binding. Rebuild it, or set MYKEY_PURE=1 to silence this.",
                           RuntimeWarning, stacklevel=2)
         return binding_by_name("pure")
