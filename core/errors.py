@@ -70,3 +70,146 @@ class InactiveError(CommandRefused):
 
 class StaleCrlError(CommandRefused):
     """A CRL older than one already applied for the same issuer."""
+
+
+# --- LMDB bindings ---------------------------------------------------------
+
+
+class LmdbError(IndexError_):
+    """An LMDB call failed; the message gives LMDB's reason and what to do."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DbNotFoundError(LmdbError):
+    """A named database does not exist and was not created."""
+
+
+class MapFullError(LmdbError):
+    """The environment's map is full; open it with a larger map_size."""
+
+
+class MapResizedError(LmdbError):
+    """Another process grew the map and this process could not adopt the new size."""
+
+
+class EnvNotFoundError(LmdbError):
+    """The environment directory does not exist and was not to be created."""
+
+
+# --- index -----------------------------------------------------------------
+
+
+class IndexLockedError(IndexError_):
+    """Another process is writing the index (an engine, projector or rebuild)."""
+
+
+class IndexGapError(IndexError_):
+    """Events given to apply() do not follow the index's last applied sequence number."""
+
+
+class NoIndexError(MykeyError):
+    """There is no index to resolve against yet."""
+
+
+class IndexAheadError(MykeyError):
+    """The index reflects events the log no longer has (the log lost its tail)."""
+
+
+# --- terminal authentication -----------------------------------------------
+
+
+class TerminalAuthError(MykeyError):
+    """A terminal failed authentication (unknown, revoked, its business deactivated, or a bad signature)."""
+
+
+class NonceReusedError(MykeyError):
+    """The authentication message was already accepted once (a replay)."""
+
+
+# --- certificates and CRLs -------------------------------------------------
+
+
+class CertificateError(MykeyError):
+    """A certificate (or CRL) could not be parsed or did not verify."""
+
+
+class UntrustedCertificateError(CertificateError):
+    """No valid path from the certificate to a configured trust anchor."""
+
+
+class CertificateExpiredError(CertificateError):
+    """A certificate in the path is outside its validity period at the check time."""
+
+
+class CertificateNotYetValidError(CertificateExpiredError):
+    """A certificate in the path is not valid yet (notBefore is after the check time)."""
+
+
+class CertificateRevokedError(CertificateError):
+    """The user certificate or an intermediate CA certificate has been revoked."""
+
+
+class KeyUsageError(CertificateError):
+    """The user certificate may not be used for digital signatures (authentication)."""
+
+
+class UnsupportedKeyError(CertificateError):
+    """The user certificate's key is not an RSA >= 2048 or ECDSA P-256 key."""
+
+
+class ChallengeSignatureError(CertificateError):
+    """Proof of possession failed: the signature over the challenge does not verify."""
+
+
+class CrlError(CertificateError):
+    """A CRL is malformed, from an untrusted issuer, badly signed, or out of date."""
+
+
+# --- audit trail -----------------------------------------------------------
+
+
+class AuditError(MykeyError):
+    """Base of audit-trail errors (keys, checkpoints, proofs, the Merkle trail)."""
+
+
+class SigningKeyError(AuditError):
+    """The checkpoint signing key or its verifier key is missing, unreadable or mismatched."""
+
+
+class NoCheckpointError(AuditError):
+    """No signed checkpoint covers what was asked for."""
+
+
+class AuditMismatchError(AuditError):
+    """The Merkle trail and the event log disagree about an event they both hold."""
+
+
+class SubjectNotFoundError(AuditError):
+    """The MyKey ID is not in the index."""
+
+
+class CheckpointError(MykeyError):
+    """A checkpoint, signed note or key was malformed, unsigned, or failed verification."""
+
+
+class ProofError(MykeyError):
+    """A Merkle inclusion or consistency proof did not verify, or could not be built."""
+
+
+class MerkleStoreError(MykeyError):
+    """The on-disk Merkle store could not be opened, read or written."""
+
+
+class MerkleStoreLockedError(MerkleStoreError):
+    """Another process (or handle) holds the store's writer lock."""
+
+
+class MerkleStoreCorruptError(MerkleStoreError):
+    """The stored hashes contradict the root recorded at the last flush."""
+
+
+class ReplayError(MykeyError):
+    """A replay could not be made (bad point in time, target directory in use, no live index)."""

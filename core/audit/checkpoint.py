@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mykey.errors import CheckpointError
 from mykey.errors import MykeyError
 
 __all__ = [
@@ -69,10 +70,6 @@ _MAX_NOTE_BYTES = 1 << 20
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 _MAX_U64 = (1 << 64) - 1
 _MAX_TIME = (1 << 63) - 1
-
-
-class CheckpointError(MykeyError):
-    """A checkpoint, signed note or key was malformed, unsigned, or failed verification."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from mykey.errors import SubjectNotFoundError
 from mykey.domain import events as ev
 from mykey.index import keys as k
 from mykey.audit.trail import (
@@ -32,10 +33,6 @@ from mykey.index.projection import get_mykey, scan
 from mykey.audit.proofs import build_inclusion_doc
 
 __all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
-
-
-class SubjectNotFoundError(AuditError):
-    """The MyKey ID is not in the index."""
 
 
 def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[tuple[str, str]]) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
+from mykey.errors import ProofError
 from mykey.errors import MykeyError
 
 __all__ = [
@@ -52,10 +53,6 @@ EMPTY_ROOT: bytes = _sha256(b"").digest()
 
 SubtreeAccessor = Callable[[int, int], bytes]
 """``subtree(level, index)``: hash of the perfect subtree over leaves [index·2^level, (index+1)·2^level)."""
-
-
-class ProofError(MykeyError):
-    """A Merkle inclusion or consistency proof did not verify, or could not be built."""
 
 
 # --------------------------------------------------------------------------- hashing

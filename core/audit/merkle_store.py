@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mykey.errors import MerkleStoreError, MerkleStoreLockedError, MerkleStoreCorruptError
 from mykey.errors import MykeyError
 from mykey.audit.merkle import (
     EMPTY_ROOT,
@@ -79,18 +80,6 @@ _META_SIZE = _META.size + HASH_SIZE  # + SHA-256 checksum of the above
 _CHUNK = 1 << 16  # leaves hashed and written per commit
 _REBUILD_CHUNK = 1 << 18  # child nodes read per step while rebuilding a level
 _sha256 = hashlib.sha256
-
-
-class MerkleStoreError(MykeyError):
-    """The on-disk Merkle store could not be opened, read or written."""
-
-
-class MerkleStoreLockedError(MerkleStoreError):
-    """Another process (or handle) holds the store's writer lock."""
-
-
-class MerkleStoreCorruptError(MerkleStoreError):
-    """The stored hashes contradict the root recorded at the last flush."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from mykey.errors import ReplayError
 from mykey.domain import events as ev
 from mykey.index import keys as k
 from mykey.datadir import DataDir
@@ -34,10 +35,6 @@ __all__ = ["ReplayError", "parse_as_of", "as_of_seq", "replay", "resolve_as_of",
 REPLAY_GENERATION = "index-000001"
 REPLAY_INFO = "REPLAY.json"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-class ReplayError(MykeyError):
-    """A replay could not be made (bad point in time, target directory in use, no live index)."""
 
 
 class _Head(msgspec.Struct, array_like=True, gc=False):

@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mykey.errors import AuditError, SigningKeyError, NoCheckpointError, AuditMismatchError
 from mykey.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -78,22 +79,6 @@ VKEY_FILE = "checkpoint.vkey"
 CHECKPOINT_SUFFIX = ".ckpt"
 _CKPT_NAME = re.compile(r"([0-9]{20})\.ckpt\Z")
 _sha256 = hashlib.sha256
-
-
-class AuditError(MykeyError):
-    """Base of audit-trail errors (keys, checkpoints, proofs, the Merkle trail)."""
-
-
-class SigningKeyError(AuditError):
-    """The checkpoint signing key or its verifier key is missing, unreadable or mismatched."""
-
-
-class NoCheckpointError(AuditError):
-    """No signed checkpoint covers what was asked for."""
-
-
-class AuditMismatchError(AuditError):
-    """The Merkle trail and the event log disagree about an event they both hold."""
 
 
 # ------------------------------------------------------------------------ keys

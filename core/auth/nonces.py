@@ -18,15 +18,12 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from mykey.errors import NonceReusedError
 from mykey.errors import MykeyError
 
 _EXPIRY = struct.Struct(">d")
 PRUNE_SECONDS = 60.0  # sweep expired entries at most this often (per process)
 _log = logging.getLogger("mykey.nonces")
-
-
-class ReplayError(MykeyError):
-    """The authentication message was already accepted once (a replay)."""
 
 
 class NonceStore:
@@ -50,7 +47,7 @@ class NonceStore:
         self._closed = False
 
     def accept(self, terminal_id: str, nonce: bytes, now: float, expiry: float) -> None:
-        """Record the pair, or raise ReplayError if it is recorded and not expired at `now`."""
+        """Record the pair, or raise NonceReusedError if it is recorded and not expired at `now`."""
         key = terminal_id.encode("ascii") + b"\0" + nonce
         with self._lock:
             if self._closed:
@@ -58,7 +55,7 @@ class NonceStore:
             with self._env.begin(write=True) as txn:
                 old = txn.get(self._db, key)
                 if old is not None and _EXPIRY.unpack(old)[0] >= now:
-                    raise ReplayError(f"terminal {terminal_id} sent a message that was already used (a replay)")
+                    raise NonceReusedError(f"terminal {terminal_id} sent a message that was already used (a replay)")
                 txn.put(self._db, key, _EXPIRY.pack(expiry))
             if now >= self._next_prune:
                 self._next_prune = now + PRUNE_SECONDS

@@ -21,6 +21,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from mykey.errors import (
+    CertificateError,
+    UntrustedCertificateError,
+    CertificateExpiredError,
+    CertificateNotYetValidError,
+    CertificateRevokedError,
+    KeyUsageError,
+    UnsupportedKeyError,
+    ChallengeSignatureError,
+    CrlError,
+)
 from mykey.errors import MykeyError, ValidationError
 
 __all__ = [
@@ -60,45 +71,6 @@ _PARSE_ERRORS: tuple[type[Exception], ...] = (
     x509.UnsupportedGeneralNameType,
     CryptographyDeprecationWarning,  # raised, not warned, when warnings are turned into errors
 )
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class CertificateError(MykeyError):
-    """A certificate (or CRL) could not be parsed or did not verify."""
-
-
-class UntrustedCertificateError(CertificateError):
-    """No valid path from the certificate to a configured trust anchor."""
-
-
-class CertificateExpiredError(CertificateError):
-    """A certificate in the path is outside its validity period at the check time."""
-
-
-class CertificateNotYetValidError(CertificateExpiredError):
-    """A certificate in the path is not valid yet (notBefore is after the check time)."""
-
-
-class CertificateRevokedError(CertificateError):
-    """The user certificate or an intermediate CA certificate has been revoked."""
-
-
-class KeyUsageError(CertificateError):
-    """The user certificate may not be used for digital signatures (authentication)."""
-
-
-class UnsupportedKeyError(CertificateError):
-    """The user certificate's key is not an RSA >= 2048 or ECDSA P-256 key."""
-
-
-class ChallengeSignatureError(CertificateError):
-    """Proof of possession failed: the signature over the challenge does not verify."""
-
-
-class CrlError(CertificateError):
-    """A CRL is malformed, from an untrusted issuer, badly signed, or out of date."""
 
 
 # --------------------------------------------------------------------------- data

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mykey.errors import IndexAheadError
 from mykey.domain import certs
 from mykey.domain import events as ev
 from mykey.domain import ids
@@ -55,10 +56,6 @@ CHALLENGE_PURPOSES = ("create", "renew")
 MAX_OPEN_CHALLENGES = 100_000
 CSV_HEADER = ["service_id", "customer_id"]
 REVOKED_REASON = "certificate revoked"  # reason of suspensions by a CRL (which a renewal lifts)
-
-
-class IndexAheadError(MykeyError):
-    """The index reflects events the log no longer has (the log lost its tail)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 
+from mykey.errors import LmdbError, DbNotFoundError, MapFullError, MapResizedError, EnvNotFoundError
 from mykey.errors import EnvAlreadyOpenError, IndexError_
 
 __all__ = [
@@ -35,30 +36,6 @@ __all__ = [
 
 #: LMDB 0.9's default maximum key size; both bindings report keys longer than this as absent.
 MAX_KEY_SIZE = 511
-
-
-class LmdbError(IndexError_):
-    """An LMDB call failed; the message gives LMDB's reason and what to do."""
-
-    def __init__(self, message: str, code: int = 0) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class DbNotFoundError(LmdbError):
-    """A named database does not exist and was not created."""
-
-
-class MapFullError(LmdbError):
-    """The environment's map is full; open it with a larger map_size."""
-
-
-class MapResizedError(LmdbError):
-    """Another process grew the map and this process could not adopt the new size."""
-
-
-class EnvNotFoundError(LmdbError):
-    """The environment directory does not exist and was not to be created."""
 
 
 # LMDB error codes (lmdb.h, identical in 0.9 and py-lmdb's bundled engines).

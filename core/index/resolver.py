@@ -20,6 +20,8 @@ from types import ModuleType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from mykey.errors import TerminalAuthError
+from mykey.errors import NoIndexError
 from mykey.index import keys as k
 from mykey.datadir import DataDir
 from mykey.errors import MykeyError, ValidationError
@@ -27,17 +29,10 @@ from mykey.domain.ids import BUSINESS_ID_RE
 from mykey.index.store import current_generation, open_dbs, read_meta_last_seq
 from mykey.index.binding import binding as default_binding
 from mykey.auth import nonces
-from mykey.auth.nonces import NonceStore, ReplayError
+from mykey.auth.nonces import NonceStore
+from mykey.errors import NonceReusedError
 from mykey.index.projection import Dbs
 from mykey.domain.status import Status, status_of, statuses
-
-
-class TerminalAuthError(MykeyError):
-    """A terminal failed authentication (unknown, revoked, its business deactivated, or a bad signature)."""
-
-
-class NoIndexError(MykeyError):
-    """There is no index to resolve against yet."""
 
 
 def _business_prefix(business_id: str) -> bytes:
@@ -188,7 +183,7 @@ class Resolver:
         if store is not None:
             try:
                 store.accept(key[0], key[1], now, expiry)
-            except ReplayError as exc:
+            except NonceReusedError as exc:
                 raise TerminalAuthError(str(exc)) from None
             return
         with self._nonce_lock:

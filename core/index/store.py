@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from mykey.errors import IndexLockedError, IndexGapError
 from mykey.index import keys as k
 from mykey.datadir import DataDir
 from mykey.errors import IndexError_
@@ -25,14 +26,6 @@ from mykey.log.store import LogStore
 from mykey.index.projection import Dbs, apply_envelopes
 
 GENERATION_PREFIX = "index-"
-
-
-class IndexLockedError(IndexError_):
-    """Another process is writing the index (an engine, projector or rebuild)."""
-
-
-class IndexGapError(IndexError_):
-    """Events given to apply() do not follow the index's last applied sequence number."""
 
 
 def open_dbs(env, *, create: bool) -> Dbs:
