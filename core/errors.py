@@ -13,11 +13,15 @@ class IndividualNumberError(ValidationError):
     """An id field held a 12-digit Individual Number; mykey never stores one."""
 
 
+class LockHeldError(MykeyError):
+    """Another process holds a lock this one needs (the message names its pid)."""
+
+
 class LogError(MykeyError):
     """Base of event-log errors."""
 
 
-class LogLockedError(LogError):
+class LogLockedError(LogError, LockHeldError):
     """Another process holds the log's writer lock."""
 
 
@@ -102,7 +106,7 @@ class EnvNotFoundError(LmdbError):
 # --- index -----------------------------------------------------------------
 
 
-class IndexLockedError(IndexError_):
+class IndexLockedError(IndexError_, LockHeldError):
     """Another process is writing the index (an engine, projector or rebuild)."""
 
 
@@ -203,7 +207,7 @@ class MerkleStoreError(MykeyError):
     """The on-disk Merkle store could not be opened, read or written."""
 
 
-class MerkleStoreLockedError(MerkleStoreError):
+class MerkleStoreLockedError(MerkleStoreError, LockHeldError):
     """Another process (or handle) holds the store's writer lock."""
 
 
@@ -213,3 +217,6 @@ class MerkleStoreCorruptError(MerkleStoreError):
 
 class ReplayError(MykeyError):
     """A replay could not be made (bad point in time, target directory in use, no live index)."""
+
+
+__all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

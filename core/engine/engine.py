@@ -588,7 +588,7 @@ class Engine:
             self._commit(events, actor or self.operator)
         return len(events)
 
-    def _service(self, business_id: str, service_id: str) -> tuple[Status, int, int, str | None] | None:
+    def _service(self, business_id: str, service_id: str) -> k.SvcValue | None:
         with self._txn() as txn:
             raw = txn.get(self.index.dbs.svc, k.service_key(business_id, service_id))
         return None if raw is None else k.parse_svc_value(raw)
@@ -621,7 +621,7 @@ class Engine:
         svc = self._service(business_id, service_id)
         if svc is None:
             events.append(ev.ServiceIdRegistered(business_id, service_id, ids.check_customer_id(customer_id), numeric))
-        elif svc[1] != 0:
+        elif svc.linked:
             raise AlreadyExistsError(
                 f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"
             )
@@ -635,17 +635,17 @@ class Engine:
         svc = self._service(business_id, service_id)
         if svc is None:
             raise NotFoundError(f"service ID {service_id} of {business_id} is not registered")
-        if svc[1] == 0:
+        if not svc.linked:
             raise CommandRefused(f"service ID {service_id} of {business_id} is not linked")
         with self._txn() as txn:
-            mykey_id = txn.get(self.index.dbs.mkref, k.u64(svc[1])).decode()
+            mykey_id = txn.get(self.index.dbs.mkref, k.u64(svc.ref)).decode()
         numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
         self._commit([ev.ServiceIdUnlinked(business_id, service_id, mykey_id, numeric)], actor or self.operator)
 
     def service_status(self, business_id: str, service_id: str) -> tuple[Status, str | None]:
         """What a business may know about its own service ID: status and its customer ID."""
         svc = self._service(ids.check_business_id(business_id), service_id)
-        return (Status.UNKNOWN, None) if svc is None else (svc[0], svc[3])
+        return (Status.UNKNOWN, None) if svc is None else (svc.status, svc.customer_id)
 
     # --- 4. suspension and invalidation ---------------------------------------------
 

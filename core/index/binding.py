@@ -8,9 +8,10 @@ environment through one binding only (enforced by `mykey.envguard`).
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from types import ModuleType
+
+from mykey.native import pure_requested
 
 __all__ = ["binding", "binding_by_name", "native_import_error", "NAMES"]
 
@@ -47,7 +48,7 @@ def native_import_error() -> BaseException | None:
 
 def binding() -> ModuleType:
     """The binding to use: native unless MYKEY_PURE=1 or the extension fails to import."""
-    if os.environ.get("MYKEY_PURE") == "1":
+    if pure_requested():
         return binding_by_name("pure")
     try:
         return importlib.import_module(_MODULES["native"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import NamedTuple
 
 import msgspec
 
@@ -53,10 +54,23 @@ def svc_value(status: Status, ref: int, reg_seq: int, customer_id: str | None) -
     return _SVC.pack(status, ref, reg_seq) + (customer_id.encode("ascii") if customer_id else b"")
 
 
-def parse_svc_value(value: bytes) -> tuple[Status, int, int, str | None]:
+class SvcValue(NamedTuple):
+    """A service key's value, decoded."""
+
+    status: Status
+    ref: int  # the linked MyKey ID's reference (its creation seq); 0 when unlinked
+    reg_seq: int  # seq of the registration event
+    customer_id: str | None
+
+    @property
+    def linked(self) -> bool:
+        return self.ref != 0
+
+
+def parse_svc_value(value: bytes) -> SvcValue:
     status, ref, reg_seq = _SVC.unpack_from(value)
     customer = value[_SVC.size :].decode("ascii") or None
-    return Status(status), ref, reg_seq, customer
+    return SvcValue(Status(status), ref, reg_seq, customer)
 
 
 def with_status(value: bytes, status: Status, ref: int | None = None) -> bytes:

@@ -260,7 +260,7 @@ def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
         raise KeyError(f"event {env.seq} links {b.business_id}/{b.service_id} to {b.mykey_id}, which the index lacks")
     txn.put(dbs.svc, skey, k.with_status(old, rec.state.status, rec.ref))
     txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
-    _note_event(txn, dbs, b.mykey_id, k.parse_svc_value(old)[2])  # the registration is about them too
+    _note_event(txn, dbs, b.mykey_id, k.parse_svc_value(old).reg_seq)  # the registration is about them too
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
 

@@ -1,17 +1,13 @@
 """Choose the Cython framing module or its pure-Python twin.
 
-MYKEY_PURE=1 forces the pure twins everywhere (the test suite runs both).
+MYKEY_PURE (read by mykey.native) forces the pure twins everywhere (the test suite runs both).
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 
-
-def pure_requested() -> bool:
-    """True when MYKEY_PURE=1 asks for the pure-Python twins."""
-    return os.environ.get("MYKEY_PURE", "") not in ("", "0")
+from mykey.native import pure_requested
 
 
 def framing_module(name: str | None = None) -> ModuleType:
