@@ -144,7 +144,6 @@ def machine_facts() -> dict:
     import lmdb
     import msgspec
     import psutil
-
     from mykey.index import binding as lmdbenv
 
     cpu = platform.processor() or platform.machine()

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from mykey.audit import trail as audit
-from mykey.domain import events as ev
-from mykey.datadir import DataDir
-from mykey.log.filelog import FileLog
 from mykey.audit.proofs import check_proof
+from mykey.datadir import DataDir
+from mykey.domain import events as ev
+from mykey.log.filelog import FileLog
 
 ISSUER = "CN=JPKI User CA,O=JPKI,C=JP"
 ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"

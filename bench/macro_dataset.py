@@ -330,9 +330,9 @@ def build(spec: Spec, data_root: Path, *, progress: Callable[[str, int], object]
     binding: "native" or "pure" for the index writer (default: mykey's default choice).
     """
     from mykey.datadir import DataDir
-    from mykey.log.filelog import FileLog
-    from mykey.index.store import Index
     from mykey.index.binding import binding_by_name
+    from mykey.index.store import Index
+    from mykey.log.filelog import FileLog
 
     data = DataDir(data_root)
     log = FileLog.open(data.log, fsync="never")
@@ -379,8 +379,8 @@ def db_sizes(path: Path) -> dict[str, int]:
 def rebuild_once(data_root: Path, *, progress: Callable[[int], object] | None = None) -> float:
     """Seconds for one full rebuild of the index from the log (`mykey rebuild`)."""
     from mykey.datadir import DataDir
-    from mykey.log.filelog import FileLog
     from mykey.index.store import rebuild
+    from mykey.log.filelog import FileLog
 
     data = DataDir(data_root)
     log = FileLog.open(data.log, readonly=True)

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.macro_dataset import ACTOR, Spec, build
-from mykey.domain import events as ev
 from mykey.datadir import DataDir
-from mykey.log.filelog import FileLog
+from mykey.domain import events as ev
 from mykey.index.binding import binding_by_name
 from mykey.index.projection import apply_envelopes
+from mykey.log.filelog import FileLog
+
+from bench.macro_dataset import ACTOR, Spec, build
 
 BINDINGS = ["native", "pure"]
 SPEC = Spec(service_ids=20_000, mykeys=6_000, businesses=20)

@@ -2,8 +2,8 @@
 
 The public face, over packages that each hold one layer::
 
-    from mykey import Engine, Resolver, Status, MyKeyState
-    from mykey import CommandRefused, ValidationError   # every error type is here too
+    from . import Engine, Resolver, Status, MyKeyState
+    from . import CommandRefused, ValidationError   # every error type is here too
 
 - ``Engine``: the write side (every platform flow as a validated command).
 - ``Resolver``: the read side a gateway needs (service ID statuses).
@@ -22,8 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mykey import errors as _errors
-from mykey.errors import *  # noqa: F403 - the error types are part of the public face
+from . import errors as _errors
+from .errors import *  # noqa: F403 - the error types are part of the public face
 
 __version__ = "0.1.0"
 
@@ -39,11 +39,11 @@ _LAZY = {
 __all__ = sorted([*_LAZY, *_errors.__all__])
 
 if TYPE_CHECKING:
-    from mykey.domain.status import MyKeyState, Status
-    from mykey.engine.engine import Engine
-    from mykey.index.resolver import Resolver
-    from mykey.log.filelog import FileLog
-    from mykey.log.store import LogStore
+    from .domain.status import MyKeyState, Status  # noqa: F401
+    from .engine.engine import Engine  # noqa: F401
+    from .index.resolver import Resolver  # noqa: F401
+    from .log.filelog import FileLog  # noqa: F401
+    from .log.store import LogStore  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

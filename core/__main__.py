@@ -1,5 +1,5 @@
 """`python -m mykey` runs the CLI."""
 
-from mykey.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from mykey.errors import LockHeldError
+from .errors import LockHeldError
 
 StrPath = str | os.PathLike[str]
 

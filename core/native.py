@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from mykey.errors import ValidationError
+from .errors import ValidationError
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")

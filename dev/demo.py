@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
 from mykey.datadir import DataDir
-from mykey.engine.engine import Engine
-from mykey.log.filelog import FileLog
-from mykey.errors import MykeyError
-from mykey_dev.pki import ThrowawayCA, UserCredential
-from mykey.index.resolver import terminal_auth_message
 from mykey.domain.status import Status
+from mykey.engine.engine import Engine
+from mykey.errors import MykeyError
+from mykey.index.resolver import terminal_auth_message
+from mykey.log.filelog import FileLog
+from mykey_dev.pki import ThrowawayCA, UserCredential
 
 MUNICIPALITIES = ["131016", "131024", "141003", "271004", "011002"]
 FACILITY_KINDS = ["Library", "Sports Centre", "Shopping Street", "Public Hospital", "Museum", "Community Pool"]

@@ -11,7 +11,6 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mykey.domain import events as ev
 from mykey.errors import ConcurrencyError, IndividualNumberError, ValidationError
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hypothesis.strategies as st
-
 from mykey.domain import events as ev
-from mykey.errors import ValidationError
 from mykey.domain.ids import (
     MYKEY_ALPHABET,
     MYKEY_ID_LEN,
@@ -13,6 +11,7 @@ from mykey.domain.ids import (
     individual_number_check_digit,
     is_individual_number,
 )
+from mykey.errors import ValidationError
 
 printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 business_ids = st.from_regex(r"[A-Z][0-9]{4}", fullmatch=True)

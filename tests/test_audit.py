@@ -12,22 +12,21 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from mykey.audit import trail as audit
-from mykey.log import framing
-from mykey.domain import events as ev
 from mykey.audit.checkpoint import peek_checkpoint
-from mykey.datadir import DataDir
-from mykey.errors import ValidationError
-from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments
 from mykey.audit.history import SubjectNotFoundError
-from mykey.index.store import Index, current_generation
 from mykey.audit.merkle import leaf_hash
 from mykey.audit.merkle_store import MerkleStore
 from mykey.audit.proofs import ProofError, check_proof, load_proof_doc
 from mykey.audit.replay import as_of_seq, parse_as_of
-from mykey.index.resolver import Resolver
+from mykey.datadir import DataDir
+from mykey.domain import events as ev
 from mykey.domain.status import Status
+from mykey.errors import ValidationError
+from mykey.index.resolver import Resolver
+from mykey.index.store import Index, current_generation
+from mykey.log import framing
+from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments
 
 ALICE, BOB = "AAAAAAAA", "BBBBBBBB"
 ISSUER = "CN=JPKI User CA,O=JPKI,C=JP"

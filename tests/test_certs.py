@@ -9,12 +9,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from mykey.domain import certs
-from mykey_dev import pki
 from mykey.domain.certs import (
     CertificateError,
     CertificateExpiredError,
@@ -28,6 +30,7 @@ from mykey.domain.certs import (
     UntrustedCertificateError,
 )
 from mykey.errors import MykeyError, ValidationError
+from mykey_dev import pki
 from mykey_dev.pki import ThrowawayCA, UserCredential
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

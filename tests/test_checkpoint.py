@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from mykey.audit import checkpoint as ckpt
 from mykey.audit import merkle
 from mykey.audit.checkpoint import Checkpoint, CheckpointError
-from mykey.errors import MykeyError
 from mykey.audit.merkle import ProofError
 from mykey.audit.merkle_store import MerkleStore
 from mykey.audit.proofs import (
@@ -25,6 +23,7 @@ from mykey.audit.proofs import (
     check_proof,
     load_proof_doc,
 )
+from mykey.errors import MykeyError
 
 # golang.org/x/mod/sumdb/note reference vector (Ed25519 is deterministic, so our
 # signer must reproduce Go's note byte for byte).

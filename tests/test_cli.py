@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from mykey.cli import build_parser, main
 
 
@@ -147,9 +146,9 @@ def test_data_dir_from_environment(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_never_replaces_real_data(tmp_path, capsys):
-    from mykey_dev.demo import prepare_data_dir
     from mykey.engine.engine import Engine
     from mykey.errors import LogLockedError, MykeyError
+    from mykey_dev.demo import prepare_data_dir
 
     real = tmp_path / "real"
     assert main(["init", "--data", str(real)]) == 0

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mykey.log.filelog import FileLog
 from mykey.log.verify import verify_log
 

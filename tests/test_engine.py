@@ -8,10 +8,9 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
 from mykey.domain import certs
 from mykey.domain import events as ev
-from mykey_dev.demo import design_example
+from mykey.domain.status import MyKeyState, Status
 from mykey.engine.engine import Engine
 from mykey.errors import (
     AlreadyExistsError,
@@ -26,7 +25,7 @@ from mykey.errors import (
     ValidationError,
 )
 from mykey.index.resolver import TerminalAuthError, terminal_auth_message
-from mykey.domain.status import MyKeyState, Status
+from mykey_dev.demo import design_example
 
 from .conftest import create_user
 
@@ -654,10 +653,10 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
 
 def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
     from mykey.datadir import DataDir
-    from mykey.log.filelog import FileLog
-    from mykey.index.store import rebuild
     from mykey.index.binding import binding_by_name
     from mykey.index.resolver import Resolver
+    from mykey.index.store import rebuild
+    from mykey.log.filelog import FileLog
 
     data = tmp_path / "data"
     with Engine.open(data) as e:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import tempfile
+import time
 from pathlib import Path
 
 import hypothesis.strategies as st
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-from mykey.engine.engine import Engine
 from mykey.domain.certs import CertificateRevokedError
+from mykey.domain.status import Status
+from mykey.domain.transitions import TRANSITIONS
+from mykey.engine.engine import Engine
 from mykey.errors import (
     AlreadyExistsError,
     CommandRefused,
@@ -31,8 +31,6 @@ from mykey.errors import (
 )
 from mykey.index.binding import binding_by_name
 from mykey.index.resolver import TerminalAuthError, terminal_auth_message
-from mykey.domain.status import Status
-from mykey.domain.transitions import TRANSITIONS
 
 from .conftest import Pki
 

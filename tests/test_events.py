@@ -4,7 +4,6 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from mykey.domain import events as ev
 from mykey.errors import IndividualNumberError, RecordDecodeError, ValidationError
 

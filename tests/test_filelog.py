@@ -10,10 +10,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from mykey.log import filelog
-from mykey.log import framing
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
+from mykey.log import filelog, framing
 from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
 from mykey.log.verify import verify_log
 

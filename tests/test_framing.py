@@ -5,7 +5,6 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from mykey.log import framing
 from mykey.log.accel import framing_module
 

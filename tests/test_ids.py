@@ -2,7 +2,6 @@
 
 import pytest
 from hypothesis import given
-
 from mykey.domain import ids
 from mykey.errors import IndividualNumberError, ValidationError
 

@@ -16,11 +16,15 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from mykey.index import envguard
-from mykey.index import binding as lmdbenv
-from mykey.index.envguard import DbNotFoundError, EnvNotFoundError, LmdbError, MapFullError
 from mykey.errors import EnvAlreadyOpenError
+from mykey.index import binding as lmdbenv
+from mykey.index import envguard
+from mykey.index.envguard import (
+    DbNotFoundError,
+    EnvNotFoundError,
+    LmdbError,
+    MapFullError,
+)
 
 NATIVE_ERROR = lmdbenv.native_import_error()
 native_reason = f"native binding mykey._lmdb not built: {NATIVE_ERROR}"

@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from mykey.audit import merkle
 from mykey.audit.merkle import ProofError
-from mykey.audit.merkle_store import MerkleStore, MerkleStoreCorruptError, MerkleStoreError, MerkleStoreLockedError
+from mykey.audit.merkle_store import (
+    MerkleStore,
+    MerkleStoreCorruptError,
+    MerkleStoreError,
+    MerkleStoreLockedError,
+)
 
 # ---------------------------------------------------------------------------------
 # Reference implementation written straight from RFC 9162 §2.1.1, §2.1.3.1, §2.1.4.1

@@ -11,16 +11,23 @@ import textwrap
 import time
 
 import pytest
-
-from mykey.domain import events as ev
 from mykey.datadir import DataDir
+from mykey.domain import events as ev
+from mykey.domain.status import Status
 from mykey.engine.engine import Engine
 from mykey.errors import EnvAlreadyOpenError
-from mykey.log.filelog import FileLog
-from mykey.index.store import Index, IndexGapError, IndexLockedError, build_generation, diff_indexes, open_dbs, rebuild
 from mykey.index.binding import binding_by_name
 from mykey.index.resolver import Resolver
-from mykey.domain.status import Status
+from mykey.index.store import (
+    Index,
+    IndexGapError,
+    IndexLockedError,
+    build_generation,
+    diff_indexes,
+    open_dbs,
+    rebuild,
+)
+from mykey.log.filelog import FileLog
 
 from .conftest import create_user
 

@@ -12,11 +12,17 @@ from typing import Any
 
 import msgspec
 
-from mykey.errors import SubjectNotFoundError
-from mykey.domain import events as ev
-from mykey.index import keys as k
-from mykey.audit.trail import (
-    AuditError,
+from ..datadir import DataDir
+from ..domain import events as ev
+from ..domain.ids import check_mykey_id
+from ..errors import SubjectNotFoundError
+from ..index import keys as k
+from ..index.binding import binding as default_binding
+from ..index.projection import get_mykey, scan
+from ..index.store import current_generation, open_dbs, read_meta_last_seq
+from ..jsonable import jsonable
+from .proofs import build_inclusion_doc
+from .trail import (
     NoCheckpointError,
     _open_store,
     _verified,
@@ -24,13 +30,6 @@ from mykey.audit.trail import (
     load_verifier_key,
     read_record,
 )
-from mykey.datadir import DataDir
-from mykey.domain.ids import check_mykey_id
-from mykey.jsonable import jsonable
-from mykey.index.store import current_generation, open_dbs, read_meta_last_seq
-from mykey.index.binding import binding as default_binding
-from mykey.index.projection import get_mykey, scan
-from mykey.audit.proofs import build_inclusion_doc
 
 __all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 
-from mykey.errors import ProofError
-from mykey.errors import MykeyError
+from ..errors import ProofError
 
 __all__ = [
     "HASH_SIZE",

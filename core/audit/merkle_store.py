@@ -50,9 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mykey.errors import MerkleStoreError, MerkleStoreLockedError, MerkleStoreCorruptError
-from mykey.errors import MykeyError
-from mykey.audit.merkle import (
+from ..errors import (
+    MerkleStoreCorruptError,
+    MerkleStoreError,
+    MerkleStoreLockedError,
+)
+from .merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     consistency_proof,

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mykey.audit.checkpoint import (
+from .checkpoint import (
     Checkpoint,
     CheckpointError,
     VerifierKey,
@@ -40,7 +40,7 @@ from mykey.audit.checkpoint import (
     parse_vkey,
     peek_checkpoint,
 )
-from mykey.audit.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from .merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 
 __all__ = [
     "INCLUSION_KIND",

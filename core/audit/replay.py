@@ -18,17 +18,22 @@ from pathlib import Path
 
 import msgspec
 
-from mykey.errors import ReplayError
-from mykey.domain import events as ev
-from mykey.index import keys as k
-from mykey.datadir import DataDir
-from mykey.errors import MykeyError, ValidationError
-from mykey.log.filelog import FileLog
-from mykey.domain.ids import BUSINESS_ID_RE
-from mykey.index.store import build_generation, current_generation, diff_indexes, open_dbs, read_meta_last_seq
-from mykey.index.binding import binding as default_binding
-from mykey.log.store import LogStore
-from mykey.domain.status import MyKeyState, Status
+from ..datadir import DataDir
+from ..domain import events as ev
+from ..domain.ids import BUSINESS_ID_RE
+from ..domain.status import MyKeyState, Status
+from ..errors import ReplayError, ValidationError
+from ..index import keys as k
+from ..index.binding import binding as default_binding
+from ..index.store import (
+    build_generation,
+    current_generation,
+    diff_indexes,
+    open_dbs,
+    read_meta_last_seq,
+)
+from ..log.filelog import FileLog
+from ..log.store import LogStore
 
 __all__ = ["ReplayError", "parse_as_of", "as_of_seq", "replay", "resolve_as_of", "diff_live_index"]
 

@@ -19,10 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from mykey.errors import AuditError, SigningKeyError, NoCheckpointError, AuditMismatchError
-from mykey.audit.checkpoint import (
+from ..datadir import DataDir
+from ..errors import (
+    AuditError,
+    AuditMismatchError,
+    CorruptLogError,
+    LogError,
+    NoCheckpointError,
+    SigningKeyError,
+)
+from ..log.filelog import FileLog, list_segments
+from ..log.store import LogStore
+from ..log.verify import verify_log
+from .checkpoint import (
     Checkpoint,
     CheckpointError,
     VerifierKey,
@@ -36,15 +50,15 @@ from mykey.audit.checkpoint import (
     sign_checkpoint,
     verifier_key,
 )
-from mykey.datadir import DataDir
-from mykey.errors import CorruptLogError, LogError, MykeyError
-from mykey.log.filelog import FileLog, list_segments
-from mykey.log.verify import verify_log
-from mykey.log.store import LogStore
-from mykey.audit.merkle import EMPTY_ROOT, ProofError, leaf_hash
-from mykey.audit.merkle_store import MerkleStore, MerkleStoreError
-from mykey.audit.proofs import ConsistencyProofDoc, InclusionProofDoc, build_consistency_doc, build_inclusion_doc
-from mykey.audit.replay import ReplayError, diff_live_index, parse_as_of, replay, resolve_as_of
+from .merkle import EMPTY_ROOT, ProofError, leaf_hash
+from .merkle_store import MerkleStore, MerkleStoreError
+from .proofs import (
+    ConsistencyProofDoc,
+    InclusionProofDoc,
+    build_consistency_doc,
+    build_inclusion_doc,
+)
+from .replay import ReplayError, diff_live_index, parse_as_of, replay, resolve_as_of
 
 __all__ = [
     "AuditError",
@@ -781,6 +795,6 @@ def _check_roots(
 
 def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
     """Every event about ``mykey_id`` with inclusion proofs, its state, certificate and linked business IDs."""
-    from mykey.audit.history import subject_history as _history
+    from .history import subject_history as _history
 
     return _history(data, mykey_id)

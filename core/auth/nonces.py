@@ -18,8 +18,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from mykey.errors import NonceReusedError
-from mykey.errors import MykeyError
+from ..errors import MykeyError, NonceReusedError
 
 _EXPIRY = struct.Struct(">d")
 PRUNE_SECONDS = 60.0  # sweep expired entries at most this often (per process)

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mykey.datadir import default_data_dir
-from mykey.errors import MykeyError
+from ..datadir import default_data_dir
+from ..errors import MykeyError
 from . import audit_cmds, bench_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_REFUSED, EXIT_USAGE, Output
 

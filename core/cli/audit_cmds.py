@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mykey.audit import trail as audit
-from mykey.audit.checkpoint import peek_checkpoint
-from mykey.datadir import DataDir
-from mykey.errors import LogLockedError
-from mykey.log.filelog import FileLog
-from mykey.audit.history import format_history
-from mykey.audit.proofs import check_proof, load_proof_doc
+from ..audit import trail as audit
+from ..audit.checkpoint import peek_checkpoint
+from ..audit.history import format_history
+from ..audit.proofs import check_proof, load_proof_doc
+from ..datadir import DataDir
+from ..errors import LogLockedError
+from ..log.filelog import FileLog
 from .output import EXIT_REFUSED, Output
 
 

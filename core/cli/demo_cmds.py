@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from mykey_dev.demo import DemoConfig, Phase, format_result, run_demo
+
 from .output import Output
 from .progress import bar
 

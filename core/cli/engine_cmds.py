@@ -8,17 +8,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-from mykey.domain import certs
-from mykey.datadir import DataDir
-from mykey.engine.engine import Engine, feed_items
-from mykey.errors import MykeyError
-from mykey.domain.ids import check_actor_id
-from mykey.log.filelog import FileLog
-from mykey.index.store import current_generation, open_dbs
-from mykey.index.keys import parse_u64
-from mykey.index.binding import binding
 from mykey_dev.pki import UserCredential
+
+from ..datadir import DataDir
+from ..domain import certs
+from ..domain.ids import check_actor_id
+from ..engine.engine import Engine, feed_items
+from ..errors import MykeyError
+from ..index.binding import binding
+from ..index.keys import parse_u64
+from ..index.store import current_generation, open_dbs
+from ..log.filelog import FileLog
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from mykey.datadir import DataDir
-from mykey.log.filelog import FileLog
-from mykey.index.store import rebuild
-from mykey.index.projector import run_projector
-from mykey.index.resolver import Resolver
-from mykey.domain.status import statuses
+from ..datadir import DataDir
+from ..domain.status import statuses
+from ..index.projector import run_projector
+from ..index.resolver import Resolver
+from ..index.store import rebuild
+from ..log.filelog import FileLog
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 
@@ -64,7 +64,7 @@ def cmd_project(args: argparse.Namespace, out: Output) -> int:
 def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     if args.as_of is not None:
-        from mykey.audit.trail import resolve_as_of
+        from ..audit.trail import resolve_as_of
 
         answers = resolve_as_of(data, args.as_of, args.business, args.service_ids)
     else:

@@ -6,10 +6,10 @@ import argparse
 
 import msgspec
 
-from mykey.audit.trail import signed_size
-from mykey.datadir import DataDir
-from mykey.log.filelog import FileLog
-from mykey.log.verify import verify_log
+from ..audit.trail import signed_size
+from ..datadir import DataDir
+from ..log.filelog import FileLog
+from ..log.verify import verify_log
 from .output import EXIT_REFUSED, Output
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from mykey.jsonable import jsonable as _jsonable
+from ..jsonable import jsonable as _jsonable
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

@@ -16,23 +16,23 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
 
-from mykey.errors import (
+from ..errors import (
     CertificateError,
-    UntrustedCertificateError,
     CertificateExpiredError,
     CertificateNotYetValidError,
     CertificateRevokedError,
-    KeyUsageError,
-    UnsupportedKeyError,
     ChallengeSignatureError,
     CrlError,
+    KeyUsageError,
+    UnsupportedKeyError,
+    UntrustedCertificateError,
+    ValidationError,
 )
-from mykey.errors import MykeyError, ValidationError
 
 __all__ = [
     "CertInfo",

@@ -13,8 +13,8 @@ from typing import Any, Callable, ClassVar, Literal, Union
 
 import msgspec
 
-from mykey.domain import ids
-from mykey.errors import RecordDecodeError, ValidationError
+from ..errors import RecordDecodeError, ValidationError
+from . import ids
 
 MAX_REASON = 256
 MAX_NAME = 128

@@ -12,7 +12,7 @@ import re
 import secrets
 import unicodedata
 
-from mykey.errors import IndividualNumberError, ValidationError
+from ..errors import IndividualNumberError, ValidationError
 
 BUSINESS_ID_RE = re.compile(r"[A-Z][0-9]{4}\Z")
 # Unambiguous upper-case alphanumerics: no 0/O, 1/I/L.

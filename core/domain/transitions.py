@@ -6,8 +6,8 @@ ID needs a new creation.
 
 from __future__ import annotations
 
-from mykey.errors import IllegalTransitionError
-from mykey.domain.status import MyKeyState
+from ..errors import IllegalTransitionError
+from .status import MyKeyState
 
 V, S, I = MyKeyState.VALID, MyKeyState.SUSPENDED, MyKeyState.INVALID
 

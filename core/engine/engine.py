@@ -27,28 +27,27 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mykey.errors import IndexAheadError
-from mykey.domain import certs
-from mykey.domain import events as ev
-from mykey.domain import ids
-from mykey.index import keys as k
-from mykey.datadir import DataDir
-from mykey.errors import (
+from ..datadir import DataDir
+from ..domain import certs, ids
+from ..domain import events as ev
+from ..domain.status import MyKeyState, Status
+from ..domain.transitions import next_state
+from ..errors import (
     AlreadyExistsError,
     ChallengeError,
     CommandRefused,
     InactiveError,
+    IndexAheadError,
     MykeyError,
     NotFoundError,
     StaleCrlError,
     ValidationError,
 )
-from mykey.log.filelog import FileLog
-from mykey.index.store import Index
-from mykey.index.projection import get_business, get_mykey, get_terminal, scan
-from mykey.index.resolver import Resolver, open_nonce_store
-from mykey.domain.status import MyKeyState, Status
-from mykey.domain.transitions import next_state
+from ..index import keys as k
+from ..index.projection import get_business, get_mykey, get_terminal, scan
+from ..index.resolver import Resolver, open_nonce_store
+from ..index.store import Index
+from ..log.filelog import FileLog
 
 CHALLENGE_TTL = 300.0  # seconds a challenge stays usable
 CHALLENGE_BYTES = 32
@@ -190,7 +189,7 @@ class Engine:
         trail = None
         try:
             # Recovery may cut a torn tail, never events the index applied or a checkpoint signed.
-            from mykey.audit.trail import signed_size
+            from ..audit.trail import signed_size
 
             keep = max(index.last_seq, signed_size(data))
             log = FileLog.open(data.log, fsync=fsync, keep_through=keep)
@@ -203,7 +202,7 @@ class Engine:
                 )
             index.catch_up(log)
             if audit:
-                from mykey.audit.trail import AuditTrail, ensure_signing_key
+                from ..audit.trail import AuditTrail, ensure_signing_key
 
                 ensure_signing_key(data)
                 trail = AuditTrail.open(data, log)

@@ -14,7 +14,8 @@ from typing import Any
 
 import lmdb
 
-from mykey.index.envguard import (
+from ..errors import EnvAlreadyOpenError
+from .envguard import (
     FORKED_MESSAGE,
     MDB_MAP_RESIZED,
     MDB_NOTFOUND,
@@ -29,7 +30,6 @@ from mykey.index.envguard import (
     lmdb_error,
     release,
 )
-from mykey.errors import EnvAlreadyOpenError
 
 __all__ = [
     "NAME", "LMDB_VERSION", "Env", "Txn", "Cursor", "Reader",

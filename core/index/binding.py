@@ -11,7 +11,7 @@ import importlib
 import warnings
 from types import ModuleType
 
-from mykey.native import pure_requested
+from ..native import pure_requested
 
 __all__ = ["binding", "binding_by_name", "native_import_error", "NAMES"]
 

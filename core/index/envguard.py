@@ -14,8 +14,14 @@ import itertools
 import os
 import threading
 
-from mykey.errors import LmdbError, DbNotFoundError, MapFullError, MapResizedError, EnvNotFoundError
-from mykey.errors import EnvAlreadyOpenError, IndexError_
+from ..errors import (
+    DbNotFoundError,
+    EnvAlreadyOpenError,
+    EnvNotFoundError,
+    LmdbError,
+    MapFullError,
+    MapResizedError,
+)
 
 __all__ = [
     "EnvAlreadyOpenError",

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from mykey.domain.status import MyKeyState, Status
+from ..domain.status import MyKeyState, Status
 
 # Named databases inside the index environment.
 DB_NAMES = (

@@ -14,9 +14,9 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from mykey.domain import events as ev
-from mykey.index import keys as k
-from mykey.domain.status import MyKeyState, Status
+from ..domain import events as ev
+from ..domain.status import MyKeyState, Status
+from . import keys as k
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import threading
 from collections.abc import Callable
 from types import ModuleType
 
-from mykey.datadir import DataDir
-from mykey.domain.events import decode_envelope
-from mykey.log.filelog import FileLog
-from mykey.index.store import Index
+from ..datadir import DataDir
+from ..domain.events import decode_envelope
+from ..log.filelog import FileLog
+from .store import Index
 
 
 def run_projector(

@@ -20,19 +20,22 @@ from types import ModuleType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from mykey.errors import TerminalAuthError
-from mykey.errors import NoIndexError
-from mykey.index import keys as k
-from mykey.datadir import DataDir
-from mykey.errors import MykeyError, ValidationError
-from mykey.domain.ids import BUSINESS_ID_RE
-from mykey.index.store import current_generation, open_dbs, read_meta_last_seq
-from mykey.index.binding import binding as default_binding
-from mykey.auth import nonces
-from mykey.auth.nonces import NonceStore
-from mykey.errors import NonceReusedError
-from mykey.index.projection import Dbs
-from mykey.domain.status import Status, status_of, statuses
+from ..auth import nonces
+from ..auth.nonces import NonceStore
+from ..datadir import DataDir
+from ..domain.ids import BUSINESS_ID_RE
+from ..domain.status import Status, status_of, statuses
+from ..errors import (
+    MykeyError,
+    NoIndexError,
+    NonceReusedError,
+    TerminalAuthError,
+    ValidationError,
+)
+from . import keys as k
+from .binding import binding as default_binding
+from .projection import Dbs
+from .store import current_generation, open_dbs, read_meta_last_seq
 
 
 def _business_prefix(business_id: str) -> bytes:

@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from mykey.errors import IndexLockedError, IndexGapError
-from mykey.index import keys as k
-from mykey.datadir import DataDir
-from mykey.errors import IndexError_
-from mykey.domain.events import Envelope, decode_envelope
-from mykey.index.binding import binding as default_binding
-from mykey.log.store import LogStore
-from mykey.index.projection import Dbs, apply_envelopes
+from ..datadir import DataDir
+from ..domain.events import Envelope, decode_envelope
+from ..errors import IndexError_, IndexGapError, IndexLockedError
+from ..log.store import LogStore
+from . import keys as k
+from .binding import binding as default_binding
+from .projection import Dbs, apply_envelopes
 
 GENERATION_PREFIX = "index-"
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mykey.native import pure_requested
+from ..native import pure_requested
 
 
 def framing_module(name: str | None = None) -> ModuleType:
     """The framing implementation: "native" (Cython), "pure", or the default choice."""
-    from mykey.log import framing
+    from . import framing
 
     if name == "pure" or (name is None and pure_requested()):
         return framing
     try:
-        from mykey.log import _framing  # type: ignore[attr-defined]
+        from . import _framing  # type: ignore[attr-defined]
     except ImportError:
         if name == "native":
             raise

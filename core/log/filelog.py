@@ -43,11 +43,25 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mykey.log import framing
-from mykey.log.accel import framing_module
-from mykey.errors import ConcurrencyError, CorruptLogError, LogError, LogLockedError, ValidationError
-from mykey.domain.events import SYSTEM, Actor, Envelope, Event, check_event, encode_envelope, now_us
-from mykey.log.store import FSYNC_MODES, LogStore, should_stop
+from ..domain.events import (
+    SYSTEM,
+    Actor,
+    Envelope,
+    Event,
+    check_event,
+    encode_envelope,
+    now_us,
+)
+from ..errors import (
+    ConcurrencyError,
+    CorruptLogError,
+    LogError,
+    LogLockedError,
+    ValidationError,
+)
+from . import framing
+from .accel import framing_module
+from .store import FSYNC_MODES, LogStore, should_stop
 
 log = logging.getLogger("mykey.log")
 

@@ -12,7 +12,7 @@ import abc
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from mykey.domain.events import SYSTEM, Actor, Envelope, Event, decode_envelope
+from ..domain.events import SYSTEM, Actor, Envelope, Event, decode_envelope
 
 FSYNC_MODES = ("always", "interval", "never")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import msgspec
 
-from mykey.log import framing
-from mykey.log.accel import framing_module
-from mykey.errors import RecordDecodeError
-from mykey.domain.events import decode_envelope
-from mykey.log.filelog import (
+from ..domain.events import decode_envelope
+from ..errors import RecordDecodeError
+from . import framing
+from .accel import framing_module
+from .filelog import (
     DAMAGED_FINAL,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
