@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from mykey.auth.terminals import terminal_auth_message
 from mykey.datadir import DataDir
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
 from mykey.errors import MykeyError
-from mykey.index.resolver import terminal_auth_message
 from mykey.log.filelog import FileLog
 from mykey_dev.pki import ThrowawayCA, UserCredential
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from mykey.auth.terminals import terminal_auth_message
 from mykey.domain import certs
 from mykey.domain import events as ev
 from mykey.domain.status import MyKeyState, Status
@@ -22,9 +23,9 @@ from mykey.errors import (
     MykeyError,
     NotFoundError,
     StaleCrlError,
+    TerminalAuthError,
     ValidationError,
 )
-from mykey.index.resolver import TerminalAuthError, terminal_auth_message
 from mykey_dev.demo import design_example
 
 from .conftest import create_user
@@ -635,12 +636,15 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
     code = textwrap.dedent(
         f"""
         import sys
-        from mykey.index.resolver import Resolver, TerminalAuthError
+        from mykey import Resolver, TerminalAuthError
+        from mykey.auth.terminals import TerminalAuthenticator
         r = Resolver.open({str(data)!r})
+        auth = TerminalAuthenticator.open({str(data)!r}, r, r.binding)
         try:
-            print(r.authenticate_terminal({cred.terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+            print(auth.authenticate({cred.terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
         except TerminalAuthError as exc:
             print("refused:", exc)
+        auth.close()
         r.close()
         """
     )
@@ -652,6 +656,7 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
 
 
 def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
+    from mykey.auth.terminals import TerminalAuthenticator
     from mykey.datadir import DataDir
     from mykey.index.binding import binding_by_name
     from mykey.index.resolver import Resolver
@@ -670,12 +675,16 @@ def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
     log.close()
     b = Resolver.open(data, binding=binding_by_name("native"))  # ...and the rebuilt one, other binding
     assert a.generation != b.generation
-    assert a.authenticate_terminal(cred.terminal_id, m, key.sign(m)) == bid
+    auth_a = TerminalAuthenticator.open(data, a, a.binding)
+    auth_b = TerminalAuthenticator.open(data, b, b.binding)
+    assert auth_a.authenticate(cred.terminal_id, m, key.sign(m)) == bid
     with pytest.raises(TerminalAuthError, match="replay"):
-        b.authenticate_terminal(cred.terminal_id, m, key.sign(m))
+        auth_b.authenticate(cred.terminal_id, m, key.sign(m))
+    auth_a.close()
     a.close()
     with pytest.raises(TerminalAuthError, match="replay"):
-        b.authenticate_terminal(cred.terminal_id, m, key.sign(m))  # still shared after a closed
+        auth_b.authenticate(cred.terminal_id, m, key.sign(m))  # still shared after a closed
+    auth_b.close()
     b.close()
 
 

@@ -16,6 +16,7 @@ import hypothesis.strategies as st
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from mykey.auth.terminals import terminal_auth_message
 from mykey.domain.certs import CertificateRevokedError
 from mykey.domain.status import Status
 from mykey.domain.transitions import TRANSITIONS
@@ -27,10 +28,10 @@ from mykey.errors import (
     InactiveError,
     IndividualNumberError,
     NotFoundError,
+    TerminalAuthError,
     ValidationError,
 )
 from mykey.index.binding import binding_by_name
-from mykey.index.resolver import TerminalAuthError, terminal_auth_message
 
 from .conftest import Pki
 

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..auth.terminals import TerminalAuthenticator, open_nonce_store
 from ..datadir import DataDir
 from ..domain import certs, ids
 from ..domain import events as ev
@@ -45,7 +46,7 @@ from ..errors import (
 )
 from ..index import keys as k
 from ..index.projection import get_business, get_mykey, get_terminal, scan
-from ..index.resolver import Resolver, open_nonce_store
+from ..index.resolver import Resolver
 from ..index.store import Index
 from ..log.filelog import FileLog
 
@@ -160,6 +161,7 @@ class Engine:
         self.trail = trail
         self._challenges: dict[bytes, tuple[float, str]] = {}  # challenge -> (expiry, purpose)
         self._resolver: Resolver | None = None
+        self._authenticator: TerminalAuthenticator | None = None
         self._checkpoint_from: int | None = None
         self._failed: str | None = None  # set when the index could not follow the log
         self._subject_key = ensure_subject_key(data)
@@ -218,6 +220,9 @@ class Engine:
     def close(self) -> None:
         """Close the resolver, audit trail, index and log (releases the writer locks)."""
         try:
+            if self._authenticator is not None:
+                self._authenticator.close()
+                self._authenticator = None
             if self._resolver is not None:
                 self._resolver.close()
                 self._resolver = None
@@ -276,8 +281,7 @@ class Engine:
     def resolver(self) -> Resolver:
         """A Resolver sharing this engine's index environment (one env per process)."""
         if self._resolver is None:
-            nonces = open_nonce_store(self.data, self.index.binding)
-            self._resolver = Resolver(self.index.env, self.index.dbs, owns_env=False, nonces=nonces)
+            self._resolver = Resolver(self.index.env, self.index.dbs, owns_env=False, binding=self.index.binding)
         return self._resolver
 
     # --- trust configuration -----------------------------------------------
@@ -526,7 +530,9 @@ class Engine:
 
     def authenticate_terminal(self, terminal_id: str, message: bytes, signature: bytes) -> str:
         """Verify a terminal's Ed25519 signature; returns its business ID (see Resolver)."""
-        return self.resolver().authenticate_terminal(terminal_id, message, signature, now=self.clock())
+        if self._authenticator is None:
+            self._authenticator = TerminalAuthenticator(self.resolver(), open_nonce_store(self.data, self.index.binding))
+        return self._authenticator.authenticate(terminal_id, message, signature, now=self.clock())
 
     # --- 3. service IDs ----------------------------------------------------------
 

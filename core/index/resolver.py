@@ -1,4 +1,4 @@
-"""The read side a gateway needs: resolve service IDs and authenticate terminals.
+"""The read side a gateway needs: service ID statuses, and the terminal records authentication reads.
 
 Read-only over the LMDB index; any number of processes may open it, sharing the
 page cache. The hot path (`resolve_many`) is one call into the Cython binding,
@@ -12,24 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from ..auth import nonces
-from ..auth.nonces import NonceStore
 from ..datadir import DataDir
 from ..domain.ids import BUSINESS_ID_RE
 from ..domain.status import Status, status_of, statuses
 from ..errors import (
     MykeyError,
     NoIndexError,
-    NonceReusedError,
-    TerminalAuthError,
     ValidationError,
 )
 from . import keys as k
@@ -45,18 +37,9 @@ def _business_prefix(business_id: str) -> bytes:
     return business_id.encode("ascii")
 
 
-TERMINAL_AUTH_CONTEXT = b"mykey-terminal-auth/v1"
-MAX_CLOCK_SKEW = 60  # seconds a terminal's signed timestamp may differ from ours
 RECHECK_SECONDS = 0.25  # how often an open resolver looks for a rebuilt index
 RETIRE_GRACE = 5.0  # seconds an index replaced by a rebuild stays open for calls still using it
 _log = logging.getLogger("mykey.resolver")
-
-
-def terminal_auth_message(terminal_id: str, timestamp: int, nonce: bytes) -> bytes:
-    """What a terminal signs to authenticate: context, its ID, unix time and a fresh random nonce."""
-    if not 16 <= len(nonce) <= 64:
-        raise ValidationError("the nonce must be 16-64 random bytes")
-    return b"\n".join([TERMINAL_AUTH_CONTEXT, terminal_id.encode("ascii"), b"%d" % timestamp, nonce.hex().encode()])
 
 
 class _View:
@@ -78,20 +61,16 @@ class Resolver:
     """
 
     def __init__(
-        self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None, nonces: NonceStore | None = None
+        self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None, binding: ModuleType | None = None
     ) -> None:
         self._view = _View(env, dbs, generation)
-        self._nonce_store = nonces  # shared by the gateway processes; None: this process only
+        self.binding = binding
         self._owns_env = owns_env
         self._retired: list[tuple[float, _View]] = []
         self._swap = threading.Lock()
         self._data: DataDir | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        # Accepted authentication nonces: (terminal, nonce) -> expiry, and the same in expiry order.
-        self._nonces: dict[tuple[str, bytes], float] = {}
-        self._nonce_order: deque[tuple[float, tuple[str, bytes]]] = deque()
-        self._nonce_lock = threading.Lock()
 
     @classmethod
     def open(cls, data_dir: str | Path, *, binding: ModuleType | None = None, nordahead: bool = False) -> Resolver:
@@ -99,14 +78,9 @@ class Resolver:
         data = DataDir(Path(data_dir))
         binding = binding or default_binding()
         env, dbs, gen = _open_generation(data, binding, nordahead)
-        try:
-            nonces = open_nonce_store(data, binding)
-        except BaseException:
-            env.close()
-            raise
-        self = cls(env, dbs, owns_env=True, generation=gen, nonces=nonces)
+        self = cls(env, dbs, owns_env=True, generation=gen)
         self._data = data
-        self._binding = binding
+        self.binding = binding
         self._nordahead = nordahead
         self._watcher = threading.Thread(target=self._watch, name="mykey-resolver-watch", daemon=True)
         self._watcher.start()
@@ -150,53 +124,17 @@ class Resolver:
         """resolve_many mapped to Status values (convenient, slower for big batches)."""
         return statuses(self.resolve_many(business_id, service_ids))
 
-    def authenticate_terminal(
-        self, terminal_id: str, message: bytes, signature: bytes, *, now: float | None = None
-    ) -> str:
-        """Verify a terminal's Ed25519 signature over terminal_auth_message(...); returns its business ID.
-
-        The message must name this terminal, carry a time within MAX_CLOCK_SKEW seconds and
-        a nonce no gateway process on this machine accepted before (DATA/auth-nonces).
-        Revoked terminals and deactivated businesses fail; their state is told only to a
-        caller holding the key.
-        """
-        now = time.time() if now is None else now
-        fail = TerminalAuthError(f"authentication of terminal {terminal_id!r} failed; check its ID and key file")
-        nonce = _parse_auth_message(terminal_id, message, now, fail)
+    def terminal(self, terminal_id: str) -> k.TerminalRecord | None:
+        """An enrolled terminal's record (public key, business, active), or None."""
         view = self._view
-        raw = view.reader.get(view.dbs.terminal, terminal_id.encode("ascii")) if terminal_id.isascii() else None
-        if raw is None:
-            raise fail
-        term = k.decode(k.TerminalRecord, raw)
-        try:
-            Ed25519PublicKey.from_public_bytes(term.public_key).verify(signature, message)
-        except (InvalidSignature, ValueError):
-            raise fail from None
-        if not term.active:
-            raise TerminalAuthError(f"terminal {terminal_id} was revoked; enrol a new terminal")
-        braw = view.reader.get(view.dbs.business, term.business_id.encode("ascii"))
-        if braw is None or not k.decode(k.BusinessRecord, braw).active:
-            raise TerminalAuthError(f"business {term.business_id} of terminal {terminal_id} is deactivated")
-        self._accept_nonce((terminal_id, nonce), now)
-        return term.business_id
+        raw = view.reader.get(view.dbs.terminal, terminal_id.encode("ascii"))
+        return None if raw is None else k.decode(k.TerminalRecord, raw)
 
-    def _accept_nonce(self, key: tuple[str, bytes], now: float) -> None:
-        expiry = now + 2 * MAX_CLOCK_SKEW
-        store = self._nonce_store
-        if store is not None:
-            try:
-                store.accept(key[0], key[1], now, expiry)
-            except NonceReusedError as exc:
-                raise TerminalAuthError(str(exc)) from None
-            return
-        with self._nonce_lock:
-            order = self._nonce_order
-            while order and order[0][0] < now:  # forget nonces whose messages are too old anyway
-                self._nonces.pop(order.popleft()[1], None)
-            if key in self._nonces:
-                raise TerminalAuthError(f"terminal {key[0]} sent a message that was already used (a replay)")
-            self._nonces[key] = expiry
-            order.append((expiry, key))
+    def business(self, business_id: str) -> k.BusinessRecord | None:
+        """A registered business's record, or None."""
+        view = self._view
+        raw = view.reader.get(view.dbs.business, business_id.encode("ascii"))
+        return None if raw is None else k.decode(k.BusinessRecord, raw)
 
     @property
     def last_seq(self) -> int:
@@ -223,7 +161,7 @@ class Resolver:
         with self._swap:
             if gen == self._view.generation:
                 return False
-            env, dbs, gen = _open_generation(self._data, self._binding, self._nordahead)
+            env, dbs, gen = _open_generation(self._data, self.binding, self._nordahead)
             # The old view may still be in use by another thread: it is closed after a grace period.
             self._retired.append((time.monotonic(), self._view))
             self._view = _View(env, dbs, gen)
@@ -247,9 +185,6 @@ class Resolver:
             for view in [self._view, *(v for _, v in self._retired)]:
                 _close_view(view, self._owns_env)
             self._retired = []
-            if self._nonce_store is not None:
-                nonces.release(self._nonce_store)
-                self._nonce_store = None
 
     def __enter__(self) -> Resolver:
         return self
@@ -272,21 +207,6 @@ def _close_view(view: _View, owns_env: bool) -> bool:
     return True
 
 
-def open_nonce_store(data: DataDir, binding: ModuleType) -> NonceStore | None:
-    """This process's share of the machine-wide accepted-nonce record (DATA/auth-nonces).
-
-    None only where it cannot be written (a read-only data directory): replay protection
-    is then per process, and a warning says so.
-    """
-    try:
-        return nonces.acquire(data.root / "auth-nonces", binding)
-    except OSError as exc:
-        if not nonces.unavailable(exc):
-            raise
-        _log.warning("replay protection is per process: cannot write %s/auth-nonces (%s)", data.root, exc)
-        return None
-
-
 def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):
     gen = current_generation(data)
     if gen is None or not gen.is_dir():
@@ -298,25 +218,3 @@ def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):
         env.close()
         raise
     return env, dbs, gen
-
-
-def _parse_auth_message(terminal_id: str, message: bytes, now: float, fail: TerminalAuthError) -> bytes:
-    """The nonce of a well-formed, fresh authentication message for terminal_id."""
-    parts = message.split(b"\n") if isinstance(message, bytes) else []
-    if len(parts) != 4 or parts[0] != TERMINAL_AUTH_CONTEXT or parts[1] != terminal_id.encode("ascii", "replace"):
-        raise TerminalAuthError(
-            "the message is not a mykey terminal authentication message for this terminal; "
-            "sign terminal_auth_message(terminal_id, unix_time, nonce)"
-        )
-    try:
-        ts = int(parts[2])
-        nonce = bytes.fromhex(parts[3].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise fail from None
-    if abs(now - ts) > MAX_CLOCK_SKEW:
-        raise TerminalAuthError(
-            f"terminal {terminal_id}'s message is {int(now - ts)} s old; sign a fresh one (check the terminal's clock)"
-        )
-    if not 16 <= len(nonce) <= 64:
-        raise fail
-    return nonce
