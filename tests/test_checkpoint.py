@@ -12,8 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mykey.audit import checkpoint as ckpt
 from mykey.audit import merkle
-from mykey.audit.checkpoint import Checkpoint, CheckpointError
-from mykey.audit.merkle import ProofError
+from mykey.audit.checkpoint import Checkpoint
 from mykey.audit.merkle_store import MerkleStore
 from mykey.audit.proofs import (
     ConsistencyProofDoc,
@@ -23,7 +22,7 @@ from mykey.audit.proofs import (
     check_proof,
     load_proof_doc,
 )
-from mykey.errors import MykeyError
+from mykey.errors import CheckpointError, MykeyError, ProofError
 
 # golang.org/x/mod/sumdb/note reference vector (Ed25519 is deterministic, so our
 # signer must reproduce Go's note byte for byte).
@@ -226,15 +225,27 @@ def test_vkey_round_trip_and_tampering(key: Ed25519PrivateKey) -> None:
 
 def test_private_key_file(tmp_path: Path, key: Ed25519PrivateKey) -> None:
     path = tmp_path / "log.key"
-    ckpt.save_private_key(key, path)
+    old_umask = os.umask(0)  # the key is 0600 whatever the umask
+    try:
+        ckpt.save_private_key(key, path)
+    finally:
+        os.umask(old_umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert path.read_text().startswith("-----BEGIN PRIVATE KEY-----")
     loaded = ckpt.load_private_key(path)
     assert ckpt.verifier_key(ORIGIN, loaded) == ckpt.verifier_key(ORIGIN, key)
     with pytest.raises(CheckpointError, match="refusing to overwrite"):
         ckpt.save_private_key(ckpt.generate_signing_key(), path)
+    assert ckpt.verifier_key(ORIGIN, ckpt.load_private_key(path)) == ckpt.verifier_key(ORIGIN, key)  # untouched
     ckpt.save_private_key(ckpt.generate_signing_key(), path, overwrite=True)
     assert ckpt.verifier_key(ORIGIN, ckpt.load_private_key(path)) != ckpt.verifier_key(ORIGIN, key)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["log.key"]  # no temporary file left behind
+    target = tmp_path / "elsewhere"
+    (tmp_path / "link.key").symlink_to(target)
+    with pytest.raises(CheckpointError, match="refusing to overwrite"):
+        ckpt.save_private_key(key, tmp_path / "link.key")  # never written through a symlink
+    assert not target.exists()
     (tmp_path / "junk").write_text("hello")
     with pytest.raises(CheckpointError, match="not an unencrypted PEM"):
         ckpt.load_private_key(tmp_path / "junk")

@@ -12,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mykey.audit import merkle
-from mykey.audit.merkle import ProofError
-from mykey.audit.merkle_store import (
-    MerkleStore,
+from mykey.audit.merkle_store import MerkleStore
+from mykey.errors import (
+    LockHeldError,
     MerkleStoreCorruptError,
     MerkleStoreError,
     MerkleStoreLockedError,
+    ProofError,
 )
 
 # ---------------------------------------------------------------------------------
@@ -433,8 +434,9 @@ def test_store_readers_and_lock(tmp_path: Path) -> None:
     with pytest.raises(MerkleStoreError, match="open it once read-write"):
         MerkleStore.open(d, readonly=True)
     w = MerkleStore.open(d)
-    with pytest.raises(MerkleStoreLockedError):
+    with pytest.raises(MerkleStoreLockedError, match=f"pid {os.getpid()}") as held:
         MerkleStore.open(d)
+    assert isinstance(held.value, LockHeldError)  # the owner's pid is named, as for every lock
     w.append_leaves(DATA[:10])
     r = MerkleStore.open(d, readonly=True)
     assert r.size == 10 and r.root() == ROOTS[10]
@@ -477,46 +479,68 @@ def test_store_reader_in_another_process_sees_committed_prefix(tmp_path: Path) -
 
 
 _APPENDING_WRITER = """
-import random, sys, time
+import random, sys
 from mykey.audit.merkle_store import MerkleStore
 data = [b"concurrent-%d" % i for i in range(3000)]
+pauses = {int(p) for p in sys.argv[2].split(",")}
 rnd = random.Random(7)
 with MerkleStore.open(sys.argv[1]) as s:
-    s.append_leaves(data[:1])
-    print("ready", flush=True)
-    pos = 1
+    pos = 0
     while pos < len(data):
         step = rnd.randint(1, 97)
+        for p in sorted(pauses):  # end steps exactly on the pause points
+            if pos < p < pos + step:
+                step = p - pos
+                break
         s.append_leaves(data[pos : pos + step])
         pos += step
-        time.sleep(0.0002)
+        if pos in pauses:
+            print(pos, flush=True)  # committed: wait until the reader has looked
+            sys.stdin.readline()
 """
 
 
 def test_store_concurrent_reader_sees_consistent_prefixes(tmp_path: Path) -> None:
+    # The writer appends in random steps while this process reads. At a few pause points the
+    # writer waits for the reader, which must then see exactly that size; in between, every
+    # size the reader happens to see must give the right root and proofs (a consistent prefix).
     d = tmp_path / "t"
     data = [b"concurrent-%d" % i for i in range(3000)]
+    pauses = [1, 400, 1234, 2000, 2999, 3000]
     sub = merkle.levels_accessor(merkle.levels_from_leaf_hashes([merkle.leaf_hash(x) for x in data]))
     writer = subprocess.Popen(
-        [sys.executable, "-c", _APPENDING_WRITER, str(d)], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", _APPENDING_WRITER, str(d), ",".join(map(str, pauses))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
+    assert writer.stdin is not None and writer.stdout is not None
+    r = None
     try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
-        r = MerkleStore.open(d, readonly=True)
         seen = set()
-        while True:
-            size = r.refresh()
+
+        def check(size: int) -> None:
             seen.add(size)
             assert r.root(size) == merkle.range_hash(sub, 0, size)
             index = size // 2
             assert r.inclusion_proof(index, size) == merkle.inclusion_proof(index, size, sub)
-            if size == len(data):
-                break
-            assert writer.poll() in (None, 0)
-        r.close()
-        assert len(seen) > 3
+
+        for pause in pauses:
+            assert int(writer.stdout.readline()) == pause
+            if r is None:
+                r = MerkleStore.open(d, readonly=True)
+            assert r.refresh() == pause  # the writer is paused: its last commit is visible
+            check(pause)
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            for _ in range(20):  # reads racing the writer's next appends
+                size = r.refresh()
+                assert pause <= size <= len(data)
+                check(size)
+        assert set(pauses) <= seen
     finally:
+        if r is not None:
+            r.close()
+        writer.stdin.close()
         writer.wait(timeout=60)
     assert writer.returncode == 0
 

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from .. import fs
 from ..errors import CheckpointError
 
 __all__ = [
@@ -324,25 +325,25 @@ def generate_signing_key() -> Ed25519PrivateKey:
 def save_private_key(
     private_key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> None:
-    """Write the key as unencrypted PEM PKCS#8 with mode 0600; refuse to replace a file unless ``overwrite``."""
+    """Write the key as unencrypted PEM PKCS#8 with mode 0600; refuse to replace a file unless ``overwrite``.
+
+    The file is created whole or not at all (and fsynced with its directory); ``overwrite``
+    replaces an existing key atomically.
+    """
     if not isinstance(private_key, Ed25519PrivateKey):
         raise CheckpointError(f"expected an Ed25519 private key, got {type(private_key).__name__}")
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    if overwrite:
+        fs.write_atomic(path, pem, mode=0o600)
+        return
     try:
-        fd = os.open(path, flags, 0o600)
+        fs.write_exclusive(path, pem, mode=0o600)
     except FileExistsError:
         raise CheckpointError(
             f"{path} already exists; refusing to overwrite a signing key (pass overwrite=True to replace it)"
         ) from None
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

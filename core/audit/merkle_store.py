@@ -6,7 +6,7 @@ Layout of the store directory::
     level-00      leaf hashes, 32 bytes each, in leaf order (the source of truth)
     level-01      hashes of complete aligned 2-leaf subtrees
     level-KK      hashes of complete aligned 2^KK-leaf subtrees, appended as they complete
-    lock          held (flock) by the one writer
+    lock          held (flock) by the one writer, holding its pid
 
 Disk cost: 32 bytes per leaf at level 0 plus 32·(n/2 + n/4 + …) < 32·n above it, so
 **≈ 64 bytes per leaf** (64 MiB for 1,000,000 leaves; 2 × the raw leaf hashes) plus a
@@ -37,8 +37,6 @@ were not fsynced before the crash, so the caller should compare them with the lo
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import itertools
 import logging
@@ -50,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from .. import fs
 from ..errors import (
     MerkleStoreCorruptError,
     MerkleStoreError,
@@ -108,7 +107,7 @@ class MerkleStore:
         self._dir = directory
         self._readonly = readonly
         self._fds: list[int | None] = []
-        self._lock_fd: int | None = None
+        self._lock: fs.OwnerLock | None = None
         self._meta_fd: int | None = None
         self._size = 0
         self._synced = 0
@@ -132,26 +131,23 @@ class MerkleStore:
                 store.refresh()
             else:
                 path.mkdir(parents=True, exist_ok=True)
-                store._lock()
+                store._take_lock()
                 store._recover()
         except BaseException:
             store._close_fds()
             raise
         return store
 
-    def _lock(self) -> None:
-        fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise MerkleStoreLockedError(
-                    f"the Merkle store at {self._dir} is already open for writing; close the other "
-                    "writer first, or open this one with readonly=True"
-                ) from None
-            raise
-        self._lock_fd = fd
+    def _take_lock(self) -> None:
+        directory = self._dir
+
+        def held_by(pid: str) -> MerkleStoreLockedError:
+            return MerkleStoreLockedError(
+                f"the Merkle store at {directory} is already open for writing (pid {pid}); close the other "
+                "writer first, or open this one with readonly=True"
+            )
+
+        self._lock = fs.OwnerLock.acquire(directory / "lock", held_by=held_by, mode=0o644)
 
     def _read_meta(self) -> tuple[int, int, bytes, bytes] | None:
         """(size, synced_size, root, synced_root) from ``meta``; None if it is absent or damaged."""
@@ -189,11 +185,7 @@ class MerkleStore:
         if durable:
             os.fsync(self._meta_fd)
         if new_file:
-            dfd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fs.fsync_dir(self._dir)
 
     def refresh(self) -> int:
         """Re-read the committed size from ``meta`` (readers call this to see new appends)."""
@@ -459,9 +451,9 @@ class MerkleStore:
         if self._meta_fd is not None:
             os.close(self._meta_fd)
             self._meta_fd = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def close(self) -> None:
         """Flush (writers) and release files and the writer lock; idempotent."""
