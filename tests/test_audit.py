@@ -12,17 +12,41 @@ import zlib
 from pathlib import Path
 
 import pytest
-from mykey.audit import trail as audit
+from mykey.audit import verify as audit_verify
 from mykey.audit.checkpoint import peek_checkpoint
-from mykey.audit.history import SubjectNotFoundError
+from mykey.audit.checkpoints import checkpoint_path, list_checkpoints, read_checkpoint
+from mykey.audit.history import subject_history
+from mykey.audit.keys import KEY_FILE, VKEY_FILE, ensure_signing_key, load_verifier_key
 from mykey.audit.merkle import leaf_hash
 from mykey.audit.merkle_store import MerkleStore
-from mykey.audit.proofs import ProofError, check_proof, load_proof_doc
-from mykey.audit.replay import as_of_seq, parse_as_of
+from mykey.audit.proofs import (
+    check_proof,
+    load_proof_doc,
+    prove_consistency,
+    prove_inclusion,
+)
+from mykey.audit.replay import (
+    as_of_seq,
+    diff_live_index,
+    parse_as_of,
+    replay,
+    resolve_as_of,
+)
+from mykey.audit.trail import AuditTrail, read_record
+from mykey.audit.verify import verify_data_dir
 from mykey.datadir import DataDir
 from mykey.domain import events as ev
 from mykey.domain.status import Status
-from mykey.errors import ValidationError
+from mykey.errors import (
+    AuditError,
+    AuditMismatchError,
+    NoCheckpointError,
+    ProofError,
+    ReplayError,
+    SigningKeyError,
+    SubjectNotFoundError,
+    ValidationError,
+)
 from mykey.index.resolver import Resolver
 from mykey.index.store import Index, current_generation
 from mykey.log import framing
@@ -82,10 +106,10 @@ ALICE_SEQS = [3, 5, 7, 8, 9, 11, 13, 14, 15, 16, 19]
 def build(root: Path) -> DataDir:
     """A real data directory: log (small segments), index, Merkle trail, signing key, checkpoints."""
     data = DataDir(root)
-    audit.ensure_signing_key(data, ORIGIN)
+    ensure_signing_key(data, ORIGIN)
     log = FileLog.open(data.log, fsync="never", segment_bytes=600)
     idx = Index.open(data)
-    trail = audit.AuditTrail.open(data, log)
+    trail = AuditTrail.open(data, log)
     try:
         for step in SCRIPT:
             if step[0] == "checkpoint":
@@ -126,7 +150,7 @@ def cli(monkeypatch):
 
 
 def vkey_text(data: DataDir) -> str:
-    return (data.keys / audit.VKEY_FILE).read_text().strip()
+    return (data.keys / VKEY_FILE).read_text().strip()
 
 
 # ----------------------------------------------------------------- tampering helpers
@@ -178,30 +202,30 @@ def rewrite_log(data: DataDir, transform) -> None:  # type: ignore[no-untyped-de
 
 def test_signing_key_is_private_and_idempotent(tmp_path):
     data = DataDir(tmp_path / "d")
-    audit.ensure_signing_key(data)
-    key = data.keys / audit.KEY_FILE
+    ensure_signing_key(data)
+    key = data.keys / KEY_FILE
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    vk = audit.load_verifier_key(data)
+    vk = load_verifier_key(data)
     assert vk.name.startswith("mykey/") and len(vk.name) == len("mykey/") + 16
-    before = key.read_bytes(), (data.keys / audit.VKEY_FILE).read_text()
-    audit.ensure_signing_key(data)
-    audit.ensure_signing_key(data, vk.name)
-    assert (key.read_bytes(), (data.keys / audit.VKEY_FILE).read_text()) == before
-    with pytest.raises(audit.SigningKeyError, match="cannot change"):
-        audit.ensure_signing_key(data, "other/origin")
+    before = key.read_bytes(), (data.keys / VKEY_FILE).read_text()
+    ensure_signing_key(data)
+    ensure_signing_key(data, vk.name)
+    assert (key.read_bytes(), (data.keys / VKEY_FILE).read_text()) == before
+    with pytest.raises(SigningKeyError, match="cannot change"):
+        ensure_signing_key(data, "other/origin")
 
 
 def test_lost_vkey_is_recreated_with_the_signed_origin(copy):
-    (copy.keys / audit.VKEY_FILE).unlink()
-    audit.ensure_signing_key(copy)
-    assert audit.load_verifier_key(copy).name == ORIGIN
-    assert audit.verify_data_dir(copy).ok
+    (copy.keys / VKEY_FILE).unlink()
+    ensure_signing_key(copy)
+    assert load_verifier_key(copy).name == ORIGIN
+    assert verify_data_dir(copy).ok
 
 
 def test_checkpoint_without_a_key_says_to_run_init(tmp_path):
     data = DataDir(tmp_path / "d")
     log = FileLog.open(data.log)
-    with audit.AuditTrail.open(data, log) as trail, pytest.raises(audit.SigningKeyError, match="mykey init"):
+    with AuditTrail.open(data, log) as trail, pytest.raises(SigningKeyError, match="mykey init"):
         trail.checkpoint()
     log.close()
 
@@ -215,9 +239,9 @@ def test_trail_matches_the_log_and_checkpoints_are_stored(built):
     assert store.size == LAST_SEQ
     for seq, rec in log.read_raw(1):
         assert store.leaf_hash(seq - 1) == leaf_hash(rec)
-    assert [s for s, _ in audit.list_checkpoints(built)] == list(CHECKPOINTS)
+    assert [s for s, _ in list_checkpoints(built)] == list(CHECKPOINTS)
     for size in CHECKPOINTS:
-        cp = peek_checkpoint(audit.read_checkpoint(built, size))
+        cp = peek_checkpoint(read_checkpoint(built, size))
         assert (cp.origin, cp.size, cp.root_hash) == (ORIGIN, size, store.root(size))
     store.close()
     log.close()
@@ -227,11 +251,11 @@ def test_trail_ahead_of_the_log_is_cut_back_on_open(copy):
     with MerkleStore.open(copy.merkle) as store:
         store.append_leaves([b"never in the log", b"nor this"])
     log = FileLog.open(copy.log)
-    with audit.AuditTrail.open(copy, log) as trail:
+    with AuditTrail.open(copy, log) as trail:
         assert trail.size == LAST_SEQ
         assert any("ahead of the log" in r for r in trail.repairs)
     log.close()
-    assert audit.verify_data_dir(copy).ok
+    assert verify_data_dir(copy).ok
 
 
 def test_unsynced_tail_that_disagrees_with_the_log_is_rehashed(copy):
@@ -241,11 +265,11 @@ def test_unsynced_tail_that_disagrees_with_the_log_is_rehashed(copy):
         f.write(b"\xff" * 32)
     (copy.merkle / "meta").unlink()
     log = FileLog.open(copy.log)
-    with audit.AuditTrail.open(copy, log) as trail:
+    with AuditTrail.open(copy, log) as trail:
         assert trail.size == LAST_SEQ
         assert any(f"log record {LAST_SEQ}" in r for r in trail.repairs)
     log.close()
-    assert audit.verify_data_dir(copy).ok
+    assert verify_data_dir(copy).ok
 
 
 def test_trail_refuses_a_log_shorter_than_a_signed_checkpoint(copy):
@@ -256,16 +280,16 @@ def test_trail_refuses_a_log_shorter_than_a_signed_checkpoint(copy):
             later.path.unlink()
             later.idx_path.unlink(missing_ok=True)
     log = FileLog.open(copy.log)
-    with pytest.raises(audit.AuditMismatchError, match="events 12..17 are missing"):
-        audit.AuditTrail.open(copy, log)
+    with pytest.raises(AuditMismatchError, match="events 12..17 are missing"):
+        AuditTrail.open(copy, log)
     log.close()
 
 
 def test_trail_refuses_a_rewritten_log(copy):
     rewrite_record(copy, LAST_SEQ, b"fraud check", b"fraud chEck")
     log = FileLog.open(copy.log)
-    with pytest.raises(audit.AuditMismatchError, match=f"log record {LAST_SEQ} differs"):
-        audit.AuditTrail.open(copy, log)
+    with pytest.raises(AuditMismatchError, match=f"log record {LAST_SEQ} differs"):
+        AuditTrail.open(copy, log)
     log.close()
 
 
@@ -273,7 +297,7 @@ def test_trail_refuses_a_rewritten_log(copy):
 
 
 def test_verify_a_healthy_data_dir(built):
-    report = audit.verify_data_dir(built)
+    report = verify_data_dir(built)
     assert report.ok, report.problems
     assert (report.events, report.last_seq, report.checkpoints, report.merkle_size) == (LAST_SEQ, LAST_SEQ, 3, LAST_SEQ)
 
@@ -283,7 +307,7 @@ def test_verify_detects_a_rewritten_event_with_a_fixed_crc(copy):
     from mykey.log.verify import verify_log
 
     assert verify_log(copy.log).ok  # CRCs and sequence numbers are all fine
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and (p.seq, p.segment, p.offset) == (11, seg.name, pos)
     assert "rewritten" in p.what
 
@@ -295,7 +319,7 @@ def test_verify_names_the_range_when_the_trail_was_recomputed_too(copy):
     with MerkleStore.open(copy.merkle) as store:
         store.append_leaves(rec for _, rec in log.read_raw(1))
     log.close()
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == 11 and "11..12" in p.what  # between checkpoints 10 and 12
 
 
@@ -304,7 +328,7 @@ def test_verify_detects_a_deleted_event_even_when_later_ones_are_renumbered(copy
         return [[e for e in envs if e.seq != 9] for envs in batches]
 
     rewrite_log(copy, drop_seq_9)
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == 9 and p.segment is not None and p.offset is not None
 
 
@@ -316,7 +340,7 @@ def test_verify_detects_a_deleted_record_inside_a_batch(copy):
     old_len = framing.HEADER_SIZE + sum(framing.RECORD_HEAD_SIZE + len(p) for p in batch)
     buf[off : off + old_len] = new
     seg.write_bytes(bytes(buf))
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == 14 and p.segment == seg.name and p.offset == off
     assert "log damaged" in p.what
 
@@ -328,7 +352,7 @@ def test_verify_detects_two_reordered_events(copy):
         return batches
 
     rewrite_log(copy, swap_11_12)
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == 11
 
 
@@ -338,29 +362,29 @@ def test_verify_detects_truncation_after_a_checkpoint(copy):
     for later in list_segments(copy.log):
         if later.path > seg:
             later.path.unlink()
-    report = audit.verify_data_dir(copy)
+    report = verify_data_dir(copy)
     p = report.problem
     assert p is not None and p.seq == 16 and "truncated" in p.what and "17" in p.what
     assert (p.segment, p.offset) == (seg.name, off)
 
 
 def test_verify_detects_a_forged_checkpoint(copy):
-    path = audit.checkpoint_path(copy, 12)
+    path = checkpoint_path(copy, 12)
     path.write_text(path.read_text().replace("time ", "time 1"))
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and "not validly signed" in p.what
 
 
 def test_verify_trusts_only_the_given_key(built, tmp_path):
     other = DataDir(tmp_path / "other")
-    audit.ensure_signing_key(other, ORIGIN)
-    report = audit.verify_data_dir(built, vkey=vkey_text(other))
+    ensure_signing_key(other, ORIGIN)
+    report = verify_data_dir(built, vkey=vkey_text(other))
     assert not report.ok and "not validly signed" in report.problem.what
 
 
 def test_verify_flags_an_event_changed_after_the_last_checkpoint(copy):
     rewrite_record(copy, LAST_SEQ, b"fraud check", b"fraud chEck")
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == LAST_SEQ and "changed after it was written" in p.what
 
 
@@ -370,24 +394,24 @@ def test_verify_flags_an_event_changed_after_the_last_checkpoint(copy):
 def test_inclusion_and_consistency_proofs_verify_offline(built):
     vkey = vkey_text(built)
     for seq in range(1, 18):
-        doc = audit.prove_inclusion(built, seq)
+        doc = prove_inclusion(built, seq)
         assert doc.tree_size == 17 and doc.seq == seq
         assert check_proof(load_proof_doc(doc.to_json()), vkey).startswith("OK inclusion")
-    old = audit.prove_inclusion(built, 5, checkpoint_size=10)
+    old = prove_inclusion(built, 5, checkpoint_size=10)
     assert old.tree_size == 10 and check_proof(old, vkey).startswith("OK")
     for a, b in [(0, 10), (10, 12), (10, 17), (12, 17), (17, 17), (3, 12)]:
-        assert check_proof(audit.prove_consistency(built, a, b), vkey).startswith("OK consistency")
+        assert check_proof(prove_consistency(built, a, b), vkey).startswith("OK consistency")
 
 
 def test_proofs_refuse_what_no_checkpoint_covers(built):
-    with pytest.raises(audit.NoCheckpointError, match="run `mykey audit checkpoint`"):
-        audit.prove_inclusion(built, 18)
-    with pytest.raises(audit.NoCheckpointError, match="no checkpoint for tree size 11"):
-        audit.prove_consistency(built, 10, 11)
+    with pytest.raises(NoCheckpointError, match="run `mykey audit checkpoint`"):
+        prove_inclusion(built, 18)
+    with pytest.raises(NoCheckpointError, match="no checkpoint for tree size 11"):
+        prove_consistency(built, 10, 11)
 
 
 def test_a_proof_of_altered_data_fails(built):
-    d = audit.prove_inclusion(built, 11).to_dict()
+    d = prove_inclusion(built, 11).to_dict()
     d["leaf_data"] = __import__("base64").b64encode(b"something else").decode()
     with pytest.raises(ProofError, match="not proven"):
         check_proof(d, vkey_text(built))
@@ -396,10 +420,11 @@ def test_a_proof_of_altered_data_fails(built):
 def test_record_reads_match_the_log(built):
     log = FileLog.open(built.log, readonly=True)
     for seq, rec in log.read_raw(1):
-        assert audit.read_record(built, seq) == rec
+        assert read_record(log, seq) == rec
+    for seq in (0, LAST_SEQ + 1):
+        with pytest.raises(AuditError, match="not in the log"):
+            read_record(log, seq)
     log.close()
-    with pytest.raises(audit.AuditError, match="not in the log"):
-        audit.read_record(built, LAST_SEQ + 1)
 
 
 # ----------------------------------------------------------------------- replay
@@ -412,7 +437,7 @@ def at(seconds: int) -> str:
 
 
 def replayed(data: DataDir, as_of, into: Path) -> Resolver:  # type: ignore[no-untyped-def]
-    audit.replay(data, as_of, into)
+    replay(data, as_of, into)
     return Resolver.open(into)
 
 
@@ -439,15 +464,15 @@ def test_replay_gives_what_a_terminal_was_told(built, tmp_path, as_of, alice, bo
 
 
 def test_replay_stops_at_a_whole_batch_and_says_where(built, tmp_path):
-    assert audit.replay(built, 14, tmp_path / "a") == 13  # 14-15 were one batch
-    assert audit.replay(built, 0, tmp_path / "b") == 0
-    assert audit.replay(built, 10**6, tmp_path / "c") == LAST_SEQ
-    assert audit.replay(built, at(-5), tmp_path / "d") == 0
+    assert replay(built, 14, tmp_path / "a") == 13  # 14-15 were one batch
+    assert replay(built, 0, tmp_path / "b") == 0
+    assert replay(built, 10**6, tmp_path / "c") == LAST_SEQ
+    assert replay(built, at(-5), tmp_path / "d") == 0
     r = Resolver.open(tmp_path / "a")
     assert r.last_seq == 13
     r.close()
-    with pytest.raises(audit.ReplayError, match="not an empty directory"):
-        audit.replay(built, 3, tmp_path / "a")
+    with pytest.raises(ReplayError, match="not an empty directory"):
+        replay(built, 3, tmp_path / "a")
 
 
 def test_as_of_parsing():
@@ -474,19 +499,19 @@ def test_resolve_as_of_equals_a_resolver_on_a_replay(built, tmp_path):
         r = replayed(built, seq, tmp_path / f"r{seq}")
         try:
             for biz, sids in keys.items():
-                assert audit.resolve_as_of(built, seq, biz, sids) == [r.resolve(biz, s) for s in sids], (seq, biz)
+                assert resolve_as_of(built, seq, biz, sids) == [r.resolve(biz, s) for s in sids], (seq, biz)
         finally:
             r.close()
-    assert audit.resolve_as_of(built, at(105), "A0001", [b"p-100"]) == [Status.SUSPENDED]
+    assert resolve_as_of(built, at(105), "A0001", [b"p-100"]) == [Status.SUSPENDED]
     with pytest.raises(ValidationError):
-        audit.resolve_as_of(built, 5, "not-a-business", ["x"])
+        resolve_as_of(built, 5, "not-a-business", ["x"])
 
 
 # ------------------------------------------------------------------------- diff
 
 
 def test_diff_is_empty_on_a_healthy_dir(built):
-    assert audit.diff_live_index(built) == []
+    assert diff_live_index(built) == []
 
 
 def test_diff_finds_a_tampered_live_index(copy):
@@ -498,7 +523,7 @@ def test_diff_finds_a_tampered_live_index(copy):
         txn.put(idx.dbs.svc, key, k.with_status(txn.get(idx.dbs.svc, key), Status.VALID))
         txn.put(idx.dbs.svc, k.service_key("A0001", "ghost"), k.svc_value(Status.VALID, 0, 1, None))
     idx.close()
-    diffs = audit.diff_live_index(copy)
+    diffs = diff_live_index(copy)
     assert len(diffs) == 2
     assert any("p-100" in d for d in diffs) and any("ghost" in d and "only in the live index" in d for d in diffs)
 
@@ -507,7 +532,7 @@ def test_diff_finds_a_tampered_live_index(copy):
 
 
 def test_subject_history_is_complete_proven_and_private(built):
-    h = audit.subject_history(built, ALICE)
+    h = subject_history(built, ALICE)
     assert [e["seq"] for e in h["events"]] == ALICE_SEQS
     assert h["state"] == "suspended" and h["reason"] == "fraud check"
     assert h["certificate"]["serial"] == "a2" and h["certificate"]["issuer"] == ISSUER
@@ -532,9 +557,9 @@ def test_subject_history_is_complete_proven_and_private(built):
 
 def test_subject_history_of_an_unknown_or_malformed_id(built):
     with pytest.raises(SubjectNotFoundError):
-        audit.subject_history(built, "CCCCCCCC")
+        subject_history(built, "CCCCCCCC")
     with pytest.raises(ValidationError):
-        audit.subject_history(built, "alice")
+        subject_history(built, "alice")
 
 
 def test_subject_history_drops_index_entries_about_someone_else(copy):
@@ -544,7 +569,7 @@ def test_subject_history_drops_index_entries_about_someone_else(copy):
     with idx.env.begin(write=True) as txn:  # a damaged index points Alice at Bob's suspension (seq 12)
         txn.put(idx.dbs.mkevents, ALICE.encode() + k.u64(12), b"")
     idx.close()
-    h = audit.subject_history(copy, ALICE)
+    h = subject_history(copy, ALICE)
     assert [e["seq"] for e in h["events"]] == ALICE_SEQS
 
 
@@ -558,7 +583,7 @@ def test_cli_checkpoint_prove_and_check_offline(cli, copy, tmp_path, capsys):
     proof = tmp_path / "p.json"
     assert cli(["audit", "prove", "19", "--out", str(proof), "--data", str(copy.root)]) == 0
     assert "wrote inclusion proof" in capsys.readouterr().out
-    vkey_file = copy.keys / audit.VKEY_FILE
+    vkey_file = copy.keys / VKEY_FILE
     # Offline: the data directory is gone, only the document and the key remain.
     key_copy = tmp_path / "log.vkey"
     shutil.copy(vkey_file, key_copy)
@@ -664,7 +689,7 @@ def test_verify_reports_a_damaged_record_and_does_not_crash(copy):
         b = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 0xFF]))
-    report = audit.verify_data_dir(copy)
+    report = verify_data_dir(copy)
     p = report.problem
     assert p is not None and p.seq == 13 and p.segment == seg.name and "log damaged" in p.what
     assert not any("truncated" in q.what for q in report.problems)
@@ -675,7 +700,7 @@ def test_verify_without_checkpoints_or_trail(tmp_path):
     log = FileLog.open(data.log)
     log.append([ev.MyKeyCreated(ALICE, ISSUER, "a1", fp(1))])
     log.close()
-    report = audit.verify_data_dir(data)
+    report = verify_data_dir(data)
     assert report.ok and report.events == 1 and any("no signed checkpoints" in n for n in report.notes)
 
 
@@ -683,8 +708,8 @@ def test_a_rebuilt_trail_over_a_rewritten_log_is_refused(copy):
     rewrite_record(copy, 11, b"card reported lost", b"card reported LOST")
     shutil.rmtree(copy.merkle)  # the attacker also throws the trail away
     log = FileLog.open(copy.log)
-    with pytest.raises(audit.AuditMismatchError, match="no longer give the root signed"):
-        audit.AuditTrail.open(copy, log)
+    with pytest.raises(AuditMismatchError, match="no longer give the root signed"):
+        AuditTrail.open(copy, log)
     log.close()
 
 
@@ -702,27 +727,25 @@ def test_live_index_is_never_opened_twice_in_one_process(built):
 
     with Resolver.open(built.root):
         with pytest.raises(EnvAlreadyOpenError):
-            audit.diff_live_index(built)
+            diff_live_index(built)
         with pytest.raises(EnvAlreadyOpenError):
-            audit.subject_history(built, ALICE)
-    assert audit.diff_live_index(built) == []
+            subject_history(built, ALICE)
+    assert diff_live_index(built) == []
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4, 8, 16])
 @pytest.mark.parametrize("seq", [1, 4, 8, 11, 16, 17])
 def test_verify_pinpoints_a_rewrite_whatever_the_comparison_chunk(copy, monkeypatch, chunk, seq):
-    monkeypatch.setattr(audit, "_CHUNK", chunk)  # exercise whole-chunk comparison and the drill-down
-    assert audit.verify_data_dir(copy).ok
+    monkeypatch.setattr(audit_verify, "_CHUNK", chunk)  # exercise whole-chunk comparison and the drill-down
+    assert verify_data_dir(copy).ok
     _, _, pos, payload = records(copy)[seq - 1]
     assert payload[:3] == bytes([0x95, seq, 0xCF])  # [seq, ts (uint64), ...]: move the event by 1 µs
     rewrite_record(copy, seq, payload[:11], payload[:10] + bytes([payload[10] ^ 0x01]))
-    p = audit.verify_data_dir(copy).problem
+    p = verify_data_dir(copy).problem
     assert p is not None and p.seq == seq and p.offset == pos, p
 
 
 def test_revocation_of_a_former_certificate_is_in_the_holders_history(tmp_path, pki):
-    from mykey.audit.trail import subject_history
-    from mykey.datadir import DataDir
     from mykey.engine.engine import Engine
 
     from .conftest import create_user

@@ -15,23 +15,19 @@ import msgspec
 from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import check_mykey_id
-from ..errors import SubjectNotFoundError
+from ..errors import NoCheckpointError, SubjectNotFoundError
 from ..index import keys as k
 from ..index.binding import binding as default_binding
 from ..index.projection import get_mykey, scan
 from ..index.store import current_generation, open_dbs, read_meta_last_seq
 from ..jsonable import jsonable
+from ..log.store import LogStore
+from .checkpoints import latest_checkpoint, verified_checkpoint
+from .keys import load_verifier_key
 from .proofs import build_inclusion_doc
-from .trail import (
-    NoCheckpointError,
-    _open_store,
-    _verified,
-    latest_checkpoint,
-    load_verifier_key,
-    read_record,
-)
+from .trail import log_reader, open_trail_reader, read_record
 
-__all__ = ["SubjectNotFoundError", "subject_history", "describe_event", "format_history"]
+__all__ = ["subject_history", "describe_event", "format_history"]
 
 
 def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[tuple[str, str]]) -> bool:
@@ -71,11 +67,12 @@ def describe_event(body: Any) -> str:
     return type(body).__name__
 
 
-def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
+def subject_history(data: DataDir, mykey_id: str, *, log: LogStore | None = None) -> dict[str, Any]:
     """Every event about ``mykey_id`` in order, with inclusion proofs against the latest checkpoint.
 
     Also the current state, certificate issuer/serial and the business IDs it is linked to.
     Opens the live index read-only: call it from a process that does not have it open.
+    ``log``: the log to read events from (default: the data directory's, opened read-only).
     """
     check_mykey_id(mykey_id)
     gen = current_generation(data)
@@ -95,7 +92,8 @@ def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
     finally:
         env.close()
 
-    envs = [(seq, rec_bytes, ev.decode_envelope(rec_bytes)) for seq in seqs for rec_bytes in [read_record(data, seq)]]
+    with log_reader(data, log) as log:
+        envs = [(seq, raw, ev.decode_envelope(raw)) for seq in seqs for raw in [read_record(log, seq)]]
     certs: set[tuple[str, str]] = set()
     services: set[tuple[str, str]] = set()
     for _, _, e in envs:
@@ -112,8 +110,8 @@ def subject_history(data: DataDir, mykey_id: str) -> dict[str, Any]:
         note = latest_checkpoint(data)
     except NoCheckpointError:
         note = None
-    cp = _verified(note, load_verifier_key(data), "latest checkpoint") if note else None
-    store = _open_store(data) if cp is not None else None
+    cp = verified_checkpoint(note, load_verifier_key(data), "latest checkpoint") if note else None
+    store = open_trail_reader(data) if cp is not None else None
     events = []
     try:
         for seq, raw, e in envs:

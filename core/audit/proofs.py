@@ -13,6 +13,9 @@ hashes and the signed checkpoint note. JSON shape (hashes are lowercase hex)::
      "old_root": "<hex>", "hashes": ["<hex>", ...], "checkpoint": "<signed note, new size>",
      "old_checkpoint": "<signed note, old size>" | null}
 
+``prove_inclusion`` and ``prove_consistency`` build documents from a data directory (its
+log, Merkle trail and stored checkpoints); the rest needs no data directory.
+
 ``leaf_index`` is the position in the tree and is what the proof checks; ``seq`` is the
 log's sequence number for the record, carried for the reader and not checked here (it is
 also inside the signed leaf data if the log records it). ``check_proof`` verifies the
@@ -32,24 +35,35 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..datadir import DataDir
+from ..errors import CheckpointError, NoCheckpointError, ProofError
+from ..log.store import LogStore
 from .checkpoint import (
     Checkpoint,
-    CheckpointError,
     VerifierKey,
     parse_signed_checkpoint,
     parse_vkey,
     peek_checkpoint,
 )
-from .merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from .checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    read_checkpoint,
+    verified_checkpoint,
+)
+from .keys import load_verifier_key
+from .merkle import leaf_hash, verify_consistency, verify_inclusion
+from .trail import log_reader, open_trail_reader, read_record
 
 __all__ = [
     "INCLUSION_KIND",
     "CONSISTENCY_KIND",
     "InclusionProofDoc",
     "ConsistencyProofDoc",
-    "ProofError",
     "build_inclusion_doc",
     "build_consistency_doc",
+    "prove_inclusion",
+    "prove_consistency",
     "load_proof_doc",
     "check_proof",
 ]
@@ -282,6 +296,39 @@ def build_consistency_doc(
     return ConsistencyProofDoc(
         old_size, new.size, tree.root(old_size), tuple(hashes), new_signed_checkpoint, old_signed_checkpoint
     )
+
+
+def prove_inclusion(
+    data: DataDir, seq: int, checkpoint_size: int | None = None, *, log: LogStore | None = None
+) -> InclusionProofDoc:
+    """Inclusion proof of event ``seq`` against the latest checkpoint (or the one for ``checkpoint_size``).
+
+    ``log``: the log to read the record from (default: the data directory's, opened read-only).
+    """
+    note = latest_checkpoint(data) if checkpoint_size is None else read_checkpoint(data, checkpoint_size)
+    cp = verified_checkpoint(note, load_verifier_key(data), "stored checkpoint")
+    if not 1 <= seq <= cp.size:
+        raise NoCheckpointError(
+            f"sequence {seq} is not covered by the checkpoint of size {cp.size}; "
+            + ("sequence numbers start at 1" if seq < 1 else "run `mykey audit checkpoint` to sign a newer one")
+        )
+    with log_reader(data, log) as log, open_trail_reader(data) as store:
+        return build_inclusion_doc(store, seq - 1, read_record(log, seq), note, seq=seq)
+
+
+def prove_consistency(data: DataDir, old_size: int, new_size: int) -> ConsistencyProofDoc:
+    """Consistency proof from tree size ``old_size`` to the checkpoint signed for ``new_size``."""
+    if not 0 <= old_size <= new_size:
+        raise ProofError(f"old size {old_size} must be between 0 and the new size {new_size}")
+    vk = load_verifier_key(data)
+    new_note = read_checkpoint(data, new_size)
+    verified_checkpoint(new_note, vk, f"checkpoint {new_size}")
+    old_note = None
+    if checkpoint_path(data, old_size).exists():
+        old_note = read_checkpoint(data, old_size)
+        verified_checkpoint(old_note, vk, f"checkpoint {old_size}")
+    with open_trail_reader(data) as store:
+        return build_consistency_doc(store, old_note, new_note, old_size=old_size)
 
 
 def _peek(note: str) -> Checkpoint:

@@ -32,10 +32,10 @@ from ..index.store import (
     open_dbs,
     read_meta_last_seq,
 )
-from ..log.filelog import FileLog
+from ..log.backend import open_log
 from ..log.store import LogStore
 
-__all__ = ["ReplayError", "parse_as_of", "as_of_seq", "replay", "resolve_as_of", "diff_live_index"]
+__all__ = ["parse_as_of", "as_of_seq", "replay", "resolve_as_of", "diff_live_index"]
 
 REPLAY_GENERATION = "index-000001"
 REPLAY_INFO = "REPLAY.json"
@@ -109,7 +109,7 @@ def replay(data: DataDir, as_of: int | str, into: Path) -> int:
         raise ReplayError(f"{into} exists and is not an empty directory; choose a new directory for the replay")
     if into.resolve() == data.root.resolve():
         raise ReplayError("the replay must go into its own directory, not the live data directory")
-    log = FileLog.open(data.log, readonly=True)
+    log = open_log(data, readonly=True)
     try:
         seq = as_of_seq(log, as_of)
         into.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def resolve_as_of(
             s = None  # cannot be registered: unknown
         wanted.append(s or None)
     targets = {s for s in wanted if s}
-    log = FileLog.open(data.log, readonly=True)
+    log = open_log(data, readonly=True)
     try:
         upto = as_of_seq(log, as_of)
         events = [
@@ -229,7 +229,7 @@ def diff_live_index(data: DataDir, *, limit: int = 100, attempts: int = 3) -> li
         for _ in range(attempts):
             with live.begin() as txn:
                 live_last = read_meta_last_seq(txn, live_dbs)
-            log = FileLog.open(data.log, readonly=True)
+            log = open_log(data, readonly=True)
             try:
                 with tempfile.TemporaryDirectory(prefix=".audit-diff-", dir=_workdir(data)) as tmp:
                     built = build_generation(data, log, to_seq=live_last, into=Path(tmp) / "replay")

@@ -6,13 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..audit import trail as audit
 from ..audit.checkpoint import peek_checkpoint
-from ..audit.history import format_history
-from ..audit.proofs import check_proof, load_proof_doc
+from ..audit.history import format_history, subject_history
+from ..audit.keys import load_signer, public_key_arg
+from ..audit.proofs import (
+    check_proof,
+    load_proof_doc,
+    prove_consistency,
+    prove_inclusion,
+)
+from ..audit.replay import diff_live_index, replay
+from ..audit.trail import AuditTrail
+from ..audit.verify import verify_data_dir
 from ..datadir import DataDir
 from ..errors import LogLockedError
-from ..log.filelog import FileLog
+from ..log.backend import open_log
 from .output import EXIT_REFUSED, Output
 
 
@@ -107,8 +115,9 @@ def _emit_doc(args: argparse.Namespace, out: Output, doc, what: str) -> int:  # 
 
 def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
+    load_signer(data)  # an uninitialised data directory: say `mykey init` before anything is created
     try:
-        log = FileLog.open(data.log, create=False)
+        log = open_log(data)
     except LogLockedError as exc:
         out.refused(
             f"{exc}. A running engine keeps the trail and signs checkpoints itself; run `mykey audit checkpoint` "
@@ -116,7 +125,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
         )
         return EXIT_REFUSED
     try:
-        with audit.AuditTrail.open(data, log) as trail:
+        with AuditTrail.open(data, log) as trail:
             for note in trail.repairs:
                 out.line(f"note: {note}")
             text = trail.checkpoint()
@@ -131,12 +140,12 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_prove(args: argparse.Namespace, out: Output) -> int:
-    doc = audit.prove_inclusion(DataDir(args.data), args.seq, args.checkpoint)
+    doc = prove_inclusion(DataDir(args.data), args.seq, args.checkpoint)
     return _emit_doc(args, out, doc, f"inclusion proof of sequence {args.seq} in tree size {doc.tree_size}")
 
 
 def cmd_prove_consistency(args: argparse.Namespace, out: Output) -> int:
-    doc = audit.prove_consistency(DataDir(args.data), args.old_size, args.new_size)
+    doc = prove_consistency(DataDir(args.data), args.old_size, args.new_size)
     return _emit_doc(args, out, doc, f"consistency proof from size {args.old_size} to {args.new_size}")
 
 
@@ -146,14 +155,14 @@ def cmd_check_proof(args: argparse.Namespace, out: Output) -> int:
     except OSError as exc:
         out.refused(f"cannot read {args.file}: {exc.strerror}")
         return EXIT_REFUSED
-    key = audit.public_key_arg(args.public_key)
+    key = public_key_arg(args.public_key)
     doc = load_proof_doc(text)
     out.result(check_proof(doc, key), kind=doc.kind)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    report = audit.verify_data_dir(DataDir(args.data), args.public_key)
+    report = verify_data_dir(DataDir(args.data), args.public_key)
     for note in report.notes:
         out.line(f"note: {note}")
     if report.problem is not None:
@@ -170,7 +179,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
-    diffs = audit.diff_live_index(DataDir(args.data), limit=args.limit)
+    diffs = diff_live_index(DataDir(args.data), limit=args.limit)
     if diffs:
         for d in diffs:
             out.line(d)
@@ -186,7 +195,7 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_subject(args: argparse.Namespace, out: Output) -> int:
-    h = audit.subject_history(DataDir(args.data), args.mykey_id)
+    h = subject_history(DataDir(args.data), args.mykey_id)
     if out.json_mode:
         out.result(f"history of MyKey ID {args.mykey_id}: {len(h['events'])} events", **h)
     else:
@@ -196,6 +205,6 @@ def cmd_subject(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, out: Output) -> int:
-    seq = audit.replay(DataDir(args.data), args.as_of, args.into)
+    seq = replay(DataDir(args.data), args.as_of, args.into)
     out.result(f"replayed the log up to sequence {seq} into {args.into}", last_seq=seq, into=str(args.into))
     return 0
