@@ -1,4 +1,8 @@
-"""Turn results into JSON-ready values (bytes as hex), for the CLI and audit reports."""
+"""Turn plain results into JSON-ready values (bytes as hex): the CLI's ``--json`` output uses it.
+
+A low-level helper with no knowledge of mykey's types; library functions return plain
+data (bytes stay bytes) and leave this conversion to the presentation edge.
+"""
 
 from __future__ import annotations
 

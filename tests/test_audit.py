@@ -544,7 +544,9 @@ def test_subject_history_is_complete_proven_and_private(built):
             assert check_proof(e["proof"], vkey).startswith(f"OK inclusion: leaf {e['seq'] - 1} ")
         else:
             assert e["proof"] is None
-    text = json.dumps({**h, "events": [{**e, "proof": None} for e in h["events"]]})
+    created = h["events"][0]
+    assert created["type"] == "mk.created" and created["body"]["cert_fingerprint"] == fp(1)  # plain data: bytes
+    text = json.dumps({**h, "events": [{**e, "proof": None} for e in h["events"]]}, default=bytes.hex)
     for other in (BOB, "p-200", "Sakura", "Minato", "on request", "card expired"):
         assert other not in text
     for e in h["events"]:  # a proof carries exactly the one record it proves
@@ -647,6 +649,7 @@ def test_cli_subject_text_and_json(cli, built, capsys):
     assert cli(["audit", "subject", ALICE, "--json", "--data", str(built.root)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["ok"] and [e["seq"] for e in res["events"]] == ALICE_SEQS
+    assert res["events"][0]["body"]["cert_fingerprint"] == fp(1).hex()  # JSON at the edge: bytes as hex
     assert cli(["audit", "subject", "CCCCCCCC", "--data", str(built.root)]) == 1
 
 

@@ -43,7 +43,6 @@ from ..errors import CheckpointError
 
 __all__ = [
     "Checkpoint",
-    "CheckpointError",
     "VerifierKey",
     "ALG_ED25519",
     "key_id",

@@ -4,6 +4,8 @@ The list of events comes from the index (``mkevents``); each event is then read 
 the log and checked to really be about this MyKey ID (its own events, the
 revocations of its certificates, the registrations of service IDs it linked), so a
 damaged index cannot show one person another's data. No names are ever included.
+The result is plain data: event fields as they are (bytes stay bytes); making it JSON
+is the presentation's job (the CLI's ``--json`` output does it).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from ..index import keys as k
 from ..index.binding import binding as default_binding
 from ..index.projection import get_mykey, scan
 from ..index.store import current_generation, open_dbs, read_meta_last_seq
-from ..jsonable import jsonable
 from ..log.store import LogStore
 from .checkpoints import latest_checkpoint, verified_checkpoint
 from .keys import load_verifier_key
@@ -127,7 +128,7 @@ def subject_history(data: DataDir, mykey_id: str, *, log: LogStore | None = None
                     "type": type(e.body).__struct_config__.tag,
                     "what": describe_event(e.body),
                     "by": _actor(e.actor, mykey_id),
-                    "body": jsonable(msgspec.structs.asdict(e.body)),
+                    "body": msgspec.structs.asdict(e.body),
                     "proof": proof,
                 }
             )

@@ -28,7 +28,6 @@ from ..errors import ProofError
 __all__ = [
     "HASH_SIZE",
     "EMPTY_ROOT",
-    "ProofError",
     "SubtreeAccessor",
     "leaf_hash",
     "node_hash",

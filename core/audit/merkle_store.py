@@ -64,9 +64,6 @@ from .merkle import (
 
 __all__ = [
     "MerkleStore",
-    "MerkleStoreError",
-    "MerkleStoreLockedError",
-    "MerkleStoreCorruptError",
     "Recovery",
     "BYTES_PER_LEAF",
 ]
