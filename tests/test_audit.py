@@ -131,12 +131,17 @@ def built(tmp_path_factory) -> DataDir:
     return build(tmp_path_factory.mktemp("audit") / "data")
 
 
+def copy_of(data: DataDir, tmp_path: Path) -> DataDir:
+    """A private copy of a data directory, to tamper with."""
+    dst = tmp_path / "copy"
+    shutil.copytree(data.root, dst, symlinks=True)
+    return DataDir(dst)
+
+
 @pytest.fixture
 def copy(built, tmp_path) -> DataDir:
     """A private copy of the built data directory, to tamper with."""
-    dst = tmp_path / "copy"
-    shutil.copytree(built.root, dst, symlinks=True)
-    return DataDir(dst)
+    return copy_of(built, tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ without segment names and offsets.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -26,7 +25,15 @@ from mykey.log import framing
 from mykey.log.filelog import FileLog, list_segments
 from mykey.log.store import LogStore
 
-from .test_audit import ALICE, CHECKPOINTS, LAST_SEQ, build, records, rewrite_record
+from .test_audit import (
+    ALICE,
+    CHECKPOINTS,
+    LAST_SEQ,
+    build,
+    copy_of,
+    records,
+    rewrite_record,
+)
 
 
 class OtherBackend(LogStore):
@@ -92,13 +99,6 @@ def built(tmp_path_factory) -> DataDir:
     return build(tmp_path_factory.mktemp("audit-backend") / "data")
 
 
-@pytest.fixture
-def copy(built, tmp_path) -> DataDir:
-    dst = tmp_path / "copy"
-    shutil.copytree(built.root, dst, symlinks=True)
-    return DataDir(dst)
-
-
 def verify(data: DataDir):  # type: ignore[no-untyped-def]
     with reader(data) as log:
         return verify_data_dir(data, log=log)
@@ -111,7 +111,8 @@ def test_verify_a_healthy_data_dir(built):
     assert report.segments == 0  # nothing file-specific was looked at
 
 
-def test_verify_finds_a_rewritten_event_by_sequence_number(copy):
+def test_verify_finds_a_rewritten_event_by_sequence_number(built, tmp_path):
+    copy = copy_of(built, tmp_path)
     rewrite_record(copy, 11, b"card reported lost", b"card reported LOST")
     p = verify(copy).problem
     assert p is not None and p.seq == 11 and "rewritten" in p.what
@@ -121,7 +122,8 @@ def test_verify_finds_a_rewritten_event_by_sequence_number(copy):
     assert file_log is not None and file_log.seq == 11 and file_log.segment is not None
 
 
-def test_verify_finds_a_damaged_record(copy):
+def test_verify_finds_a_damaged_record(built, tmp_path):
+    copy = copy_of(built, tmp_path)
     seg, _, pos, payload = records(copy)[13 - 1]
     with open(seg, "r+b") as f:  # flip a byte without fixing the CRC
         f.seek(pos + framing.RECORD_HEAD_SIZE + len(payload) // 2)
@@ -133,7 +135,8 @@ def test_verify_finds_a_damaged_record(copy):
     assert report.last_seq == 12 and not any("truncated" in q.what for q in report.problems)
 
 
-def test_verify_finds_a_truncated_log(copy):
+def test_verify_finds_a_truncated_log(built, tmp_path):
+    copy = copy_of(built, tmp_path)
     seg, off, _, _ = records(copy)[16 - 1]
     os.truncate(seg, off)
     for later in list_segments(copy.log):
@@ -153,7 +156,8 @@ def test_proofs_and_history_read_through_the_interface(built):
         assert subject_history(built, ALICE, log=log) == subject_history(built, ALICE)
 
 
-def test_the_trail_keeps_up_with_and_guards_another_backend(copy):
+def test_the_trail_keeps_up_with_and_guards_another_backend(built, tmp_path):
+    copy = copy_of(built, tmp_path)
     log = OtherBackend(FileLog.open(copy.log))
     try:
         with AuditTrail.open(copy, log) as trail:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 
+from .. import fs
 from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import BUSINESS_ID_RE
@@ -118,7 +119,7 @@ def replay(data: DataDir, as_of: int | str, into: Path) -> int:
         log.close()
     os.symlink(gen.name, into / "index")
     info = {"source": str(data.root.resolve()), "as_of": str(as_of), "last_seq": seq}
-    (into / REPLAY_INFO).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
+    fs.write_atomic(into / REPLAY_INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"), mode=0o644)
     return seq
 
 
