@@ -49,8 +49,17 @@ class ServiceCommands(EngineCore):
         self, business_id: str, rows: Iterable[tuple[str, str | None]], *, actor: ev.Actor | None = None
     ) -> int:
         """Bulk-register (service_id, customer_id | None) pairs, unlinked; all or nothing."""
+        return self._register(business_id, rows, None, actor)
+
+    def _register(
+        self,
+        business_id: str,
+        rows: Iterable[tuple[str, str | None]],
+        line_of: Callable[[int], str] | None,
+        actor: ev.Actor | None,
+    ) -> int:
         with self._read() as state:
-            events = registration_events(state, business_id, rows)
+            events = registration_events(state, business_id, rows, line_of=line_of)
         if events:
             self._commit(events, actor or self.operator)
         return len(events)
@@ -68,11 +77,7 @@ class ServiceCommands(EngineCore):
         Streams the file; a bad row anywhere rejects the whole file with its line number.
         """
         rows, lines = read_service_csv_file(path, progress)
-        with self._read() as state:
-            events = registration_events(state, business_id, rows, line_of=lambda i: f"{path}: line {lines[i]}")
-        if events:
-            self._commit(events, actor or self.operator)
-        return len(events)
+        return self._register(business_id, rows, lambda i: f"{path}: line {lines[i]}", actor)
 
     def link_service_id(
         self,
