@@ -97,3 +97,10 @@ def test_feed_change_is_total_over_events(body):
     assert (change is None) == (type(body) not in t.FEED_CHANGES)
     if change is not None:
         assert body.mykey_id  # every change the feed carries names its MyKey ID
+
+
+def test_the_state_each_event_leaves():
+    assert t.state_after(ev.MyKeySuspended("ABCDEFGH", "lost", by_crl=True)) is S
+    assert t.state_after(ev.MyKeyResumed("ABCDEFGH")) is V
+    assert t.state_after(ev.MyKeyInvalidated("ABCDEFGH", "x")) is I
+    assert t.state_after(ev.FeedAcked("points", 1)) is None

@@ -147,3 +147,9 @@ FEED_CHANGES: dict[type, FeedChange] = {
 def feed_change(body: ev.Event) -> FeedChange | None:
     """The feed's view of one event body, or None if the feed does not carry it."""
     return FEED_CHANGES.get(type(body))
+
+
+def state_after(body: ev.Event) -> MyKeyState | None:
+    """The state a MyKey-level event leaves its MyKey ID in (None: the event does not set it)."""
+    change = FEED_CHANGES.get(type(body))
+    return None if change is None else change.state
