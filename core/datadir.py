@@ -1,10 +1,14 @@
-"""Where things live inside a data directory (`--data DIR`, env MYKEY_DATA, default ./mykey-data)."""
+"""Where things live inside a data directory (`--data DIR`, env MYKEY_DATA, default ./mykey-data), and its own secrets."""
 
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import KeyFileError
+from .fs import write_exclusive
 
 DEFAULT_DATA = "./mykey-data"
 
@@ -44,3 +48,25 @@ class DataDir:
     @property
     def terminal_keys(self) -> Path:
         return self.root / "terminal-keys"
+
+
+SUBJECT_KEY_BYTES = 32
+
+
+def ensure_subject_key(data: DataDir) -> bytes:
+    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once."""
+    path = data.keys / "subject.key"
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        data.keys.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(SUBJECT_KEY_BYTES)
+        try:
+            write_exclusive(path, key)
+        except FileExistsError:  # another process made it first: use theirs
+            key = path.read_bytes()
+    if len(key) != SUBJECT_KEY_BYTES:
+        raise KeyFileError(
+            f"{path} is damaged (not {SUBJECT_KEY_BYTES} bytes); restore it from your backup of DATA/keys"
+        )
+    return key

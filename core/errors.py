@@ -76,6 +76,38 @@ class StaleCrlError(CommandRefused):
     """A CRL older than one already applied for the same issuer."""
 
 
+class InvalidMyKeyError(CommandRefused):
+    """The MyKey ID is invalid (final): it cannot be linked or renewed."""
+
+
+class ResumeBlockedError(CommandRefused):
+    """Resume refused: the MyKey ID's current certificate (or its issuing CA) is revoked; renew it instead."""
+
+
+class NotLinkedError(CommandRefused):
+    """The service ID is registered but not linked to a MyKey ID."""
+
+
+class RenewalRefused(CommandRefused):
+    """The certificate presented for renewal is not a renewal of the current one (other holder, same or older certificate)."""
+
+
+class NoTrustAnchorError(CommandRefused):
+    """No trust anchor is configured, so no certificate or CRL can be verified."""
+
+
+class FeedPositionError(CommandRefused):
+    """A feed acknowledgement would move the consumer's position backwards."""
+
+
+class KeyFileError(MykeyError):
+    """A key file in DATA/keys is damaged; restore it from a backup."""
+
+
+class EngineHaltedError(MykeyError):
+    """A command was recorded in the log but the index could not apply it; close and reopen the engine."""
+
+
 # --- LMDB bindings ---------------------------------------------------------
 
 

@@ -58,7 +58,7 @@ def pki() -> Pki:
 @pytest.fixture
 def engine(tmp_path, binding, pki):
     """A fresh Engine (with the audit trail) trusting the session's root and intermediate."""
-    from mykey.engine.engine import Engine
+    from mykey.engine import Engine
 
     e = Engine.open(tmp_path / "data", binding=binding)
     e.add_trust_anchor(pki.root.cert_pem())
@@ -72,3 +72,21 @@ def create_user(engine, pki, cred=None, requested_id=None):
     cred = cred or pki.user()
     challenge = engine.new_challenge()
     return engine.create_mykey(pki.chain(cred), cred.sign(challenge), challenge, requested_id), cred
+
+
+def engine_resolver(engine):
+    """A Resolver (the gateway's read path) over the engine's own index environment.
+
+    LMDB allows one open of an environment per process, so a test process resolving
+    what its engine wrote shares the engine's; close the resolver before the engine.
+    """
+    from mykey.index.resolver import Resolver
+
+    return Resolver(engine.index.env, engine.index.dbs, owns_env=False, binding=engine.index.binding)
+
+
+def engine_authenticator(engine, resolver):
+    """Terminal authentication as a gateway does it: a resolver and the shared nonce record."""
+    from mykey.auth.terminals import TerminalAuthenticator, open_nonce_store
+
+    return TerminalAuthenticator(resolver, open_nonce_store(engine.data, engine.index.binding))

@@ -536,3 +536,34 @@ def test_issue_user_options(root: ThrowawayCA) -> None:
         pki.generate_key("dsa")
     with pytest.raises(ValueError, match="timezone-aware"):
         root.issue_user(now=datetime(2026, 1, 1))
+
+
+# ---------------------------------------------------------------- what the platform records about a certificate
+
+
+def test_issuing_ca_and_issued_by(root: ThrowawayCA, inter: ThrowawayCA, trust: TrustStore) -> None:
+    ca = certs.issuing_ca(inter.cert)
+    assert ca == certs.issuing_ca(inter.cert_pem())  # bytes or a parsed certificate
+    assert ca.issuer == root.cert.subject.rfc4514_string() and ca.subject == inter.cert.subject.rfc4514_string()
+    assert ca.serial == format(inter.cert.serial_number, "x") and len(ca.key_id) == 20
+    info = trust.verify(inter.issue_user(now=NOW).cert, at=NOW)
+    aki = certs.authority_key_id(info)
+    assert aki == ca.key_id  # the user certificate names its issuer's key
+    assert certs.issued_by(info.issuer, aki, ca)
+    # After a key rollover the CA keeps its name: the key identifier tells the two apart.
+    rolled = certs.IssuingCa(ca.issuer, "99", ca.subject, b"\x01" * 20)
+    assert not certs.issued_by(info.issuer, aki, rolled)
+    # Without key identifiers on either side, the name decides.
+    assert certs.issued_by(info.issuer, b"", rolled) and certs.issued_by(info.issuer, aki, ca._replace(key_id=b""))
+    assert not certs.issued_by("CN=someone else", b"", ca._replace(key_id=b""))
+
+
+def test_keyed_subject_digest(root: ThrowawayCA, trust: TrustStore, user: UserCredential) -> None:
+    key_a, key_b = b"a" * 32, b"b" * 32
+    a = trust.verify(user.cert, at=NOW)
+    renewed = trust.verify(root.renew(user, now=NOW).cert, at=NOW)
+    other = trust.verify(root.issue_user(now=NOW).cert, at=NOW)
+    digest = certs.keyed_subject_digest(key_a, a)
+    assert len(digest) == 32 and digest != a.subject_digest  # keyed: not the plain SHA-256 of the subject
+    assert digest == certs.keyed_subject_digest(key_a, renewed)  # the same holder across renewals
+    assert digest != certs.keyed_subject_digest(key_b, a) and digest != certs.keyed_subject_digest(key_a, other)

@@ -12,7 +12,7 @@ from mykey.auth.terminals import terminal_auth_message
 from mykey.domain import certs
 from mykey.domain import events as ev
 from mykey.domain.status import MyKeyState, Status
-from mykey.engine.engine import Engine
+from mykey.engine import Engine
 from mykey.errors import (
     AlreadyExistsError,
     ChallengeError,
@@ -28,7 +28,7 @@ from mykey.errors import (
 )
 from mykey_dev.demo import design_example
 
-from .conftest import create_user
+from .conftest import create_user, engine_authenticator, engine_resolver
 
 
 class appends_nothing:
@@ -46,7 +46,8 @@ class appends_nothing:
 
 
 def status(engine, bid, sid) -> Status:
-    return engine.resolver().resolve(bid, sid)
+    with engine_resolver(engine) as r:
+        return r.resolve(bid, sid)
 
 
 # --- the design's example table ------------------------------------------------------
@@ -60,11 +61,11 @@ def test_design_example_table_comes_out_exactly(engine, pki):
         ("suspended", "A0001", "111111", ""),
         ("", "B2108", "589000", ""),
     ]
-    r = engine.resolver()
-    assert r.resolve_statuses("A0001", ["123456", "111111"]) == [Status.VALID, Status.SUSPENDED]
-    assert r.resolve_statuses("B2108", ["578901", "589000"]) == [Status.INVALID, Status.UNLINKED]
-    # A business never sees another business's service IDs.
-    assert r.resolve_statuses("A0001", ["578901", "589000"]) == [Status.UNKNOWN, Status.UNKNOWN]
+    with engine_resolver(engine) as r:
+        assert r.resolve_statuses("A0001", ["123456", "111111"]) == [Status.VALID, Status.SUSPENDED]
+        assert r.resolve_statuses("B2108", ["578901", "589000"]) == [Status.INVALID, Status.UNLINKED]
+        # A business never sees another business's service IDs.
+        assert r.resolve_statuses("A0001", ["578901", "589000"]) == [Status.UNKNOWN, Status.UNKNOWN]
     assert len({mk for mk, *_ in rows[:3]}) == 3
 
 
@@ -182,6 +183,8 @@ def test_business_ids_are_issued_in_order(engine):
 
 
 def test_terminals_enrol_authenticate_revoke(engine):
+    resolver = engine_resolver(engine)
+    auth = engine_authenticator(engine, resolver)
     bid = engine.register_business("Library", "131016")
     t1 = engine.enrol_terminal(bid)
     t2 = engine.enrol_terminal(bid)
@@ -193,44 +196,46 @@ def test_terminals_enrol_authenticate_revoke(engine):
         return terminal_auth_message(tid, int(time.time()) if ts is None else ts, os.urandom(16))
 
     m = msg()
-    assert engine.authenticate_terminal(t1.terminal_id, m, key.sign(m)) == bid
+    assert auth.authenticate(t1.terminal_id, m, key.sign(m)) == bid
     with pytest.raises(TerminalAuthError, match="already used"):
-        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))  # a replay
+        auth.authenticate(t1.terminal_id, m, key.sign(m))  # a replay
     # The platform keeps only the public key.
     enrolled = [e.body for e in engine.log.read() if isinstance(e.body, ev.TerminalEnrolled)]
     assert all(len(b.public_key) == 32 for b in enrolled)
     assert not any(t1.private_key_pem in e for _, e in engine.log.read_raw())
     m = msg()
     with pytest.raises(TerminalAuthError, match="failed"):
-        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m + b"x"))
+        auth.authenticate(t1.terminal_id, m, key.sign(m + b"x"))
     m = msg(t2.terminal_id)
     with pytest.raises(TerminalAuthError, match="failed"):
-        engine.authenticate_terminal(t2.terminal_id, m, key.sign(m))  # t1's key is not t2's
+        auth.authenticate(t2.terminal_id, m, key.sign(m))  # t1's key is not t2's
     m = msg()
     with pytest.raises(TerminalAuthError, match="not a mykey terminal authentication message"):
-        engine.authenticate_terminal(t2.terminal_id, m, key2.sign(m))  # signed for another terminal
+        auth.authenticate(t2.terminal_id, m, key2.sign(m))  # signed for another terminal
     m = msg(ts=int(time.time()) - 3600)
     with pytest.raises(TerminalAuthError, match="old"):
-        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))
+        auth.authenticate(t1.terminal_id, m, key.sign(m))
     with pytest.raises(TerminalAuthError):
-        engine.authenticate_terminal(t1.terminal_id, b"lookup request 42", key.sign(b"lookup request 42"))
+        auth.authenticate(t1.terminal_id, b"lookup request 42", key.sign(b"lookup request 42"))
     engine.revoke_terminal(t1.terminal_id)
     m = msg()
     with pytest.raises(TerminalAuthError, match="revoked"):
-        engine.authenticate_terminal(t1.terminal_id, m, key.sign(m))
+        auth.authenticate(t1.terminal_id, m, key.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
         engine.revoke_terminal(t1.terminal_id)
     m = msg(f"{bid}-T0099")
     with pytest.raises(TerminalAuthError, match="failed"):  # unknown: no hint to an unauthenticated caller
-        engine.authenticate_terminal(f"{bid}-T0099", m, key.sign(m))
+        auth.authenticate(f"{bid}-T0099", m, key.sign(m))
     engine.deactivate_business(bid, "closed")
     m = msg(t2.terminal_id)
     with pytest.raises(TerminalAuthError, match="deactivated"):
-        engine.authenticate_terminal(t2.terminal_id, m, key2.sign(m))
+        auth.authenticate(t2.terminal_id, m, key2.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
         engine.enrol_terminal(bid)
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.enrol_terminal("Z9999")
+    auth.close()
+    resolver.close()
 
 
 # --- 3. service IDs ----------------------------------------------------------------------
@@ -335,7 +340,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
     mk, _ = create_user(engine, pki)
     for i in range(50):
         engine.link_service_id(bid, f"S{i}", mk)
-    r = engine.resolver()
+    r = engine_resolver(engine)
     sids = [f"S{i}" for i in range(50)]
     assert set(r.resolve_many(bid, sids)) == {Status.VALID}
     engine.suspend(mk, "lost card")
@@ -355,6 +360,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
         engine.link_service_id(bid, "S-new", mk)
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.suspend("ABCDEFGH", "x")
+    r.close()
 
 
 # --- 5. renewal -----------------------------------------------------------------------------
@@ -521,7 +527,7 @@ def test_subject_digest_is_keyed(engine, pki):
 def test_index_ahead_of_a_shortened_log_is_refused_until_rebuilt(tmp_path, binding, capsys):
     """After an OS crash with fsync="never" the log may lose a tail the index already applied."""
     from mykey.cli import main
-    from mykey.engine.engine import IndexAheadError
+    from mykey.errors import IndexAheadError
     from mykey.log.filelog import list_segments
 
     data = tmp_path / "data"
@@ -696,9 +702,10 @@ def test_replays_are_judged_by_the_callers_clock(tmp_path):
         cred = e.enrol_terminal(bid)
         key = load_pem_private_key(cred.private_key_pem, None)
         m = terminal_auth_message(cred.terminal_id, int(lagging), os.urandom(16))
-        assert e.authenticate_terminal(cred.terminal_id, m, key.sign(m)) == bid
-        with pytest.raises(TerminalAuthError, match="replay"):
-            e.authenticate_terminal(cred.terminal_id, m, key.sign(m))
+        with engine_resolver(e) as r, engine_authenticator(e, r) as auth:
+            assert auth.authenticate(cred.terminal_id, m, key.sign(m), now=lagging) == bid
+            with pytest.raises(TerminalAuthError, match="replay"):
+                auth.authenticate(cred.terminal_id, m, key.sign(m), now=lagging)
 
 
 def test_revoking_a_rolled_over_ca_spares_certificates_of_its_successor(tmp_path, binding):

@@ -1,7 +1,13 @@
 """Stateful property test: random command sequences against a small pure model of the rules.
 
-After every step the engine's answers (and refusals) must match the model's, and
-every linked/registered service ID must resolve to the model's status.
+The model is written here, from the rules as the design states them (its own
+transition table, not the implementation's). After every step the engine's answers
+and refusals (by exact exception type) must match the model's: every service ID
+resolves to the model's status, terminals authenticate as the model says, and the
+sync feed tells each MyKey ID's state. The engine is closed and reopened, the index
+rebuilt from the log, and events land in the log without reaching the index (a
+crash between append and apply); at each of those and at the end, the live index
+must equal a fresh replay of the log.
 """
 
 from __future__ import annotations
@@ -16,29 +22,44 @@ import hypothesis.strategies as st
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from mykey.audit.replay import diff_live_index
 from mykey.auth.terminals import terminal_auth_message
-from mykey.domain.certs import CertificateRevokedError
+from mykey.datadir import DataDir
+from mykey.domain import events as ev
 from mykey.domain.status import Status
-from mykey.domain.transitions import TRANSITIONS
-from mykey.engine.engine import Engine
+from mykey.engine import Engine
 from mykey.errors import (
     AlreadyExistsError,
-    CommandRefused,
+    CertificateRevokedError,
+    FeedPositionError,
     IllegalTransitionError,
     InactiveError,
     IndividualNumberError,
+    InvalidMyKeyError,
     NotFoundError,
+    NotLinkedError,
+    ResumeBlockedError,
     TerminalAuthError,
     ValidationError,
 )
 from mykey.index.binding import binding_by_name
+from mykey.index.store import rebuild
+from mykey.log.backend import open_log
 
-from .conftest import Pki
+from .conftest import Pki, engine_authenticator, engine_resolver
 
 PKI = None
+# The state machine as the design states it: (state, action) -> next state; anything else is illegal.
+MODEL_TRANSITIONS = {
+    ("valid", "suspend"): "suspended",
+    ("suspended", "resume"): "valid",
+    ("valid", "invalidate"): "invalid",
+    ("suspended", "invalidate"): "invalid",
+}
 STATE_STATUS = {"valid": Status.VALID, "suspended": Status.SUSPENDED, "invalid": Status.INVALID}
 service_ids = st.sampled_from([f"S{i}" for i in range(12)] + ["123456789018", "bad id"])
 reasons = st.sampled_from(["lost", "request", "fraud"])
+consumers = st.sampled_from(["points", "tax"])
 
 
 def pki() -> Pki:
@@ -54,7 +75,9 @@ class EngineModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="mykey-model-"))
-        self.engine = Engine.open(self.tmp / "data", binding=binding_by_name(self.binding_name))
+        self.data = DataDir(self.tmp / "data")
+        self.binding = binding_by_name(self.binding_name)
+        self._open()
         self.engine.add_trust_anchor(pki().root.cert_pem())
         self.engine.add_trust_anchor(pki().inter.cert_pem(), intermediate=True)
         # The model.
@@ -66,21 +89,72 @@ class EngineModel(RuleBasedStateMachine):
         self.crl_number = 0
         self.revoked: set[str] = set()  # MyKey IDs whose current certificate a CRL revoked
         self.crl_suspended: set[str] = set()  # MyKey IDs a CRL suspended (a renewal resumes them)
+        self.feed_positions: dict[str, int] = {}
+        self.crashed_registrations = 0
+
+    # --- engine lifecycle -----------------------------------------------------------
+
+    def _open(self) -> None:
+        self.engine = Engine.open(self.data.root, binding=self.binding)
+        self.resolver = engine_resolver(self.engine)
+        self.auth = engine_authenticator(self.engine, self.resolver)
+
+    def _close(self) -> None:
+        self.auth.close()
+        self.resolver.close()
+        self.engine.close()
+
+    def _assert_index_is_a_replay_of_the_log(self) -> None:
+        diffs = diff_live_index(self.data)
+        assert diffs == [], f"the index differs from a fresh replay of the log: {diffs[:5]}"
 
     def teardown(self) -> None:
-        self.engine.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self._close()
+            self._assert_index_is_a_replay_of_the_log()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @rule()
+    def close_and_reopen(self) -> None:
+        self._close()
+        self._assert_index_is_a_replay_of_the_log()
+        self._open()
+
+    @rule()
+    def rebuild_the_index(self) -> None:
+        self._close()
+        with open_log(self.data) as log:
+            rebuild(self.data, log, binding=self.binding)
+        self._assert_index_is_a_replay_of_the_log()
+        self._open()
+
+    @rule(data=st.data())
+    def crash_between_append_and_apply(self, data) -> None:
+        """A registration reaches the log but not the index; reopening replays it."""
+        bid = data.draw(st.sampled_from(sorted(self.businesses)))
+        self._close()
+        self.crashed_registrations += 1
+        sid = f"C{self.crashed_registrations}"
+        with open_log(self.data) as log:
+            log.append([ev.ServiceIdRegistered(bid, sid)])
+        self._open()
+        self.services[(bid, sid)] = None
+
+    # --- commands -------------------------------------------------------------------
 
     def expect(self, error: type[Exception] | None, action):
+        """Run action; with error, it must raise exactly that type and append nothing."""
         before = self.engine.log.last_seq
         if error is None:
             return action()
         try:
             action()
-        except error:
+        except Exception as exc:
+            assert type(exc) is error, f"expected {error.__name__}, got {type(exc).__name__}: {exc}"
             assert self.engine.log.last_seq == before, "a refused command appended events"
             return None
-        raise AssertionError(f"expected {error.__name__}")
+        raise AssertionError(f"expected {error.__name__}, but the command succeeded")
 
     @initialize()
     def first_business(self) -> None:
@@ -152,7 +226,7 @@ class EngineModel(RuleBasedStateMachine):
         elif sid == "123456789018":
             error = IndividualNumberError
         elif self.mykeys[mk] == "invalid":
-            error = CommandRefused
+            error = InvalidMyKeyError
         elif self.services.get((bid, sid)) is not None:
             error = AlreadyExistsError
         else:
@@ -167,7 +241,7 @@ class EngineModel(RuleBasedStateMachine):
             return
         bid, sid = data.draw(st.sampled_from(sorted(self.services)))
         if self.services[(bid, sid)] is None:
-            self.expect(CommandRefused, lambda: self.engine.unlink_service_id(bid, sid))
+            self.expect(NotLinkedError, lambda: self.engine.unlink_service_id(bid, sid))
         else:
             self.engine.unlink_service_id(bid, sid)
             self.services[(bid, sid)] = None
@@ -178,13 +252,16 @@ class EngineModel(RuleBasedStateMachine):
             self.expect(NotFoundError, lambda: self.engine.suspend("ABCDEFGH", reason))
             return
         mk = data.draw(st.sampled_from(list(self.mykeys)))
-        allowed = {(s.label, a): n.label for (s, a), n in TRANSITIONS.items()}
-        nxt = allowed.get((self.mykeys[mk], action))
-        call = (lambda: self.engine.resume(mk)) if action == "resume" else (lambda: getattr(self.engine, action)(mk, reason))
+        nxt = MODEL_TRANSITIONS.get((self.mykeys[mk], action))
+        call = {
+            "suspend": lambda: self.engine.suspend(mk, reason),
+            "resume": lambda: self.engine.resume(mk),
+            "invalidate": lambda: self.engine.invalidate(mk, reason),
+        }[action]
         if nxt is None:
             self.expect(IllegalTransitionError, call)
         elif action == "resume" and mk in self.revoked:
-            self.expect(CommandRefused, call)
+            self.expect(ResumeBlockedError, call)  # only a renewal brings it back
         else:
             assert call().label == nxt
             self.mykeys[mk] = nxt
@@ -199,12 +276,12 @@ class EngineModel(RuleBasedStateMachine):
         ch = self.engine.new_challenge("renew")
         call = lambda: self.engine.renew_certificate(mk, pki().chain(new), new.sign(ch), ch)  # noqa: E731
         if self.mykeys[mk] == "invalid":
-            self.expect(CommandRefused, call)
+            self.expect(InvalidMyKeyError, call)
             return
         call()
         self.creds[mk] = new
         self.revoked.discard(mk)
-        if mk in self.crl_suspended:
+        if mk in self.crl_suspended:  # a renewal lifts a CRL's suspension, and only that
             self.mykeys[mk] = "valid"
             self.crl_suspended.discard(mk)
 
@@ -244,16 +321,32 @@ class EngineModel(RuleBasedStateMachine):
             assert report.suspended == []
         self.revoked.add(mk)
 
+    @rule(consumer=consumers, where=st.sampled_from(["behind", "at", "last", "beyond"]))
+    def ack(self, consumer, where) -> None:
+        pos, last = self.feed_positions.get(consumer, 0), self.engine.log.last_seq
+        seq = {"behind": pos - 1, "at": pos, "last": last, "beyond": last + 1}[where]
+        if seq < 0:
+            return
+        if seq > last:
+            self.expect(ValidationError, lambda: self.engine.ack(consumer, seq))
+        elif seq < pos:
+            self.expect(FeedPositionError, lambda: self.engine.ack(consumer, seq))
+        else:
+            self.engine.ack(consumer, seq)
+            self.feed_positions[consumer] = seq
+
+    # --- what must always hold ----------------------------------------------------------
+
     @invariant()
     def terminals_authenticate_as_the_model_says(self) -> None:
         for tid, (bid, key, active) in self.terminals.items():
             ok = active and self.businesses[bid]
             msg = terminal_auth_message(tid, int(time.time()), os.urandom(16))
             if ok:
-                assert self.engine.authenticate_terminal(tid, msg, key.sign(msg)) == bid
+                assert self.auth.authenticate(tid, msg, key.sign(msg)) == bid
             else:
                 try:
-                    self.engine.authenticate_terminal(tid, msg, key.sign(msg))
+                    self.auth.authenticate(tid, msg, key.sign(msg))
                 except TerminalAuthError:
                     continue
                 raise AssertionError(f"{tid} authenticated but should not")
@@ -264,7 +357,6 @@ class EngineModel(RuleBasedStateMachine):
 
     @invariant()
     def answers_match_the_model(self) -> None:
-        r = self.engine.resolver()
         for bid in self.businesses:
             sids = [s for (b, s) in self.services if b == bid] + ["never-registered"]
             expected = [
@@ -273,16 +365,27 @@ class EngineModel(RuleBasedStateMachine):
                 else STATE_STATUS[self.mykeys[self.services[(bid, s)]]]
                 for s in sids
             ]
-            assert r.resolve_statuses(bid, sids) == expected
+            assert self.resolver.resolve_statuses(bid, sids) == expected
         for mk, state in self.mykeys.items():
             assert self.engine.mykey(mk).state.label == state
+
+    @invariant()
+    def feed_tells_the_model_states(self) -> None:
+        told: dict[str, str] = {}
+        for item in self.engine.feed("model-check", after=0):
+            assert item.change in ("created", "suspended", "resumed", "invalidated", "renewed")
+            if item.state is not None:
+                told[item.mykey_id] = item.state
+        assert told == self.mykeys
+        for consumer, pos in self.feed_positions.items():
+            assert self.engine.feed_position(consumer) == pos
 
 
 class EngineModelPure(EngineModel):
     binding_name = "pure"
 
 
-settings_ = settings(max_examples=50, stateful_step_count=30, deadline=None)
+settings_ = settings(max_examples=40, stateful_step_count=30, deadline=None)
 TestEngineModel = EngineModel.TestCase
 TestEngineModel.settings = settings_
 TestEngineModelPure = EngineModelPure.TestCase

@@ -13,12 +13,11 @@ from mykey_dev.pki import UserCredential
 from ..datadir import DataDir
 from ..domain import certs
 from ..domain.ids import check_actor_id
-from ..engine.engine import Engine, feed_items
+from ..engine import Engine, feed_items
 from ..errors import MykeyError
-from ..index.binding import binding
-from ..index.keys import parse_u64
-from ..index.store import current_generation, open_dbs
-from ..log.filelog import FileLog
+from ..fs import write_unique
+from ..index.readmodel import ReadModel
+from ..log.backend import open_log
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 
@@ -163,32 +162,10 @@ def cmd_terminal_enrol(args: argparse.Namespace, out: Output) -> int:
     probe.unlink()
     with open_engine(args) as e:
         cred = e.enrol_terminal(args.business)
-    path = _write_private_key(directory, cred.terminal_id, cred.private_key_pem)
+    path = write_unique(directory, cred.terminal_id, ".key", cred.private_key_pem)  # never over an existing file
     out.result(f"enrolled terminal {cred.terminal_id}; private key written to {path} (mode 0600)",
                terminal_id=cred.terminal_id, business_id=cred.business_id, key_file=str(path))
     return 0
-
-
-def _write_private_key(directory: Path, stem: str, pem: bytes) -> Path:
-    """Write pem durably with mode 0600 as STEM.key (or STEM.N.key): never over an existing file."""
-    n = 1
-    while True:
-        path = directory / (f"{stem}.key" if n == 1 else f"{stem}.{n}.key")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            n += 1
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        return path
 
 
 def cmd_terminal_revoke(args: argparse.Namespace, out: Output) -> int:
@@ -264,12 +241,8 @@ def cmd_service_unlink(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_transition(args: argparse.Namespace, out: Output) -> int:
-    action = args.command
     with open_engine(args) as e:
-        if action == "resume":
-            state = e.resume(args.mykey)
-        else:
-            state = getattr(e, action)(args.mykey, args.reason)
+        state = e.transition(args.mykey, args.command, getattr(args, "reason", ""))
     out.result(f"{args.mykey} is now {state.label}", mykey_id=args.mykey, state=state.label)
     return 0
 
@@ -298,14 +271,12 @@ def cmd_crl_apply(args: argparse.Namespace, out: Output) -> int:
 
 
 def _feed_position(data: DataDir, consumer: str) -> int:
-    gen = current_generation(data)
-    if gen is None:
+    """The consumer's acknowledged position, read from the live index (no writer lock needed)."""
+    model = ReadModel.open_live(data)
+    if model is None:
         return 0
-    with binding().Env(str(gen), readonly=True, create=False, max_dbs=16) as env:
-        dbs = open_dbs(env, create=False)
-        with env.begin() as txn:
-            raw = txn.get(dbs.feed, consumer.encode("ascii"))
-    return 0 if raw is None else parse_u64(raw)
+    with model, model.snapshot() as state:
+        return state.feed_position(consumer)
 
 
 def cmd_feed(args: argparse.Namespace, out: Output) -> int:
@@ -315,17 +286,17 @@ def cmd_feed(args: argparse.Namespace, out: Output) -> int:
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
         return EXIT_REFUSED
     start = (_feed_position(data, args.consumer) if args.after is None else args.after) + 1
-    log = FileLog.open(data.log, readonly=True)
-    envs = log.follow(start) if args.follow else log.read(start)
-    last = None
-    for item in feed_items(envs):
-        out.line(f"{item.seq} {item.time.isoformat(timespec='seconds')} {item.change} {item.mykey_id}"
-                 + (f" {item.state}" if item.state else ""))
-        out.record({"seq": item.seq, "time": item.time.isoformat(), "change": item.change,
-                    "mykey_id": item.mykey_id, "state": item.state})
-        last = item.seq
-    if args.ack:
+    with open_log(data, readonly=True) as log:
+        envs = log.follow(start) if args.follow else log.read(start)
+        last = None
+        for item in feed_items(envs):
+            out.line(f"{item.seq} {item.time.isoformat(timespec='seconds')} {item.change} {item.mykey_id}"
+                     + (f" {item.state}" if item.state else ""))
+            out.record({"seq": item.seq, "time": item.time.isoformat(), "change": item.change,
+                        "mykey_id": item.mykey_id, "state": item.state})
+            last = item.seq
         upto = log.refresh() if last is None else last
+    if args.ack:
         with open_engine(args) as e:
             e.ack(args.consumer, max(upto, e.feed_position(args.consumer)))
         out.line(f"acknowledged up to {upto}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from os import PathLike
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -43,11 +44,16 @@ __all__ = [
     "ChallengeSignatureError",
     "CrlError",
     "CrlInfo",
+    "IssuingCa",
     "KeyUsageError",
     "RevokedEntry",
     "TrustStore",
     "UnsupportedKeyError",
     "UntrustedCertificateError",
+    "authority_key_id",
+    "issued_by",
+    "issuing_ca",
+    "keyed_subject_digest",
     "load_certificate",
     "load_certificates",
     "same_subject",
@@ -476,6 +482,55 @@ def verify_challenge_signature(cert: x509.Certificate | CertInfo | bytes, challe
 def same_subject(a: CertInfo, b: CertInfo) -> bool:
     """True if both certificates carry the same subject (compared by digest only)."""
     return hmac.compare_digest(a.subject_digest, b.subject_digest)
+
+
+# --------------------------------------------------------------------------- what is recorded about a certificate
+
+
+def keyed_subject_digest(key: bytes, info: CertInfo) -> bytes:
+    """HMAC-SHA256 of the certificate subject under the platform's secret key.
+
+    Keyed, so a stored digest cannot be matched against guessed subjects; equal for the
+    same holder across renewals (the key lives in DATA/keys/subject.key).
+    """
+    return hmac.new(key, load_certificate(info.der).subject.public_bytes(), hashlib.sha256).digest()
+
+
+def authority_key_id(info: CertInfo) -> bytes:
+    """The issuing CA's key identifier named in the certificate (its AKI), or b\"\"."""
+    aki = _extension(load_certificate(info.der), x509.AuthorityKeyIdentifier)
+    return (aki.key_identifier or b"") if isinstance(aki, x509.AuthorityKeyIdentifier) else b""
+
+
+class IssuingCa(NamedTuple):
+    """A trusted intermediate CA as revocation sees it: who issued it, and whom it issues as."""
+
+    issuer: str  # the CA above it (whose CRL can revoke it)
+    serial: str  # its serial, lower-case hex
+    subject: str  # the name it issues certificates under
+    key_id: bytes  # its subject key identifier, or b""
+
+
+def issuing_ca(cert: x509.Certificate | bytes) -> IssuingCa:
+    """The IssuingCa facts of a CA certificate (DER or PEM bytes, or a parsed certificate)."""
+    cert = _to_cert(cert)
+    ski = _extension(cert, x509.SubjectKeyIdentifier)
+    return IssuingCa(
+        cert.issuer.rfc4514_string(),
+        format(cert.serial_number, "x"),
+        cert.subject.rfc4514_string(),
+        ski.digest if isinstance(ski, x509.SubjectKeyIdentifier) else b"",
+    )
+
+
+def issued_by(cert_issuer: str, issuer_key_id: bytes, ca: IssuingCa) -> bool:
+    """Was a certificate (its issuer name and AKI key identifier) issued by this CA?
+
+    By key identifier when both sides have one (a CA's key rollover keeps its name), else by name.
+    """
+    if issuer_key_id and ca.key_id:
+        return issuer_key_id == ca.key_id and cert_issuer == ca.subject
+    return cert_issuer == ca.subject
 
 
 # --------------------------------------------------------------------------- CRLs

@@ -44,8 +44,6 @@ class _Event(msgspec.Struct, frozen=True, array_like=True, gc=False, tag_field="
     """Base of every event body. Subclasses set tag and VERSION and implement check()."""
 
     VERSION: ClassVar[int] = 1
-    # True for MyKey-level changes that the sync feed carries to linked systems.
-    FEED: ClassVar[bool] = False
 
     def check(self) -> None:  # pragma: no cover - every subclass overrides
         raise ValidationError(f"{type(self).__name__} has no validation")
@@ -85,7 +83,6 @@ class MyKeyCreated(_Event, tag="mk.created"):
     """
 
     VERSION: ClassVar[int] = 2
-    FEED: ClassVar[bool] = True
     mykey_id: str
     cert_issuer: str
     cert_serial: str
@@ -107,7 +104,6 @@ class MyKeyCreated(_Event, tag="mk.created"):
 class MyKeySuspended(_Event, tag="mk.suspended"):
     """A MyKey ID was suspended: on request, or (by_crl) because a CRL revoked its certificate."""
 
-    FEED: ClassVar[bool] = True
     mykey_id: str
     reason: str
     by_crl: bool = False
@@ -120,7 +116,6 @@ class MyKeySuspended(_Event, tag="mk.suspended"):
 class MyKeyResumed(_Event, tag="mk.resumed"):
     """A suspended MyKey ID became valid again."""
 
-    FEED: ClassVar[bool] = True
     mykey_id: str
 
     def check(self) -> None:
@@ -130,7 +125,6 @@ class MyKeyResumed(_Event, tag="mk.resumed"):
 class MyKeyInvalidated(_Event, tag="mk.invalidated"):
     """A MyKey ID was invalidated for good."""
 
-    FEED: ClassVar[bool] = True
     mykey_id: str
     reason: str
 
@@ -142,7 +136,6 @@ class MyKeyInvalidated(_Event, tag="mk.invalidated"):
 class CertificateRenewed(_Event, tag="cert.renewed"):
     """The MyKey ID moved from an old certificate to a new one (same subject)."""
 
-    FEED: ClassVar[bool] = True
     mykey_id: str
     old_fingerprint: bytes
     new_issuer: str

@@ -1,0 +1,183 @@
+"""What every command stands on: the log (any LogStore), the index, its read model and the one write path.
+
+Each command reads the state it validates against from one read-model snapshot
+(never a second copy in memory), decides, appends all of its events as one atomic
+log batch, then applies them to the index. A refused command raises a specific
+error and appends nothing. On open, whatever the log holds beyond the index is
+replayed first.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Self
+
+from ..datadir import DataDir, ensure_subject_key
+from ..domain import events as ev
+from ..errors import EngineHaltedError, IndexAheadError
+from ..index.readmodel import ReadModel, Snapshot
+from ..index.store import Index
+from ..log.backend import open_log
+from ..log.store import LogStore
+from .challenges import ChallengeBook
+
+
+def _operator_actor() -> ev.Actor:
+    try:
+        name = re.sub(r"[^\x21-\x7e]", "_", getpass.getuser())[:64] or "operator"
+    except Exception:  # no user name in this environment
+        name = "operator"
+    return ev.Actor("operator", name)
+
+
+class EngineCore:
+    """The write side of mykey over one data directory (holds the log's and the index's writer locks).
+
+    Commands run one at a time: use an Engine from one thread (gateways resolve through
+    Resolver objects, which are safe to share between threads).
+    """
+
+    def __init__(
+        self,
+        data: DataDir,
+        log: LogStore,
+        index: Index,
+        *,
+        clock: Callable[[], float] = time.time,
+        operator: ev.Actor | None = None,
+        trail=None,
+    ) -> None:
+        self.data = data
+        self.log = log
+        self.index = index
+        self.read_model = ReadModel(index.env, index.dbs)
+        self.clock = clock
+        self.operator = operator or _operator_actor()
+        self.trail = trail
+        self.challenges = ChallengeBook(lambda: self.clock())
+        self._checkpoint_from: int | None = None
+        self._halted: str | None = None  # set when the index could not follow the log
+        self._subject_key = ensure_subject_key(data)
+
+    # --- opening ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        log: LogStore | str | None = None,
+        fsync: str = "always",
+        binding: ModuleType | None = None,
+        clock: Callable[[], float] = time.time,
+        operator: ev.Actor | None = None,
+        audit: bool = True,
+        checkpoint_on_close: bool = False,
+    ) -> Self:
+        """Open (creating if needed) the data directory; replays log events the index lacks.
+
+        log: None for the data directory's log (DATA/log, or $MYKEY_LOG), a log location
+        (see mykey.log.backend.open_log), or an open LogStore, which the engine then owns
+        and closes. checkpoint_on_close signs an audit checkpoint at close() when events
+        were appended (the CLI does, so every change is covered by a signed checkpoint at once).
+        """
+        data = DataDir(Path(data_dir))
+        try:
+            index = Index.open(data, binding=binding)
+        except BaseException:
+            if isinstance(log, LogStore):
+                log.close()
+            raise
+        trail = None
+        try:
+            if not isinstance(log, LogStore):
+                # Recovery may cut a torn tail, never events the index applied or a checkpoint signed.
+                from ..audit.trail import signed_size
+
+                keep = max(index.last_seq, signed_size(data))
+                log = open_log(data, url=log, fsync=fsync, keep_through=keep)
+            if index.last_seq > log.last_seq:
+                raise IndexAheadError(
+                    f"the index has applied events up to sequence {index.last_seq} but the log ends at "
+                    f"{log.last_seq}: the log lost events. Restore the log from a replica or backup; or, if it "
+                    "ran with fsync='interval' or 'never' and the machine crashed, accept the loss with "
+                    "`mykey rebuild`"
+                )
+            index.catch_up(log)
+            if audit:
+                from ..audit.trail import AuditTrail, ensure_signing_key
+
+                ensure_signing_key(data)
+                trail = AuditTrail.open(data, log)
+            engine = cls(data, log, index, clock=clock, operator=operator, trail=trail)
+        except BaseException:
+            try:
+                if trail is not None:
+                    trail.close()
+            finally:
+                index.close()
+                if isinstance(log, LogStore):
+                    log.close()
+            raise
+        engine._checkpoint_from = log.last_seq if checkpoint_on_close else None
+        return engine
+
+    def close(self) -> None:
+        """Close the audit trail (signing a checkpoint if asked to), the index and the log (releases the locks)."""
+        try:
+            if self.trail is not None:
+                try:
+                    if self._checkpoint_from is not None and self.log.last_seq > self._checkpoint_from:
+                        self.trail.checkpoint()
+                finally:
+                    self.trail.close()
+                    self.trail = None
+        finally:
+            try:
+                self.index.close()
+            finally:
+                self.log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading and the one write path ------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Snapshot]:
+        """The state a command validates against: one read transaction (close it before _commit)."""
+        with self.read_model.snapshot() as state:
+            yield state
+
+    def _commit(self, events: Sequence[ev.Event], actor: ev.Actor) -> list[ev.Envelope]:
+        """Append one atomic batch (validated against the state the index shows), then apply it."""
+        if self._halted is not None:
+            raise EngineHaltedError(self._halted)
+        envs = self.log.append(events, actor, expected_last_seq=self.index.last_seq)
+        try:
+            self.index.apply(envs)
+        except Exception as exc:
+            try:
+                self.index.catch_up(self.log)  # the events are in the log: apply them from there
+            except Exception:
+                self._halted = (
+                    f"the command was recorded in the log (sequence {envs[0].seq}-{envs[-1].seq}) but the index "
+                    f"could not apply it ({exc}); close and reopen the engine, which replays it"
+                )
+                raise EngineHaltedError(self._halted) from exc
+        if self.trail is not None:
+            self.trail.catch_up()  # if this fails, the next open catches the trail up from the log
+        return envs
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=timezone.utc)

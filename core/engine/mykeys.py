@@ -1,0 +1,181 @@
+"""MyKey ID flows: creation (1), suspension and invalidation (4), certificate renewal (5)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from ..domain import certs, ids, transitions
+from ..domain import events as ev
+from ..domain.status import MyKeyState
+from ..domain.transitions import Action
+from ..errors import AlreadyExistsError, RenewalRefused
+from ..index.readmodel import Snapshot
+from .base import EngineCore
+from .lookups import certificate_revoked, require_mykey, require_trust, revocation_check
+
+
+@dataclass(frozen=True)
+class MyKeyView:
+    """A MyKey ID's current state (for its holder and operators; never shown to businesses)."""
+
+    mykey_id: str
+    state: MyKeyState
+    cert_issuer: str
+    cert_serial: str
+    cert_not_after: int
+    reason: str
+    businesses: list[str]
+
+
+def _free_mykey_ids(state: Snapshot, n: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        cand = ids.random_mykey_id()
+        if cand not in out and not state.mykey_exists(cand):
+            out.append(cand)
+    return out
+
+
+def _live_holder(state: Snapshot, info: certs.CertInfo) -> str | None:
+    """The live MyKey ID this certificate belongs to, now or before a renewal replaced it."""
+    for holder in state.certificate_holders(info.issuer, format(info.serial, "x"), info.fingerprint):
+        if transitions.is_live(holder.state):
+            return holder.mykey_id
+    return None
+
+
+class MyKeyCommands(EngineCore):
+    # --- 1. MyKey ID creation ------------------------------------------------
+
+    def new_challenge(self, purpose: str = "create") -> bytes:
+        """A fresh single-use nonce for proof of possession, for one purpose ("create" or "renew").
+
+        The purpose is part of the signed bytes (b"mykey:create:" + 32 random bytes, hex), so a
+        signature made for one flow cannot be replayed in another. Expires after CHALLENGE_TTL seconds.
+        """
+        return self.challenges.issue(purpose)
+
+    def _verify_user_cert(
+        self, state: Snapshot, certificate: bytes, signature: bytes, challenge: bytes, purpose: str
+    ) -> certs.CertInfo:
+        """Chain, validity, key usage, revocation and proof of possession; the challenge is used up."""
+        self.challenges.consume(challenge, purpose)
+        chain = certs.load_certificates(certificate)
+        info = require_trust(state).verify(
+            chain[0], at=self.now(), revoked=revocation_check(state), extra_intermediates=chain[1:]
+        )
+        certs.verify_challenge_signature(chain[0], challenge, signature)
+        return info
+
+    def mykey_exists(self, mykey_id: str) -> bool:
+        with self._read() as state:
+            return state.mykey_exists(mykey_id)
+
+    def suggest_mykey_ids(self, n: int = 5) -> list[str]:
+        """n random MyKey IDs that are free right now."""
+        with self._read() as state:
+            return _free_mykey_ids(state, n)
+
+    def create_mykey(
+        self, certificate: bytes, signature: bytes, challenge: bytes, requested_id: str | None = None
+    ) -> str:
+        """Verify the user's certificate and signature over the challenge; issue a MyKey ID.
+
+        certificate is PEM or DER (a PEM bundle may carry intermediates after the leaf).
+        """
+        with self._read() as state:
+            if requested_id is not None:
+                ids.check_mykey_id(requested_id, "requested MyKey ID")
+                if state.mykey_exists(requested_id):
+                    raise AlreadyExistsError(
+                        f"MyKey ID {requested_id} is taken; pick another, e.g. one of "
+                        f"{', '.join(_free_mykey_ids(state, 3))}"
+                    )
+            info = self._verify_user_cert(state, certificate, signature, challenge, "create")
+            if _live_holder(state, info) is not None:
+                raise AlreadyExistsError(
+                    "this certificate already has a live MyKey ID; one certificate holds at most one "
+                    "(invalidate the old one first, or use it)"
+                )
+            mykey_id = requested_id or _free_mykey_ids(state, 1)[0]
+        body = ev.MyKeyCreated(
+            mykey_id,
+            info.issuer,
+            format(info.serial, "x"),
+            info.fingerprint,
+            certs.keyed_subject_digest(self._subject_key, info),
+            int(info.not_after.timestamp()),
+            certs.authority_key_id(info),
+        )
+        self._commit([body], ev.Actor("user", mykey_id))
+        return mykey_id
+
+    def mykey(self, mykey_id: str) -> MyKeyView:
+        """The MyKey ID's state, certificate issuer/serial and the businesses it is linked at."""
+        with self._read() as state:
+            rec = require_mykey(state, mykey_id)
+            businesses = state.linked_businesses(mykey_id)
+        return MyKeyView(mykey_id, rec.state, rec.cert_issuer, rec.cert_serial, rec.cert_not_after, rec.reason, businesses)
+
+    # --- 4. suspension and invalidation ---------------------------------------------
+
+    def transition(
+        self, mykey_id: str, action: Action | str, reason: str = "", *, actor: ev.Actor | None = None
+    ) -> MyKeyState:
+        """Apply a state action (see mykey.domain.transitions); returns the new state."""
+        action = transitions.parse_action(action)
+        with self._read() as state:
+            rec = require_mykey(state, mykey_id)
+            revoked = action is Action.RESUME and certificate_revoked(state, rec)
+        new = transitions.next_state(rec.state, action, certificate_revoked=revoked, mykey_id=mykey_id)
+        self._commit([transitions.transition_event(action, mykey_id, reason)], actor or self.operator)
+        return new
+
+    def suspend(self, mykey_id: str, reason: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """valid -> suspended; every linked service ID answers SUSPENDED on the next lookup."""
+        return self.transition(mykey_id, Action.SUSPEND, reason, actor=actor)
+
+    def resume(self, mykey_id: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """suspended -> valid; refused while the current certificate is revoked (renew it instead)."""
+        return self.transition(mykey_id, Action.RESUME, actor=actor)
+
+    def invalidate(self, mykey_id: str, reason: str, *, actor: ev.Actor | None = None) -> MyKeyState:
+        """valid/suspended -> invalid (final)."""
+        return self.transition(mykey_id, Action.INVALIDATE, reason, actor=actor)
+
+    # --- 5. certificate renewal -------------------------------------------------------
+
+    def renew_certificate(self, mykey_id: str, new_certificate: bytes, signature: bytes, challenge: bytes) -> None:
+        """Move the MyKey ID to a renewed certificate of the same subject (new serial)."""
+        with self._read() as state:
+            rec = require_mykey(state, mykey_id)
+            transitions.check_renewable(rec.state, mykey_id)
+            info = self._verify_user_cert(state, new_certificate, signature, challenge, "renew")
+            subject_digest = certs.keyed_subject_digest(self._subject_key, info)
+            if not rec.subject_digest or not hmac.compare_digest(subject_digest, rec.subject_digest):
+                raise RenewalRefused(
+                    "the new certificate's subject differs from the current one; renewal keeps the same holder"
+                )
+            if info.fingerprint == rec.cert_fingerprint:
+                raise RenewalRefused("that is the current certificate; present the renewed one")
+            if state.replaced_by_renewal(info.issuer, format(info.serial, "x")):
+                raise RenewalRefused("that certificate was already replaced by a renewal; present the newest one")
+            other = _live_holder(state, info)
+            if other is not None and other != mykey_id:
+                raise AlreadyExistsError("the new certificate already belongs to another live MyKey ID")
+        events: list[ev.Event] = [
+            ev.CertificateRenewed(
+                mykey_id,
+                rec.cert_fingerprint,
+                info.issuer,
+                format(info.serial, "x"),
+                info.fingerprint,
+                subject_digest,
+                int(info.not_after.timestamp()),
+                certs.authority_key_id(info),
+            )
+        ]
+        if transitions.resumes_on_renewal(rec.state, rec.suspended_by_crl):
+            events.append(transitions.transition_event(Action.RESUME, mykey_id))  # the revoked certificate is replaced
+        self._commit(events, ev.Actor("user", mykey_id))

@@ -1,0 +1,209 @@
+"""The engine's read model: the state a command validates against, by name, over one read transaction.
+
+``ReadModel.snapshot()`` opens one LMDB read transaction and returns a ``Snapshot``
+whose methods answer the questions the engine's rules ask (is this MyKey ID there,
+which service IDs are registered, is this certificate revoked, ...) with records and
+small named tuples. Key encodings stay in this package: a caller never builds a key
+or indexes into a value.
+
+A snapshot sees one committed state of the index: everything a command reads comes
+from the same point, whatever commits later. Close it (``with``) before writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
+
+from ..datadir import DataDir
+from ..domain.status import MyKeyState
+from ..errors import IndexError_
+from . import keys as k
+from .binding import binding as default_binding
+from .projection import Dbs, get_business, get_mykey, get_terminal, scan
+from .store import current_generation, open_dbs, read_meta_last_seq
+
+
+class TrustedCas(NamedTuple):
+    """The configured CA certificates (DER): roots (anchors) and intermediates."""
+
+    anchors: list[bytes]
+    intermediates: list[bytes]
+
+
+class CertHolder(NamedTuple):
+    """A MyKey ID a certificate belongs to, and that MyKey ID's state."""
+
+    mykey_id: str
+    state: MyKeyState
+
+
+class Snapshot:
+    """One read transaction over the index; every answer comes from the same committed state."""
+
+    __slots__ = ("_txn", "_dbs")
+
+    def __init__(self, txn, dbs: Dbs) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    # --- bookkeeping -----------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last event this state reflects."""
+        return read_meta_last_seq(self._txn, self._dbs)
+
+    # --- MyKey IDs ---------------------------------------------------------------
+
+    def mykey(self, mykey_id: str) -> k.MyKeyRecord | None:
+        """The MyKey ID's record (state, current certificate), or None if there is no such MyKey ID."""
+        return get_mykey(self._txn, self._dbs, mykey_id)
+
+    def mykey_exists(self, mykey_id: str) -> bool:
+        return self._txn.get(self._dbs.mykey, mykey_id.encode("ascii")) is not None
+
+    def mykeys(self) -> Iterator[tuple[str, k.MyKeyRecord]]:
+        """Every MyKey ID with its record, in ID order."""
+        for key, raw in scan(self._txn, self._dbs.mykey):
+            yield key.decode("ascii"), k.decode(k.MyKeyRecord, raw)
+
+    def mykey_by_ref(self, ref: int) -> str:
+        """The MyKey ID a linked service value refers to (SvcValue.ref)."""
+        raw = self._txn.get(self._dbs.mkref, k.u64(ref))
+        if raw is None:
+            raise IndexError_(f"no MyKey ID has reference {ref}: the index is damaged; run `mykey audit diff`")
+        return raw.decode("ascii")
+
+    def linked_businesses(self, mykey_id: str) -> list[str]:
+        """The business IDs where the MyKey ID has a linked service ID, sorted."""
+        prefix = mykey_id.encode("ascii")
+        links = scan(self._txn, self._dbs.mksvc, prefix, prefix)
+        # key = mykey_id + business_id (5 bytes) + service_id
+        return sorted({key[len(prefix) : len(prefix) + 5].decode("ascii") for key, _ in links})
+
+    # --- certificates --------------------------------------------------------------
+
+    def certificate_holders(self, issuer: str, serial: str, fingerprint: bytes) -> Iterator[CertHolder]:
+        """The MyKey IDs holding this certificate now, or holding it before a renewal replaced it."""
+        for key in (k.cert_serial_key(issuer, serial), k.cert_fp_key(fingerprint), k.former_cert_key(issuer, serial)):
+            raw = self._txn.get(self._dbs.cert, key)
+            if raw is not None:
+                mykey_id = raw.decode("ascii")
+                rec = self.mykey(mykey_id)
+                if rec is not None:
+                    yield CertHolder(mykey_id, rec.state)
+
+    def current_holder(self, issuer: str, serial: str) -> str | None:
+        """The MyKey ID whose current certificate this is, or None."""
+        raw = self._txn.get(self._dbs.cert, k.cert_serial_key(issuer, serial))
+        return None if raw is None else raw.decode("ascii")
+
+    def replaced_by_renewal(self, issuer: str, serial: str) -> bool:
+        """True if a renewal already moved some MyKey ID away from this certificate."""
+        return self._txn.get(self._dbs.cert, k.former_cert_key(issuer, serial)) is not None
+
+    def is_revoked(self, issuer: str, serial: str) -> bool:
+        """True if an applied CRL revoked the certificate (issuer DN, serial in lower-case hex)."""
+        return self._txn.get(self._dbs.revoked, k.revoked_key(issuer, serial)) is not None
+
+    # --- trust and CRLs ----------------------------------------------------------------
+
+    def trusted_cas(self) -> TrustedCas:
+        anchors: list[bytes] = []
+        intermediates: list[bytes] = []
+        for key, der in scan(self._txn, self._dbs.trust):
+            (intermediates if key[:1] == b"i" else anchors).append(der)
+        return TrustedCas(anchors, intermediates)
+
+    def intermediates(self) -> list[bytes]:
+        """The trusted intermediate CA certificates (DER)."""
+        return [der for _key, der in scan(self._txn, self._dbs.trust, b"i", b"i")]
+
+    def is_trusted(self, fingerprint: bytes, *, intermediate: bool) -> bool:
+        """True if the CA certificate with this SHA-256 fingerprint is trusted already (in that role)."""
+        return self._txn.get(self._dbs.trust, (b"i" if intermediate else b"a") + fingerprint) is not None
+
+    def crl_applied(self, fingerprint: bytes) -> bool:
+        return self._txn.get(self._dbs.crl, b"f" + fingerprint) is not None
+
+    def highest_crl_number(self, issuer: str) -> int | None:
+        """The highest CRL number applied for this issuer, or None if none was."""
+        raw = self._txn.get(self._dbs.crl, b"i" + k.issuer_digest(issuer))
+        return None if raw is None else k.parse_u64(raw)
+
+    # --- businesses, terminals, service IDs ------------------------------------------------
+
+    def business(self, business_id: str) -> k.BusinessRecord | None:
+        return get_business(self._txn, self._dbs, business_id)
+
+    def business_ids(self) -> list[str]:
+        """Every registered business ID, in order."""
+        return [key.decode("ascii") for key, _ in scan(self._txn, self._dbs.business)]
+
+    def terminal(self, terminal_id: str) -> k.TerminalRecord | None:
+        return get_terminal(self._txn, self._dbs, terminal_id)
+
+    def service(self, business_id: str, service_id: str) -> k.SvcValue | None:
+        """The service ID's status, link and customer ID, or None if it is not registered."""
+        raw = self._txn.get(self._dbs.svc, k.service_key(business_id, service_id))
+        return None if raw is None else k.parse_svc_value(raw)
+
+    def registered(self, business_id: str, service_ids: Iterable[str]) -> list[bool]:
+        """For each (ASCII) service ID of the business, in order: is it registered?"""
+        get, db, prefix = self._txn.get, self._dbs.svc, business_id.encode("ascii")
+        return [get(db, prefix + sid.encode("ascii")) is not None for sid in service_ids]
+
+    # --- linked systems ---------------------------------------------------------------------
+
+    def feed_position(self, consumer: str) -> int:
+        """The last sequence number the feed consumer acknowledged (0 if none)."""
+        raw = self._txn.get(self._dbs.feed, consumer.encode("ascii"))
+        return 0 if raw is None else k.parse_u64(raw)
+
+
+class ReadModel:
+    """Snapshots of an open index environment (the engine's, or a read-only one of the live index)."""
+
+    def __init__(self, env, dbs: Dbs, *, owns_env: bool = False) -> None:
+        self.env = env
+        self.dbs = dbs
+        self._owns_env = owns_env
+
+    @classmethod
+    def open_live(cls, data: DataDir | str | Path, *, binding: ModuleType | None = None) -> ReadModel | None:
+        """The live index of a data directory, read-only (None before the first index exists).
+
+        For a process that does not hold the index open otherwise (LMDB allows one open per process).
+        """
+        data = data if isinstance(data, DataDir) else DataDir(Path(data))
+        gen = current_generation(data)
+        if gen is None or not gen.is_dir():
+            return None
+        env = (binding or default_binding()).Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2)
+        try:
+            return cls(env, open_dbs(env, create=False), owns_env=True)
+        except BaseException:
+            env.close()
+            raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """``with model.snapshot() as s:`` one read transaction; s answers from one committed state."""
+        with self.env.begin() as txn:
+            yield Snapshot(txn, self.dbs)
+
+    def close(self) -> None:
+        """Close the environment if this read model opened it. Idempotent."""
+        if self._owns_env and self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def __enter__(self) -> ReadModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
