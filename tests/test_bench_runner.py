@@ -3,7 +3,6 @@ tables, writes bench-results.json, and every peer's answers agree with the truth
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -96,17 +95,3 @@ def test_a_wrong_answer_is_caught(tmp_path):
     doc = json.loads(out.read_text())
     assert any("Python dict" in p for p in doc["problems"])
     assert all(r["agree"] for r in doc["sizes"][0]["rows"] if r["label"] != "Python dict")
-
-
-def test_mykey_bench_command_passes_arguments_through(capfd):
-    from mykey.cli import bench_cmds
-    from mykey.cli.output import Output
-
-    parser = argparse.ArgumentParser(prog="mykey")
-    sub = parser.add_subparsers(dest="command")
-    bench_cmds.register(sub, argparse.ArgumentParser(add_help=False))
-    args = parser.parse_args(["bench", "--help"])
-    assert args.bench_args == ["--help"]
-    assert bench_cmds.repo_root() == REPO
-    assert args.func(args, Output(json_mode=False)) == 0
-    assert "--service-ids" in capfd.readouterr().out
