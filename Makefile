@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.mykey-installed
 EXT    := $(wildcard ext/*.pyx)
 SYSDEPS_APT := liblmdb-dev zlib1g-dev
 
-.PHONY: all setup sysdeps build test test-quick demo bench clean
+.PHONY: all setup sysdeps build test demo bench bench-check clean
 
 all: test
 
@@ -44,6 +44,8 @@ build: $(STAMP)
 	@$(BIN)/python -c 'import mykey.log._framing, mykey.index._lmdb' 2>/dev/null || \
 	  { echo "error: the Cython extensions did not build; run: $(BIN)/python setup.py build_ext --inplace"; exit 1; }
 
+# The suite, and each micro-benchmark run once; the benchmark runner gets a smoke test here
+# (tests/test_bench_runner.py) and its full end-to-end run in bench-check.
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider bench --benchmark-disable
@@ -53,6 +55,10 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# The benchmark runner end to end at a tiny size (--quick): every side and peer, checked answers.
+bench-check: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider bench/check_runner.py
 
 clean:
 	rm -rf build $(VENV) core/*.so core/*/*.so ext/*.c *.egg-info .pytest_cache .hypothesis

@@ -4,7 +4,8 @@
     python -m bench --service-ids 1e6 --mykeys 3e5 --businesses 100
     python -m bench --scale              # the read side at 1M and 10M service IDs
     python -m bench --quick              # tiny and fast (tests)
-    mykey bench ...                      # the same, from the repository root
+    mykey bench ...                      # the same (a dev command, in a source checkout)
+    make bench-check                     # the runner end to end at --quick size, answers checked
 
 Builds a dataset through mykey's own write path (events appended to the file log,
 projected into the LMDB index), then measures:
@@ -115,7 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.scale and args.service_ids is not None:
         ap.error("--scale picks its own sizes (1M and 10M); leave out --service-ids")
-    args.repeat = args.repeat or (3 if args.quick else 5)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 5
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
     peers = WORKERS if args.peers is None else [p.strip() for p in args.peers.split(",") if p.strip()]

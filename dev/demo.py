@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from mykey.auth.terminals import terminal_auth_message
+from mykey.auth.terminals import (
+    TerminalAuthenticator,
+    open_nonce_store,
+    terminal_auth_message,
+)
 from mykey.datadir import DataDir
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
 from mykey.errors import MykeyError
+from mykey.index.resolver import Resolver
 from mykey.log.filelog import FileLog
-from mykey_dev.pki import ThrowawayCA, UserCredential
+
+from .pki import ThrowawayCA, UserCredential
 
 MUNICIPALITIES = ["131016", "131024", "141003", "271004", "011002"]
 FACILITY_KINDS = ["Library", "Sports Centre", "Shopping Street", "Public Hospital", "Museum", "Community Pool"]
@@ -132,6 +138,7 @@ def run_demo(
     def timer(name: str, unit: str) -> _Timer:
         return _Timer(res, name, unit, on_phase)
 
+    data = DataDir(data_dir)
     engine = Engine.open(data_dir)
     try:
         with timer("trust: throwaway root + intermediate CA", "CA") as t:
@@ -228,26 +235,16 @@ def run_demo(
             terminal_id, pem = terminals[bid][0]
             key = load_pem_private_key(pem, None)
             message = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
-            business = engine.authenticate_terminal(terminal_id, message, key.sign(message))
-            own = registered[business]
-            other = registered[businesses[1]] if len(businesses) > 1 else []
-            query: list[str] = []
-            for _ in range(config.lookups):
-                r = rng.random()
-                if r < 0.05 and linked[business]:
-                    query.append(rng.choice(linked[business]))
-                elif r < 0.85:
-                    query.append(own[rng.randrange(len(own))])
-                elif r < 0.95 and other:
-                    query.append(other[rng.randrange(len(other))])  # another business's IDs: unknown here
-                else:
-                    query.append(f"absent-{rng.randrange(10**9)}")
-            resolver = engine.resolver()
-            counts: Counter = Counter()
-            t0 = time.perf_counter()
-            for i in range(0, len(query), config.lookup_batch):
-                counts.update(resolver.resolve_many(business, query[i : i + config.lookup_batch]))
-            elapsed = time.perf_counter() - t0
+            with _gateway_resolver(engine) as resolver:
+                with TerminalAuthenticator(resolver, open_nonce_store(data, engine.index.binding)) as auth:
+                    business = auth.authenticate(terminal_id, message, key.sign(message))
+                other = businesses[1] if len(businesses) > 1 else None
+                query = _lookup_mix(rng, config.lookups, registered, linked, business, other)
+                counts: Counter = Counter()
+                t0 = time.perf_counter()
+                for i in range(0, len(query), config.lookup_batch):
+                    counts.update(resolver.resolve_many(business, query[i : i + config.lookup_batch]))
+                elapsed = time.perf_counter() - t0
             res.status_counts = Counter({Status(c).label: n for c, n in counts.items()})
             res.lookups_per_second = len(query) / elapsed if elapsed else float("inf")
             t.count = len(query)
@@ -257,10 +254,40 @@ def run_demo(
         res.last_seq = engine.log.last_seq
     finally:
         engine.close()
-    data = DataDir(data_dir)
     res.index_bytes = _dir_size(data.index.resolve())
     res.log_bytes = _dir_size(data.log)
     return res
+
+
+def _gateway_resolver(engine: Engine) -> Resolver:
+    """The gateway's read path over the engine's own index environment (one environment per process)."""
+    index = engine.index
+    return Resolver(index.env, index.dbs, owns_env=False, binding=index.binding)
+
+
+def _lookup_mix(
+    rng: random.Random,
+    n: int,
+    registered: dict[str, list[str]],
+    linked: dict[str, list[str]],
+    business: str,
+    other: str | None,
+) -> list[str]:
+    """n service IDs a terminal of business asks about: 5% linked, 80% its own, 10% another's, the rest absent."""
+    own = registered[business]
+    others = registered[other] if other is not None else []
+    query: list[str] = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.05 and linked[business]:
+            query.append(rng.choice(linked[business]))
+        elif r < 0.85:
+            query.append(own[rng.randrange(len(own))])
+        elif r < 0.95 and others:
+            query.append(others[rng.randrange(len(others))])  # another business's IDs: unknown here
+        else:
+            query.append(f"absent-{rng.randrange(10**9)}")
+    return query
 
 
 def design_example(engine: Engine, ca: ThrowawayCA) -> list[tuple[str, str, str, str, str]]:

@@ -5,7 +5,6 @@ Nothing here is for production keys: private keys live in memory and are written
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mykey.fs import write_atomic
 
 __all__ = ["KEY_TYPES", "PrivateKey", "ThrowawayCA", "UserCredential", "generate_key", "key_type_of"]
 
@@ -89,26 +89,6 @@ def _private_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write atomically with mode 0600 from the start (never world-readable, even briefly)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class _CertAndKey:
     """Export helpers for anything holding ``cert`` and ``key``."""
 
@@ -130,8 +110,8 @@ class _CertAndKey:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-        _write_private(key_path, self.key_pem())
-        _write_public(cert_path, self.cert_pem())
+        write_atomic(key_path, self.key_pem(), mode=0o600)  # never readable by others, even briefly
+        write_atomic(cert_path, self.cert_pem(), mode=0o644)
         return cert_path, key_path
 
 

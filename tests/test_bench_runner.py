@@ -1,96 +1,53 @@
-"""The macro benchmark runner (`python -m bench`) at a tiny size: it runs, prints its
-tables, writes bench-results.json, and every peer's answers agree with the truth."""
+"""Smoke test of the macro benchmark runner (`python -m bench`), a few seconds: its arguments,
+one tiny read-side run (dataset build, the mykey peer and one other, the tables and
+bench-results.json), a wrong answer caught, and the write-side measurements at a tiny size.
+
+The runner's full end-to-end run (every side, every peer) is `make bench-check`
+(bench/check_runner.py).
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import macro_write
+from bench.__main__ import WORKERS, count, parse_args
+from bench.check_runner import run_bench
+
+TINY = ("--service-ids", "500", "--quick", "--only", "read", "--peers", "dict", "--repeat", "1")
 
 
-def run_bench(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MYKEY_PURE", None)
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+def test_arguments():
+    assert [count(s) for s in ("1000000", "1e6", "1_000_000", "1,000,000")] == [1_000_000] * 4
+    args = parse_args(["--quick", "--peers", "dict,sqlite"])
+    assert args.repeat == 3 and args.peer_list == ["mykey", "dict", "sqlite"]
+    assert parse_args([]).repeat == 5 and parse_args([]).peer_list == WORKERS
+    for bad in (["--scale", "--service-ids", "1e6"], ["--peers", "dict,nope"], ["--repeat", "0"], ["--service-ids", "1.5"]):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(bad)
+        assert exc.value.code == 2, bad
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench-results.json"
-    proc = run_bench("--service-ids", "2000", "--quick", "--out", str(out))
+def test_a_tiny_run(tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_bench(*TINY, "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc, json.loads(out.read_text())
-
-
-def test_prints_the_tables(quick_run):
-    proc, _doc = quick_run
-    text = proc.stdout
-    for heading in ("# mykey benchmark", "- machine:", "## Headline", "## Write side", "## Projection and rebuild",
-                    "## Read side at 2,000 service IDs", "## Ratios at 2,000 service IDs",
-                    "## Sizes on disk and peak RSS per process"):
-        assert heading in text, heading
-    for peer in ("mykey resolve_many (Cython)", "mykey resolve, one at a time", "mykey resolve_many (pure twin)",
-                 "py-lmdb txn.get loop", "Python dict", "SQLite"):
-        assert peer in text, peer
-    assert "answers differ" not in text and "ANSWERS DISAGREE" not in text
-
-
-def test_writes_results_json(quick_run):
-    _proc, doc = quick_run
-    assert doc["quick"] is True and doc["problems"] == []
-    m = doc["machine"]
-    assert m["cpu"] and m["logical_cores"] >= 1 and m["python"]
-    assert m["lmdb_native"].startswith("0.9.") and m["lmdb_pylmdb"]
-    write = {(r["peer"], r["batch"], r["fsync"]) for r in doc["write"]["rows"]}
-    for batch in (1, 100, 10_000):
-        for fsync in ("always", "never"):
-            assert ("mykey", batch, fsync) in write and ("SQLite", batch, fsync) in write
-    assert ("eventsourcing", 100, "always") in write
+    for heading in ("# mykey benchmark", "## Headline", "## Read side at 500 service IDs",
+                    "## Ratios at 500 service IDs", "## Sizes on disk and peak RSS per process"):
+        assert heading in proc.stdout, heading
+    doc = json.loads(out.read_text())
+    assert doc["problems"] == [] and doc["write"] is None
     (size,) = doc["sizes"]
-    assert size["dataset"]["service_ids"] == 2000
-    assert size["build"]["events"] > 2000 and len(size["build"]["rebuild_s"]) >= 1
-    for row in doc["write"]["rows"]:
-        assert len(row["runs"]) == doc["repeat"] and row["min"] <= row["median"] <= row["max"]
-
-
-def test_every_peer_answered_and_agreed(quick_run):
-    _proc, doc = quick_run
-    (size,) = doc["sizes"]
-    labels = {r["label"] for r in size["rows"]}
-    expected = {"mykey resolve_many (Cython)", "mykey resolve, one at a time", "mykey resolve_many (pure twin)",
-                "py-lmdb txn.get loop", "Python dict", "SQLite"}
-    if shutil.which("cc"):
-        expected.add("plain C mdb_get loop")
-    if shutil.which("redis-server"):
-        expected.add("Redis pipelined MGET")
-    else:
-        assert any("redis-server is not installed" in n for n in doc["notes"])
-    assert expected <= labels
-    sets = {s["name"] for s in size["sets"]}
-    assert sets == {"b1", "b100", "b10000", "b100000"}
-    for row in size["rows"]:
-        assert row["agree"], row["label"]
-        assert row["set"] in sets
-        assert len(row["ns_per_lookup"]["runs"]) == doc["repeat"]
-    # Each query set holds 10% absent IDs.
-    for s in size["sets"]:
-        if s["batch"] >= 100:
-            assert s["absent"] == s["keys"] // 10
+    assert size["dataset"]["service_ids"] == 500
+    assert {r["label"] for r in size["rows"]} == {"mykey resolve_many (Cython)", "Python dict"}
+    assert all(r["agree"] and len(r["ns_per_lookup"]["runs"]) == 1 for r in size["rows"])
 
 
 def test_a_wrong_answer_is_caught(tmp_path):
     out = tmp_path / "r.json"
-    proc = run_bench("--service-ids", "500", "--quick", "--only", "read", "--peers", "dict", "--repeat", "1",
-                     "--out", str(out), env={"MYKEY_BENCH_FAULT": "Python dict"})
+    proc = run_bench(*TINY, "--out", str(out), env={"MYKEY_BENCH_FAULT": "Python dict"})
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "ANSWERS DISAGREE" in proc.stdout and "answers differ" in proc.stdout
     doc = json.loads(out.read_text())
@@ -98,15 +55,7 @@ def test_a_wrong_answer_is_caught(tmp_path):
     assert all(r["agree"] for r in doc["sizes"][0]["rows"] if r["label"] != "Python dict")
 
 
-def test_mykey_bench_command_passes_arguments_through(capfd):
-    from mykey.cli import bench_cmds
-    from mykey.cli.output import Output
-
-    parser = argparse.ArgumentParser(prog="mykey")
-    sub = parser.add_subparsers(dest="command")
-    bench_cmds.register(sub, argparse.ArgumentParser(add_help=False))
-    args = parser.parse_args(["bench", "--help"])
-    assert args.bench_args == ["--help"]
-    assert bench_cmds.repo_root() == REPO
-    assert args.func(args, Output(json_mode=False)) == 0
-    assert "--service-ids" in capfd.readouterr().out
+def test_write_side_measurements(tmp_path):
+    assert macro_write.mykey_append(tmp_path, 10, "never", 50) > 0
+    assert macro_write.sqlite_insert(tmp_path, 10, False, 50) > 0
+    assert list(tmp_path.iterdir()) == []  # every run cleans up after itself

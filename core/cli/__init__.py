@@ -2,21 +2,37 @@
 
 Exit codes: 0 success, 1 refused (the command was understood but not carried
 out), 2 usage error. Every command prints a one-line result, or JSON with --json.
+
+The development commands (`mykey demo`, `mykey bench`) come from the separate
+package mykey_dev and appear only where it is installed; the runtime package
+never needs it. A command that sets ``pass_through=True`` in its defaults gets
+every argument after its name unparsed, as ``args.rest``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
+from types import ModuleType
 
 from ..datadir import default_data_dir
 from ..errors import MykeyError
-from . import audit_cmds, bench_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds
+from . import audit_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_REFUSED, EXIT_USAGE, Output
 
-GROUPS = [audit_cmds, bench_cmds, demo_cmds, engine_cmds, index_cmds, log_cmds]
+GROUPS = [audit_cmds, engine_cmds, index_cmds, log_cmds]
+DEV_PACKAGE = "mykey_dev"
+
+
+def dev_groups() -> list[ModuleType]:
+    """The development command groups when mykey_dev is installed, else none (imported only here)."""
+    if find_spec(DEV_PACKAGE) is None:
+        return []
+    return [importlib.import_module(f"{DEV_PACKAGE}.cli")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in GROUPS:
+    for group in [*GROUPS, *dev_groups()]:
         group.register(sub, common)
     return parser
 
@@ -45,9 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "pass_through", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:
         return int(exc.code or 0) if exc.code in (0, None) else EXIT_USAGE
+    args.rest = rest
     args.data = Path(getattr(args, "data", None) or default_data_dir())
     args.json = bool(getattr(args, "json", False))
     out = Output(json_mode=args.json)
