@@ -28,7 +28,7 @@ from .errors import *  # noqa: F403 - the error types are part of the public fac
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Engine": "mykey.engine.engine",
+    "Engine": "mykey.engine",
     "Resolver": "mykey.index.resolver",
     "Status": "mykey.domain.status",
     "MyKeyState": "mykey.domain.status",
@@ -40,7 +40,7 @@ __all__ = sorted([*_LAZY, *_errors.__all__])
 
 if TYPE_CHECKING:
     from .domain.status import MyKeyState, Status  # noqa: F401
-    from .engine.engine import Engine  # noqa: F401
+    from .engine import Engine  # noqa: F401
     from .index.resolver import Resolver  # noqa: F401
     from .log.filelog import FileLog  # noqa: F401
     from .log.store import LogStore  # noqa: F401

@@ -248,7 +248,7 @@ class MerkleStoreCorruptError(MerkleStoreError):
 
 
 class ReplayError(MykeyError):
-    """A replay could not be made (bad point in time, target directory in use, no live index)."""
+    """A replay could not be made (target directory in use, no live index, the index kept moving)."""
 
 
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

@@ -14,13 +14,14 @@ from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mykey.domain.certs import sign_challenge
 from mykey.fs import write_atomic
 
 __all__ = ["KEY_TYPES", "PrivateKey", "ThrowawayCA", "UserCredential", "generate_key", "key_type_of"]
@@ -132,12 +133,7 @@ class UserCredential(_CertAndKey):
 
     def sign(self, challenge: bytes) -> bytes:
         """Sign like the card: RSA PKCS#1 v1.5 or ECDSA (DER), both over SHA-256(challenge)."""
-        key = self.key
-        if isinstance(key, rsa.RSAPrivateKey):
-            return key.sign(challenge, padding.PKCS1v15(), _SHA256)
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(challenge, ec.ECDSA(_SHA256))
-        return key.sign(challenge)
+        return sign_challenge(self.key, challenge)
 
 RevokeItem = Union[
     tuple[Union[int, UserCredential, x509.Certificate], str],

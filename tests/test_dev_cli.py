@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from mykey.cli import build_parser, dev_groups, main
 from mykey_dev import cli as dev_cli
 
@@ -44,7 +43,6 @@ def test_the_runtime_package_imports_without_mykey_dev():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="core/cli/engine_cmds.py imports mykey_dev.pki.UserCredential to sign challenges")
 def test_the_runtime_cli_works_without_mykey_dev(tmp_path):
     code = WITHOUT_DEV + textwrap.dedent(f"""
         from mykey.cli import build_parser, dev_groups, main

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from mykey_dev.pki import UserCredential
 
 from ..datadir import DataDir
 from ..domain import certs
@@ -175,18 +175,19 @@ def cmd_terminal_revoke(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _credential(cert_path: str, key_path: str) -> tuple[bytes, UserCredential]:
+def _credential(cert_path: str, key_path: str) -> tuple[bytes, Callable[[bytes], bytes]]:
+    """The certificate bytes and a signer standing in for the card (its key file)."""
     cert_bytes = Path(cert_path).read_bytes()
-    leaf = certs.load_certificates(cert_bytes)[0]
+    certs.load_certificates(cert_bytes)  # refuse a file that holds no certificate before using the key
     key = load_pem_private_key(Path(key_path).read_bytes(), None)
-    return cert_bytes, UserCredential(leaf, key)
+    return cert_bytes, lambda challenge: certs.sign_challenge(key, challenge)
 
 
 def cmd_create(args: argparse.Namespace, out: Output) -> int:
-    cert_bytes, cred = _credential(args.cert, args.key)
+    cert_bytes, sign = _credential(args.cert, args.key)
     with open_engine(args) as e:
         challenge = e.new_challenge()
-        mykey_id = e.create_mykey(cert_bytes, cred.sign(challenge), challenge, requested_id=args.id)
+        mykey_id = e.create_mykey(cert_bytes, sign(challenge), challenge, requested_id=args.id)
     out.result(f"created MyKey ID {mykey_id}", mykey_id=mykey_id)
     return 0
 
@@ -248,12 +249,13 @@ def cmd_transition(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_renew(args: argparse.Namespace, out: Output) -> int:
-    cert_bytes, cred = _credential(args.cert, args.key)
+    cert_bytes, sign = _credential(args.cert, args.key)
     with open_engine(args) as e:
         challenge = e.new_challenge("renew")
-        e.renew_certificate(args.mykey, cert_bytes, cred.sign(challenge), challenge)
+        e.renew_certificate(args.mykey, cert_bytes, sign(challenge), challenge)
         state = e.mykey(args.mykey).state
-    out.result(f"renewed the certificate of {args.mykey} (serial {cred.serial:x}); it is {state.label}",
+    serial = certs.load_certificates(cert_bytes)[0].serial_number
+    out.result(f"renewed the certificate of {args.mykey} (serial {serial:x}); it is {state.label}",
                mykey_id=args.mykey, state=state.label)
     return 0
 

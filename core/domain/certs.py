@@ -479,6 +479,21 @@ def verify_challenge_signature(cert: x509.Certificate | CertInfo | bytes, challe
         ) from exc
 
 
+def sign_challenge(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, challenge: bytes) -> bytes:
+    """What a card does for proof of possession: RSA PKCS#1 v1.5 or ECDSA (DER) over SHA-256(challenge).
+
+    The platform never holds a card key; this is for terminals, the reference client and tests
+    that simulate the card with a key file. The counterpart of verify_challenge_signature.
+    """
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(challenge, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(challenge, ec.ECDSA(hashes.SHA256()))
+    raise UnsupportedKeyError(
+        f"a card key is RSA or ECDSA P-256, not {type(key).__name__}; use the card's user-authentication key"
+    )
+
+
 def same_subject(a: CertInfo, b: CertInfo) -> bool:
     """True if both certificates carry the same subject (compared by digest only)."""
     return hmac.compare_digest(a.subject_digest, b.subject_digest)

@@ -99,7 +99,7 @@ class EngineCore:
         try:
             if not isinstance(log, LogStore):
                 # Recovery may cut a torn tail, never events the index applied or a checkpoint signed.
-                from ..audit.trail import signed_size
+                from ..audit.checkpoints import signed_size
 
                 keep = max(index.last_seq, signed_size(data))
                 log = open_log(data, url=log, fsync=fsync, keep_through=keep)
@@ -112,7 +112,8 @@ class EngineCore:
                 )
             index.catch_up(log)
             if audit:
-                from ..audit.trail import AuditTrail, ensure_signing_key
+                from ..audit.keys import ensure_signing_key
+                from ..audit.trail import AuditTrail
 
                 ensure_signing_key(data)
                 trail = AuditTrail.open(data, log)
