@@ -21,8 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mykey.audit import trail as audit
-from mykey.audit.proofs import check_proof
+from mykey.audit.checkpoints import list_checkpoints
+from mykey.audit.keys import VKEY_FILE, ensure_signing_key
+from mykey.audit.proofs import check_proof, prove_inclusion
+from mykey.audit.replay import resolve_as_of
+from mykey.audit.trail import AuditTrail
+from mykey.audit.verify import verify_data_dir
 from mykey.datadir import DataDir
 from mykey.domain import events as ev
 from mykey.log.filelog import FileLog
@@ -59,10 +63,10 @@ def batch_events(start: int, count: int) -> list[ev._Event]:
 
 
 def build(data: DataDir, n: int, batch: int, every: int) -> dict[str, float]:
-    audit.ensure_signing_key(data, "mykey.bench/log")
+    ensure_signing_key(data, "mykey.bench/log")
     log = FileLog.open(data.log, fsync="never")
     t_append = t_trail = 0.0
-    trail = audit.AuditTrail.open(data, log)
+    trail = AuditTrail.open(data, log)
     try:
         done = 0
         while done < n:
@@ -119,17 +123,17 @@ def run(
         fig.update({f"{k}_s": v for k, v in b.items()})
         fig["log_bytes"] = du(data.log)
         fig["merkle_bytes"] = du(data.merkle)
-        fig["checkpoints"] = len(audit.list_checkpoints(data))
+        fig["checkpoints"] = len(list_checkpoints(data))
         t = time.perf_counter()
-        report = audit.verify_data_dir(data)
+        report = verify_data_dir(data)
         fig["verify_s"] = time.perf_counter() - t
         assert report.ok, report.problems
         rnd = random.Random(1)
-        size = audit.list_checkpoints(data)[-1][0]
+        size = list_checkpoints(data)[-1][0]
         times, docs = [], []
         for s in (rnd.randint(1, size) for _ in range(proofs)):
             t = time.perf_counter()
-            docs.append(audit.prove_inclusion(data, s))
+            docs.append(prove_inclusion(data, s))
             times.append(time.perf_counter() - t)
         times.sort()
         fig.update(
@@ -138,14 +142,14 @@ def run(
             prove_p99_s=times[int(len(times) * 0.99)],
             prove_max_s=times[-1],
         )
-        vkey = (data.keys / audit.VKEY_FILE).read_text().strip()
+        vkey = (data.keys / VKEY_FILE).read_text().strip()
         t = time.perf_counter()
         for d in docs:
             check_proof(d, vkey)
         fig["check_proof_s"] = (time.perf_counter() - t) / len(docs)
         if as_of:
             t = time.perf_counter()
-            audit.resolve_as_of(data, size // 2, "A0001", ["svc-1001", "svc-2001"])
+            resolve_as_of(data, size // 2, "A0001", ["svc-1001", "svc-2001"])
             fig["resolve_as_of_s"] = time.perf_counter() - t
     return fig
 
