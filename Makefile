@@ -32,8 +32,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=70" wheel "Cython>=3"
 
-$(STAMP): $(BIN)/python pyproject.toml setup.py | sysdeps
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(STAMP): $(BIN)/python pyproject.toml dev/pyproject.toml setup.py | sysdeps
+	$(BIN)/python -m pip install -q -e '.[dev]' -e ./dev
 	touch $(STAMP)
 
 setup: sysdeps $(STAMP) build
