@@ -146,6 +146,10 @@ class IndexGapError(IndexError_):
     """Events given to apply() do not follow the index's last applied sequence number."""
 
 
+class ProjectionError(IndexError_):
+    """An event cannot be projected: it refers to a record the index lacks (rebuild the index)."""
+
+
 class NoIndexError(MykeyError):
     """There is no index to resolve against yet."""
 

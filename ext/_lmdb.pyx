@@ -8,7 +8,7 @@ which run without the GIL.
 cimport cython
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -149,6 +149,7 @@ mdb_version(&_maj, &_min, &_pat)
 LMDB_VERSION = (_maj, _min, _pat)
 
 _METHODS = ("auto", "get", "sorted")
+_MAX_READERS = 126  # reader slots of an environment (py-lmdb's default, which the pure twin uses too)
 # How long a thread waits for this process's other transactions to finish before it
 # gives up adopting a map that another process grew (MDB_MAP_RESIZED).
 _RESIZE_WAIT_S = 2.0
@@ -198,11 +199,27 @@ cdef inline int _key_ptr(object k, const char **p, Py_ssize_t *n) except -1:
 
 
 # ---------------------------------------------------------------------------
-# nogil lookup loops over one buffer: key i is buf[offs[i]:offs[i+1]].
+# resolve_many in C: every prefix+key packed into one buffer (key i is
+# buf[offs[i]:offs[i+1]]), looked up without the GIL in input order (mdb_get) or in
+# key order (one cursor), and each answer placed at the key's input position.
 
 ctypedef struct SortItem:
     uint64_t head   # 8 bytes of the key after the batch's common prefix, big-endian
     size_t idx      # position of the key in the input
+
+ctypedef struct Scratch:
+    unsigned char *buf      # the packed keys
+    size_t buf_cap
+    unsigned char *arr      # 2n sort items (sorted path only), then n+1 offsets
+    size_t arr_cap
+
+ctypedef struct Batch:
+    const unsigned char *buf
+    const size_t *offs
+    size_t n
+    size_t maxkey           # longer keys cannot be stored: answered 0 without a lookup
+    SortItem *items         # scratch for 2n items (sorted path), else NULL
+    unsigned char *out      # one answer byte per key
 
 
 cdef inline int _kcmp(const unsigned char *buf, const size_t *offs, size_t a, size_t b) noexcept nogil:
@@ -347,69 +364,165 @@ cdef int _sort_keys(SortItem *a, SortItem *tmp, size_t m,
     return 0
 
 
-cdef int _resolve_get(MDB_txn *txn, MDB_dbi dbi, const unsigned char *buf, const size_t *offs,
-                      size_t n, size_t maxkey, unsigned char *out) noexcept nogil:
+# Answers of resolve_many: one byte per key, placed at the key's input position.
+
+cdef inline void _key_at(const Batch *b, size_t i, MDB_val *k) noexcept nogil:
+    k.mv_size = b.offs[i + 1] - b.offs[i]
+    k.mv_data = <void *>(b.buf + b.offs[i])
+
+
+cdef inline bint _storable(const Batch *b, size_t i) noexcept nogil:
+    """Whether key i can be in LMDB at all (1..maxkey bytes); other keys are answered 0 unlooked."""
+    cdef size_t n = b.offs[i + 1] - b.offs[i]
+    return n != 0 and n <= b.maxkey
+
+
+cdef inline int _place(int rc, const MDB_val *v, unsigned char *slot) noexcept nogil:
+    """Write one lookup's answer into its slot (already 0): the value's first byte, 0 if empty.
+
+    Returns rc with MDB_NOTFOUND (an answer, not an error) turned into 0.
+    """
+    if rc == 0:
+        if v.mv_size:
+            slot[0] = (<unsigned char *>v.mv_data)[0]
+        return 0
+    return 0 if rc == MDB_NOTFOUND else rc
+
+
+cdef int _lookup_get(MDB_txn *txn, MDB_dbi dbi, const Batch *b, const char **failed) noexcept nogil:
+    """The mdb_get path: one lookup per key, in input order."""
     cdef MDB_val k, v
     cdef size_t i
     cdef int rc
-    for i in range(n):
-        k.mv_size = offs[i + 1] - offs[i]
-        out[i] = 0
-        if k.mv_size == 0 or k.mv_size > maxkey:
+    for i in range(b.n):
+        if not _storable(b, i):
             continue
-        k.mv_data = <void *>(buf + offs[i])
-        rc = mdb_get(txn, dbi, &k, &v)
-        if rc == 0:
-            if v.mv_size:
-                out[i] = (<unsigned char *>v.mv_data)[0]
-        elif rc != MDB_NOTFOUND:
+        _key_at(b, i, &k)
+        rc = _place(mdb_get(txn, dbi, &k, &v), &v, b.out + i)
+        if rc:
+            failed[0] = "mdb_get"
             return rc
     return 0
 
 
-cdef int _resolve_sorted(MDB_txn *txn, MDB_dbi dbi, const unsigned char *buf, const size_t *offs,
-                         size_t n, size_t maxkey, unsigned char *out,
-                         SortItem *items, SortItem *tmp) noexcept nogil:
-    """Sort the keys (items/tmp: scratch for n items each), then look them up in key
-    order with one cursor (MDB_SET), writing each answer at the key's input position."""
+cdef size_t _sort_batch(const Batch *b) noexcept nogil:
+    """Put the positions of the storable keys in b.items, in LMDB's key order; returns how many."""
+    cdef size_t i, m = 0
+    for i in range(b.n):
+        if _storable(b, i):
+            b.items[m].idx = i
+            m += 1
+    _sort_keys(b.items, b.items + b.n, m, b.buf, b.offs)
+    return m
+
+
+cdef inline bint _same_key(const Batch *b, const SortItem *x, const SortItem *y) noexcept nogil:
+    """Whether two items hold equal keys (their heads first: the cheap test)."""
+    cdef size_t n = b.offs[x.idx + 1] - b.offs[x.idx]
+    return (x.head == y.head and n == b.offs[y.idx + 1] - b.offs[y.idx]
+            and memcmp(b.buf + b.offs[x.idx], b.buf + b.offs[y.idx], n) == 0)
+
+
+cdef int _lookup_sorted(MDB_txn *txn, MDB_dbi dbi, const Batch *b, const char **failed) noexcept nogil:
+    """The sorted-cursor path: sort the keys, then look them up in key order with one
+    cursor (MDB_SET); a repeated key takes the answer of the one before it."""
     cdef MDB_cursor *cur = NULL
     cdef MDB_val k, v
-    cdef size_t i, s, m = 0, L, prev = 0, prev_len = 0
-    cdef bint have_prev = False
-    cdef int rc
-    for i in range(n):
-        out[i] = 0
-        L = offs[i + 1] - offs[i]
-        if L != 0 and L <= maxkey:
-            items[m].idx = i
-            m += 1
-    rc = _sort_keys(items, tmp, m, buf, offs)
-    if rc == 0 and m:
-        rc = mdb_cursor_open(txn, dbi, &cur)
-    if rc == 0:
-        for s in range(m):
-            i = items[s].idx
-            L = offs[i + 1] - offs[i]
-            if (have_prev and items[s].head == items[s - 1].head and L == prev_len
-                    and memcmp(buf + offs[i], buf + offs[prev], L) == 0):
-                out[i] = out[prev]  # duplicate key: same answer, no lookup
-                continue
-            k.mv_size = L
-            k.mv_data = <void *>(buf + offs[i])
-            rc = mdb_cursor_get(cur, &k, &v, MDB_SET)
-            if rc == 0:
-                if v.mv_size:
-                    out[i] = (<unsigned char *>v.mv_data)[0]
-            elif rc == MDB_NOTFOUND:
-                rc = 0
-            else:
-                break
-            prev = i
-            prev_len = L
-            have_prev = True
-    if cur != NULL:
-        mdb_cursor_close(cur)
+    cdef size_t s, m
+    cdef int rc = 0
+    m = _sort_batch(b)
+    if m == 0:
+        return 0
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        failed[0] = "mdb_cursor_open"
+        return rc
+    for s in range(m):
+        if s and _same_key(b, &b.items[s - 1], &b.items[s]):
+            b.out[b.items[s].idx] = b.out[b.items[s - 1].idx]
+            continue
+        _key_at(b, b.items[s].idx, &k)
+        rc = _place(mdb_cursor_get(cur, &k, &v, MDB_SET), &v, b.out + b.items[s].idx)
+        if rc:
+            failed[0] = "mdb_cursor_get"
+            break
+    mdb_cursor_close(cur)
     return rc
+
+
+cdef int _lookup(MDB_txn *txn, MDB_dbi dbi, const Batch *b, bint use_sorted,
+                 const char **failed) noexcept nogil:
+    """Answer every key of the batch in b.out; 0, or the LMDB error and the call that failed."""
+    memset(b.out, 0, b.n)
+    if use_sorted:
+        return _lookup_sorted(txn, dbi, b, failed)
+    return _lookup_get(txn, dbi, b, failed)
+
+
+# Argument packing: prefix+key of every key copied into one scratch buffer.
+
+cdef int _reserve(Scratch *s, size_t n, size_t plen, bint use_sorted) except -1:
+    """Make s big enough for n keys of up to 16 bytes after the prefix (the key buffer
+    grows while packing if they are longer), their offsets and, sorted, 2n sort items."""
+    cdef size_t need = n * (plen + 16) + 64
+    if s.buf_cap < need:
+        free(s.buf)
+        s.buf_cap = need
+        s.buf = <unsigned char *>malloc(need)
+    need = (n + 1) * sizeof(size_t) + (2 * n * sizeof(SortItem) if use_sorted else 0)
+    if s.arr_cap < need:
+        free(s.arr)
+        s.arr_cap = need
+        s.arr = <unsigned char *>malloc(need)
+    if s.buf == NULL or s.arr == NULL:
+        raise MemoryError("resolve_many: out of memory")
+    return 0
+
+
+cdef int _pack(Scratch *s, Batch *b, object keys, object prefix, bint use_sorted) except -1:
+    """Check every key and copy prefix+key into s (key i at buf[offs[i]:offs[i+1]]);
+    b then describes the packed batch. keys is a list or tuple, prefix bytes."""
+    cdef PyObject **items = PySequence_Fast_ITEMS(keys)
+    cdef size_t n = <size_t>len(keys)
+    cdef const char *pp = PyBytes_AS_STRING(prefix)
+    cdef size_t plen = <size_t>PyBytes_GET_SIZE(prefix)
+    cdef const char *kp
+    cdef Py_ssize_t klen
+    cdef size_t i, pos = 0, cap
+    cdef size_t *offs
+    cdef unsigned char *grown
+    _reserve(s, n, plen, use_sorted)
+    # The sort items come first (malloc's alignment suits them), the offsets after.
+    offs = <size_t *>(s.arr + (2 * n * sizeof(SortItem) if use_sorted else 0))
+    for i in range(n):
+        _key_ptr(<object>items[i], &kp, &klen)
+        if pos + plen + <size_t>klen > s.buf_cap:
+            cap = 2 * s.buf_cap + plen + <size_t>klen
+            grown = <unsigned char *>realloc(s.buf, cap)
+            if grown == NULL:
+                raise MemoryError("resolve_many: out of memory")
+            s.buf = grown
+            s.buf_cap = cap
+        offs[i] = pos
+        memcpy(s.buf + pos, pp, plen)
+        memcpy(s.buf + pos + plen, kp, <size_t>klen)
+        pos += plen + <size_t>klen
+    offs[n] = pos
+    b.buf = s.buf
+    b.offs = offs
+    b.n = n
+    b.items = <SortItem *>s.arr if use_sorted else NULL
+    return 0
+
+
+cdef inline void _stash(unsigned char **slot, size_t *slot_cap, unsigned char *block, size_t cap,
+                        bint keep) noexcept:
+    """Keep a scratch block in an empty slot for the next call, or free it."""
+    if keep and block != NULL and slot[0] == NULL and cap <= _SCRATCH_MAX:
+        slot[0] = block
+        slot_cap[0] = cap
+    else:
+        free(block)
 
 
 cdef int _put_loop(MDB_txn *txn, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size_t n) noexcept nogil:
@@ -423,6 +536,30 @@ cdef int _put_loop(MDB_txn *txn, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size
 
 
 # ---------------------------------------------------------------------------
+# Bookkeeping of an Env's use, in two counters with one owner each:
+#
+# _active:   transactions of this process that are open (LMDB can adopt a map grown by
+#            another process, or change the map size, only when there are none). Every
+#            MDB_txn is counted from just before mdb_txn_begin / mdb_txn_renew until it
+#            is committed, aborted or reset, and only Env._begin_raw, _renew_raw,
+#            _end_raw and _reset_raw change the count.
+# _inflight: calls running without the GIL (Env.close refuses while there are any).
+#            Only _NoGilCalls changes it, as the context of every `with nogil` block that
+#            uses the environment: the count comes back down however the block ends.
+
+
+@cython.final
+cdef class _NoGilCalls:
+    """Counts the calls running without the GIL in their Env's _inflight, while in a with-block."""
+
+    cdef int *_count   # the owning Env's _inflight (the Env outlives every call it makes)
+
+    def __enter__(self):
+        self._count[0] += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        self._count[0] -= 1
+        return False
 
 
 @cython.no_gc_clear
@@ -439,13 +576,16 @@ cdef class Env:
     cdef set _handles        # dbis handed out
     cdef object _children    # WeakSet of live Txn and Reader objects
     cdef object _dbi_lock
-    cdef int _active         # transactions begun and not ended, reader calls in progress
-    cdef int _inflight       # calls running without the GIL
+    cdef int _active         # open transactions (see above)
+    cdef int _inflight       # calls running without the GIL (see above)
+    cdef _NoGilCalls _nogil  # `with self._nogil:` around every `with nogil` block
     cdef object _writer_tid  # thread owning the open write transaction, or None
     cdef object __weakref__
 
     def __cinit__(self):
         self._env = NULL
+        self._nogil = _NoGilCalls.__new__(_NoGilCalls)
+        self._nogil._count = &self._inflight
 
     def __init__(self, path, *, bint readonly=False, size_t map_size=64 << 30, unsigned int max_dbs=16,
                  bint nordahead=False, bint create=True, bint sync=True, bint metasync=True):
@@ -468,14 +608,17 @@ cdef class Env:
             rc = mdb_env_create(&env)
             if rc:
                 raise _err("mdb_env_create", rc)
+            what = "mdb_env_set_mapsize"
             rc = mdb_env_set_mapsize(env, map_size)
             if rc == 0:
+                what = "mdb_env_set_maxdbs"
                 rc = mdb_env_set_maxdbs(env, max_dbs)
             if rc == 0:
-                rc = mdb_env_set_maxreaders(env, 126)
+                what = "mdb_env_set_maxreaders"
+                rc = mdb_env_set_maxreaders(env, _MAX_READERS)
             if rc:
                 mdb_env_close(env)
-                raise _err("mdb_env_set_mapsize", rc)
+                raise _err(what, rc)
             if readonly:
                 flags |= MDB_RDONLY
             if nordahead:
@@ -544,20 +687,23 @@ cdef class Env:
             raise _err("mdb_env_set_mapsize", rc)
         return 0
 
+    # -- the four owners of _active --------------------------------------------
+
     cdef int _begin_raw(self, unsigned int flags, MDB_txn **out) except -1:
         """Begin a transaction, counted in _active; adopt a grown map once."""
         cdef int rc
         cdef int attempt
         for attempt in range(2):
             self._check()
+            # Counted before the call: a write begin releases the GIL, and a thread
+            # adopting a grown map must wait for it.
             self._active += 1
             if flags & MDB_RDONLY:
                 rc = mdb_txn_begin(self._env, NULL, flags, out)
             else:
-                self._inflight += 1
-                with nogil:  # may wait for another process's writer
-                    rc = mdb_txn_begin(self._env, NULL, flags, out)
-                self._inflight -= 1
+                with self._nogil:
+                    with nogil:  # may wait for another process's writer
+                        rc = mdb_txn_begin(self._env, NULL, flags, out)
             if rc == 0:
                 return 0
             self._active -= 1
@@ -566,6 +712,52 @@ cdef class Env:
                 continue
             raise _err("mdb_txn_begin", rc)
         return 0
+
+    cdef int _renew_raw(self, MDB_txn *txn) except -1:
+        """Renew a reset read transaction, counted in _active; adopt a grown map once.
+        If it cannot be renewed it is aborted."""
+        cdef int rc
+        cdef int attempt
+        for attempt in range(2):
+            self._active += 1
+            rc = mdb_txn_renew(txn)
+            if rc == 0:
+                return 0
+            self._active -= 1
+            if rc == MDB_MAP_RESIZED and attempt == 0:
+                try:
+                    self._adopt_map_size()
+                except BaseException:
+                    mdb_txn_abort(txn)
+                    raise
+                continue
+            break
+        mdb_txn_abort(txn)
+        raise _err("mdb_txn_renew", rc)
+
+    cdef int _end_raw(self, MDB_txn *txn, bint commit) except -1:
+        """Commit (commit=True) or abort a transaction; it leaves _active either way."""
+        cdef int rc = 0
+        if commit:
+            try:
+                with self._nogil:
+                    with nogil:
+                        rc = mdb_txn_commit(txn)
+            finally:
+                self._active -= 1
+        else:
+            mdb_txn_abort(txn)
+            self._active -= 1
+        if rc:
+            raise _err("mdb_txn_commit", rc)
+        return 0
+
+    cdef void _reset_raw(self, MDB_txn *txn) noexcept:
+        """Reset a read transaction for a later renew; it leaves _active."""
+        mdb_txn_reset(txn)
+        self._active -= 1
+
+    # ---------------------------------------------------------------------------
 
     def open_db(self, name, *, bint create=True):
         """Open (and, in a writable env, create) the named database; return its integer handle."""
@@ -585,24 +777,14 @@ cdef class Env:
                     f"open databases before beginning the write transaction")
             bname = <bytes>name
             cname = bname
+            # The handle outlives the transaction only if the transaction commits.
             self._begin_raw(MDB_RDONLY, &txn)
             rc = mdb_dbi_open(txn, cname, 0, &dbi)
-            if rc == 0:
-                rc = mdb_txn_commit(txn)
-            else:
-                mdb_txn_abort(txn)
-            self._active -= 1
+            self._end_raw(txn, rc == 0)
             if rc == MDB_NOTFOUND and create and not self.readonly:
                 self._begin_raw(0, &txn)
                 rc = mdb_dbi_open(txn, cname, MDB_CREATE, &dbi)
-                if rc == 0:
-                    self._inflight += 1
-                    with nogil:
-                        rc = mdb_txn_commit(txn)
-                    self._inflight -= 1
-                else:
-                    mdb_txn_abort(txn)
-                self._active -= 1
+                self._end_raw(txn, rc == 0)
             if rc == MDB_NOTFOUND:
                 raise DbNotFoundError(
                     f"database {name!r} does not exist in {self.path!r}; create it with "
@@ -651,8 +833,7 @@ cdef class Env:
         cdef int rc
         self._begin_raw(MDB_RDONLY, &txn)
         rc = mdb_stat(txn, dbi, &st)
-        mdb_txn_abort(txn)
-        self._active -= 1
+        self._end_raw(txn, False)
         if rc:
             raise _err("mdb_stat", rc)
         return {"entries": st.ms_entries, "depth": st.ms_depth, "psize": st.ms_psize,
@@ -686,10 +867,9 @@ cdef class Env:
         self._check()
         if self.readonly:
             return
-        self._inflight += 1
-        with nogil:
-            rc = mdb_env_sync(self._env, force)
-        self._inflight -= 1
+        with self._nogil:
+            with nogil:
+                rc = mdb_env_sync(self._env, force)
         if rc:
             raise _err("mdb_env_sync", rc)
 
@@ -700,10 +880,9 @@ cdef class Env:
         cdef const char *cpath = bpath
         cdef unsigned int flags = MDB_CP_COMPACT if compact else 0
         self._check()
-        self._inflight += 1
-        with nogil:
-            rc = mdb_env_copy2(self._env, cpath, flags)
-        self._inflight -= 1
+        with self._nogil:
+            with nogil:
+                rc = mdb_env_copy2(self._env, cpath, flags)
         if rc:
             raise _err("mdb_env_copy2", rc)
 
@@ -721,9 +900,7 @@ cdef class Env:
             if isinstance(child, Txn):
                 (<Txn>child)._end(False)
             else:
-                (<Reader>child)._free_pool()
-                (<Reader>child)._free_scratch()
-                (<Reader>child)._closed = True
+                (<Reader>child)._shut()
         self._children = weakref.WeakSet()
         mdb_env_close(self._env)
         self._env = NULL
@@ -760,8 +937,7 @@ cdef class Txn:
 
     def __dealloc__(self):
         if self._txn != NULL and self.env is not None and self.env._gen == _fork_gen:
-            mdb_txn_abort(self._txn)  # cursors hold a reference to us, so none are open
-            self.env._active -= 1
+            self.env._end_raw(self._txn, False)  # cursors hold a reference to us, so none are open
             if self.write:
                 self.env._writer_tid = None
         self._txn = NULL
@@ -784,24 +960,16 @@ cdef class Txn:
     cdef int _end(self, bint commit) except -1:
         """Close our cursors, then commit or abort; the transaction is gone either way."""
         cdef MDB_txn *txn = self._txn
-        cdef int rc = 0
         if txn == NULL:
             return 0
         for c in list(self._cursors):
             (<Cursor>c)._close()
         self._txn = NULL
-        if commit and self.write:
-            self.env._inflight += 1
-            with nogil:
-                rc = mdb_txn_commit(txn)
-            self.env._inflight -= 1
-        else:
-            mdb_txn_abort(txn)
-        self.env._active -= 1
-        if self.write:
-            self.env._writer_tid = None
-        if rc:
-            raise _err("mdb_txn_commit", rc)
+        try:
+            self.env._end_raw(txn, commit and self.write)
+        finally:
+            if self.write:
+                self.env._writer_tid = None
         return 0
 
     def get(self, db, key):
@@ -878,13 +1046,12 @@ cdef class Txn:
                 vals[i].mv_data = PyBytes_AS_STRING(vb)
             txn = self._txn
             self._busy = True
-            self.env._inflight += 1
             try:
-                with nogil:
-                    rc = _put_loop(txn, dbi, keys, vals, <size_t>n)
+                with self.env._nogil:
+                    with nogil:
+                        rc = _put_loop(txn, dbi, keys, vals, <size_t>n)
             finally:
                 self._busy = False
-                self.env._inflight -= 1
             if rc:
                 raise _err("mdb_put", rc)
         finally:
@@ -1095,14 +1262,10 @@ cdef class Reader:
     cdef MDB_txn **_pool    # reset transactions ready for mdb_txn_renew
     cdef int _npool
     cdef int _cap
-    cdef int _inuse
     cdef bint _closed
     # Scratch memory of the last resolve_many, kept for the next call: allocating it
     # afresh costs page faults (glibc returns large freed blocks to the OS).
-    cdef unsigned char *_sbuf
-    cdef size_t _sbuf_cap
-    cdef unsigned char *_sarr
-    cdef size_t _sarr_cap
+    cdef Scratch _scratch
     cdef object __weakref__
 
     def __init__(self, *args, **kwargs):
@@ -1116,71 +1279,72 @@ cdef class Reader:
         self._free_scratch()
 
     cdef void _free_scratch(self) noexcept:
-        free(self._sbuf)
-        free(self._sarr)
-        self._sbuf = NULL
-        self._sarr = NULL
-        self._sbuf_cap = 0
-        self._sarr_cap = 0
+        free(self._scratch.buf)
+        free(self._scratch.arr)
+        self._scratch = Scratch(NULL, 0, NULL, 0)
 
-    cdef int _free_pool(self) except -1:
+    cdef void _free_pool(self) noexcept:
         cdef int i
         for i in range(self._npool):
-            mdb_txn_abort(self._pool[i])
+            mdb_txn_abort(self._pool[i])  # reset transactions: not counted in env._active
         self._npool = 0
+
+    cdef int _shut(self) except -1:
+        """Release the pooled transactions and the scratch; the reader refuses further calls."""
+        self._closed = True
+        if self.env._gen == _fork_gen and self.env._env != NULL:
+            self._free_pool()
+        self._npool = 0
+        self._free_scratch()
+        return 0
+
+    cdef int _check_open(self) except -1:
+        if self._closed:
+            raise LmdbError("reader is closed; make a new one with env.reader()")
+        self.env._check()
         return 0
 
     cdef MDB_txn *_take(self) except NULL:
-        """A renewed read transaction, counted in env._active."""
+        """A read transaction for one call (a pooled one renewed, or a new one), counted in env._active."""
         cdef MDB_txn *txn = NULL
-        cdef int rc
-        cdef Env env = self.env
-        if self._closed:
-            raise LmdbError("reader is closed; make a new one with env.reader()")
-        env._check()
+        self._check_open()
         if self._npool == 0:
-            env._begin_raw(MDB_RDONLY, &txn)
+            self.env._begin_raw(MDB_RDONLY, &txn)
         else:
             self._npool -= 1
             txn = self._pool[self._npool]
-            env._active += 1
-            rc = mdb_txn_renew(txn)
-            if rc == MDB_MAP_RESIZED:
-                env._active -= 1
-                try:
-                    env._adopt_map_size()
-                except BaseException:
-                    mdb_txn_abort(txn)
-                    raise
-                env._active += 1
-                rc = mdb_txn_renew(txn)
-            if rc:
-                env._active -= 1
-                mdb_txn_abort(txn)
-                raise _err("mdb_txn_renew", rc)
-        self._inuse += 1
+            self.env._renew_raw(txn)
         return txn
 
-    cdef void _give(self, MDB_txn *txn) noexcept:
+    cdef int _give(self, MDB_txn *txn) except -1:
         """Reset the transaction and keep it for the next call (abort it if we are closed)."""
         cdef MDB_txn **grown
-        self._inuse -= 1
-        self.env._active -= 1
         if self.env._env == NULL:
-            return  # unreachable: Env.close refuses while calls are in flight
+            return 0  # the environment was closed meanwhile, with every transaction in it
         if self._closed:
-            mdb_txn_abort(txn)
-            return
-        mdb_txn_reset(txn)
+            return self.env._end_raw(txn, False)
+        self.env._reset_raw(txn)
         if self._npool == self._cap:
             grown = <MDB_txn **>realloc(self._pool, (self._cap * 2 + 2) * sizeof(MDB_txn *))
             if grown == NULL:
                 mdb_txn_abort(txn)
-                return
+                return 0
             self._pool = grown
             self._cap = self._cap * 2 + 2
         self._pool[self._npool] = txn
         self._npool += 1
+        return 0
+
+    cdef Scratch _take_scratch(self) noexcept:
+        """The kept scratch, or none if a concurrent call holds it (the call then allocates)."""
+        cdef Scratch s = self._scratch
+        self._scratch = Scratch(NULL, 0, NULL, 0)
+        return s
+
+    cdef void _keep_scratch(self, Scratch *s) noexcept:
+        """Keep a call's scratch for the next call (unless closed, too big, or one was kept already)."""
+        _stash(&self._scratch.buf, &self._scratch.buf_cap, s.buf, s.buf_cap, not self._closed)
+        _stash(&self._scratch.arr, &self._scratch.arr_cap, s.arr, s.arr_cap, not self._closed)
 
     def get(self, db, key):
         """The value stored under key in the latest committed snapshot, or None."""
@@ -1188,9 +1352,7 @@ cdef class Reader:
         cdef MDB_txn *txn
         cdef MDB_dbi dbi
         cdef int rc
-        if self._closed:
-            raise LmdbError("reader is closed; make a new one with env.reader()")
-        self.env._check()
+        self._check_open()
         dbi = self.env._dbi(db)
         kb = _key_arg(key, "key")
         k.mv_size = PyBytes_GET_SIZE(kb)
@@ -1198,8 +1360,8 @@ cdef class Reader:
             return None
         k.mv_data = PyBytes_AS_STRING(kb)
         txn = self._take()
-        rc = mdb_get(txn, dbi, &k, &v)
         try:
+            rc = mdb_get(txn, dbi, &k, &v)
             if rc == MDB_NOTFOUND:
                 return None
             if rc:
@@ -1210,115 +1372,48 @@ cdef class Reader:
 
     def resolve_many(self, db, prefix, keys, *, method="auto", sort_threshold=10_000):
         """One byte per key (input order): first byte of the value at prefix+key, 0 if absent or empty."""
-        cdef Env env = self.env
         cdef MDB_dbi dbi
-        cdef const char *pp
-        cdef const char *kp
-        cdef Py_ssize_t plen, klen, n, i
-        cdef size_t cap, acap, pos, need
-        cdef unsigned char *buf = NULL
-        cdef unsigned char *arr = NULL
-        cdef unsigned char *grown
-        cdef size_t *offs = NULL
-        cdef SortItem *sitems
-        cdef unsigned char *optr
-        cdef MDB_txn *txn
         cdef bint use_sorted
-        cdef int rc = 0
-        cdef size_t maxkey
-        cdef PyObject **items
+        cdef Scratch s
+        cdef Batch b
         _check_method(method, sort_threshold)
-        if self._closed:
-            raise LmdbError("reader is closed; make a new one with env.reader()")
-        env._check()
-        dbi = env._dbi(db)
+        self._check_open()
+        dbi = self.env._dbi(db)
         pb = _key_arg(prefix, "prefix")
-        pp = PyBytes_AS_STRING(pb)
-        plen = PyBytes_GET_SIZE(pb)
         if type(keys) is not list and type(keys) is not tuple:
             keys = list(keys)
-        n = len(keys)
-        items = PySequence_Fast_ITEMS(keys)
-        use_sorted = method == "sorted" or (method == "auto" and n >= sort_threshold)
-        maxkey = env._maxkey
-        out = PyBytes_FromStringAndSize(NULL, n)
-        optr = <unsigned char *>PyBytes_AS_STRING(out)
-        # Take the cached scratch (a concurrent call may hold it: then use fresh memory).
-        buf = self._sbuf
-        cap = self._sbuf_cap
-        arr = self._sarr
-        acap = self._sarr_cap
-        self._sbuf = NULL
-        self._sbuf_cap = 0
-        self._sarr = NULL
-        self._sarr_cap = 0
+        use_sorted = method == "sorted" or (method == "auto" and len(keys) >= sort_threshold)
+        out = PyBytes_FromStringAndSize(NULL, len(keys))
+        s = self._take_scratch()
         try:
-            need = <size_t>n * <size_t>(plen + 16) + 64
-            if cap < need:
-                free(buf)
-                cap = need
-                buf = <unsigned char *>malloc(cap)
-            need = (<size_t>n + 1) * sizeof(size_t) + (2 * <size_t>n * sizeof(SortItem) if use_sorted else 0)
-            if acap < need:
-                free(arr)
-                acap = need
-                arr = <unsigned char *>malloc(acap)
-            if buf == NULL or arr == NULL:
-                raise MemoryError("resolve_many: out of memory")
-            sitems = <SortItem *>arr  # malloc alignment suits SortItem; offs follow the items
-            offs = <size_t *>(arr + (2 * <size_t>n * sizeof(SortItem) if use_sorted else 0))
-            # One pass: check every key and copy prefix+key into one buffer.
-            pos = 0
-            for i in range(n):
-                _key_ptr(<object>items[i], &kp, &klen)
-                if pos + <size_t>(plen + klen) > cap:
-                    cap = 2 * cap + <size_t>(plen + klen)
-                    grown = <unsigned char *>realloc(buf, cap)
-                    if grown == NULL:
-                        raise MemoryError("resolve_many: out of memory")
-                    buf = grown
-                offs[i] = pos
-                memcpy(buf + pos, pp, plen)
-                memcpy(buf + pos + plen, kp, klen)
-                pos += plen + klen
-            offs[n] = pos
-            if n == 0:
+            _pack(&s, &b, keys, pb, use_sorted)
+            if b.n == 0:
                 return b""
-            txn = self._take()
-            env._inflight += 1
-            try:
-                with nogil:
-                    if use_sorted:
-                        rc = _resolve_sorted(txn, dbi, buf, offs, <size_t>n, maxkey, optr,
-                                             sitems, sitems + n)
-                    else:
-                        rc = _resolve_get(txn, dbi, buf, offs, <size_t>n, maxkey, optr)
-            finally:
-                env._inflight -= 1
-                self._give(txn)
-            if rc:
-                raise _err("resolve_many", rc)
+            b.maxkey = self.env._maxkey
+            b.out = <unsigned char *>PyBytes_AS_STRING(out)
+            self._run(dbi, &b, use_sorted)
         finally:
-            # Keep the scratch for the next call unless another call already put one back.
-            if buf != NULL and self._sbuf == NULL and not self._closed and cap <= _SCRATCH_MAX:
-                self._sbuf = buf
-                self._sbuf_cap = cap
-            else:
-                free(buf)
-            if arr != NULL and self._sarr == NULL and not self._closed and acap <= _SCRATCH_MAX:
-                self._sarr = arr
-                self._sarr_cap = acap
-            else:
-                free(arr)
+            self._keep_scratch(&s)
         return out
+
+    cdef int _run(self, MDB_dbi dbi, const Batch *b, bint use_sorted) except -1:
+        """Look a packed batch up in one read transaction, without the GIL."""
+        cdef const char *failed = NULL
+        cdef int rc
+        cdef MDB_txn *txn = self._take()
+        try:
+            with self.env._nogil:
+                with nogil:
+                    rc = _lookup(txn, dbi, b, use_sorted, &failed)
+        finally:
+            self._give(txn)
+        if rc:
+            raise _err(f"resolve_many ({failed.decode()})", rc)
+        return 0
 
     def close(self):
         """Release the reader's transactions; idempotent."""
         if self._closed:
             return
-        self._closed = True
-        if self.env._gen == _fork_gen and self.env._env != NULL:
-            self._free_pool()
-        self._npool = 0
-        self._free_scratch()
+        self._shut()
         self.env._children.discard(self)

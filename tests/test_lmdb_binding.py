@@ -229,6 +229,40 @@ def test_env_info_stat_sync_set_map_size(env):
     assert env.path.endswith("env")
 
 
+def test_failures_leave_no_transaction_or_call_counted(binding, tmp_path):
+    """Each binding counts open transactions (set_map_size refuses while any is open) and
+    batch calls in progress (close refuses while any runs): every failure gives both back."""
+    e = binding.Env(str(tmp_path / "env"), map_size=1 << 20)
+    db = e.open_db(b"ids")
+    with e.begin(write=True) as txn:
+        txn.put(db, PREFIX + b"a", b"\x01")
+    r = e.reader()
+    failures = [
+        (DbNotFoundError, lambda: e.open_db(b"missing", create=False)),
+        (TypeError, lambda: r.resolve_many(db, PREFIX, [b"a", 7])),
+        (UnicodeEncodeError, lambda: r.resolve_many(db, PREFIX, ["é"], method="sorted")),
+        (LmdbError, lambda: r.get(db + 100, b"a")),
+        (LmdbError, lambda: e.stat(db + 100)),
+    ]
+    for exc_type, call in failures:
+        with pytest.raises(exc_type):
+            call()
+    with pytest.raises(MapFullError):  # fails inside the batch put, then the with-block aborts
+        with e.begin(write=True) as txn:
+            txn.put_many(db, [(b"%08d" % i, b"x" * 200) for i in range(20000)])
+    with pytest.raises(ZeroDivisionError):
+        with e.begin() as txn:
+            1 / 0
+    txn = e.begin()
+    txn.cursor(db).first()
+    del txn  # dropped without commit or abort: aborted when collected
+    for method in ("get", "sorted"):
+        assert r.resolve_many(db, PREFIX, [b"a", b"b"], method=method) == b"\x01\x00"
+    assert r.get(db, PREFIX + b"a") == b"\x01"
+    e.set_map_size(2 << 20)  # raises if any transaction were still counted as open
+    e.close()  # raises if any batch call were still counted as running
+
+
 def test_map_full_says_what_to_do(binding, tmp_path):
     with binding.Env(str(tmp_path / "small"), map_size=1 << 20) as e:
         db = e.open_db(b"ids")
@@ -549,6 +583,7 @@ def test_map_resized_while_this_process_holds_a_transaction(binding, tmp_path, m
     assert held.get(db, b"00000001") is None  # the old snapshot still reads fine
     held.abort()
     assert r.resolve_many(db, b"", [b"00000001", b"nope"]) == b"\x01\x00"
+    e.set_map_size(64 << 20)  # the failed calls left no transaction counted as open
     e.close()
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -163,7 +164,7 @@ def test_projector_killed_at_random_moments(tmp_path, impl):
     kills = 0
     for _ in range(15):
         child = subprocess.Popen([sys.executable, "-c", PROJECTOR, str(data.root), impl], stdout=subprocess.PIPE)
-        time.sleep(rng.uniform(0.05, 0.6))
+        time.sleep(rng.uniform(0.05, 0.6))  # the random moment of the kill, not a wait for anything
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             kills += 1
@@ -187,18 +188,50 @@ READER = textwrap.dedent(
     r = Resolver.open(sys.argv[1], binding=binding_by_name(sys.argv[2]))
     sids = [f"S{i}" for i in range(2000)]
     seen = set()
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    print("ready", flush=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         codes = set(r.resolve_many("A0001", sids))
         if len(codes) != 1:
             print("HALF", sorted(codes), flush=True)
             sys.exit(1)
+        if len(seen) < 2 and len(seen | codes) == 2:
+            print("both", flush=True)
         seen |= codes
         if len(seen) == 2 and r.last_seq > 0 and open(sys.argv[3]).read() == "stop":
             break
     print("OK", sorted(seen), flush=True)
     """
 )
+
+
+def wait_for(condition, what: str, timeout: float = 30.0, pause: float = 0.01) -> None:
+    """Poll condition() until it is true; fail saying what did not happen within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout} s")
+        time.sleep(pause)
+
+
+class _Lines:
+    """The lines a child process prints, collected by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line.strip())
+
+    def saw(self, prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in self.lines)
+
+    def joined(self) -> str:
+        self._thread.join(timeout=60)
+        return "\n".join(self.lines)
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])
@@ -217,18 +250,26 @@ def test_readers_in_other_processes_never_see_half_a_batch(tmp_path, impl, pki):
             subprocess.Popen([sys.executable, "-c", READER, str(data), other, str(flag)], stdout=subprocess.PIPE, text=True)
             for other in ("native", "pure")
         ]
-        time.sleep(0.5)
-        for _ in range(40):
+        outs = [_Lines(r) for r in readers]
+        wait_for(lambda: all(o.saw("ready") for o in outs), "both readers opening the index")
+        # Flip the 2000 answers back and forth until each reader has seen both states.
+        deadline = time.monotonic() + 60
+        while not all(o.saw("both") or o.saw("HALF") for o in outs) and time.monotonic() < deadline:
             e.suspend(mk, "flip")
-            time.sleep(0.01)
+            time.sleep(0.01)  # a moment in the suspended state, for the readers to catch
             e.resume(mk)
         flag.write_text("stop")
-        outs = [r.communicate(timeout=60)[0] for r in readers]
-    assert all(r.returncode == 0 for r in readers), outs
-    assert all("OK [1, 2]" in o for o in outs), outs
+        for r in readers:
+            r.wait(timeout=60)
+    texts = [o.joined() for o in outs]
+    assert all(r.returncode == 0 for r in readers), texts
+    assert all("OK [1, 2]" in t for t in texts), texts
 
 
-def test_rebuild_swaps_atomically_and_old_readers_keep_working(tmp_path, pki):
+def test_rebuild_swaps_atomically_and_old_readers_keep_working(tmp_path, pki, monkeypatch):
+    from mykey.index import resolver as resolver_mod
+
+    monkeypatch.setattr(resolver_mod, "RECHECK_SECONDS", 3600.0)  # this test switches by itself
     data = DataDir(tmp_path / "data")
     with Engine.open(data.root) as e:
         bid = e.register_business("Lib", "131016")
@@ -248,8 +289,6 @@ def test_rebuild_swaps_atomically_and_old_readers_keep_working(tmp_path, pki):
 
 
 def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
-    from mykey.index.resolver import RECHECK_SECONDS
-
     data = DataDir(tmp_path / "data")
     with Engine.open(data.root) as e:
         e.add_trust_anchor(pki.root.cert_pem())
@@ -264,15 +303,14 @@ def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
     log.close()
     with Engine.open(data.root) as e:
         e.suspend(mk, "lost")  # applied to the new index generation only
-    time.sleep(RECHECK_SECONDS + 0.05)
+    # The gateway's own watcher switches to the new generation: no call here makes it.
+    wait_for(lambda: gateway.generation == (data.root / "index").resolve(), "the switch to the rebuilt index")
     assert gateway.resolve(bid, "S1") == Status.SUSPENDED  # the suspension takes effect without a restart
     assert gateway.resolve_many(bid, ["S1"]) == bytes([Status.SUSPENDED])
     gateway.close()
 
 
 def test_rebuilds_under_load_close_old_indexes_and_never_answer_wrong(tmp_path, pki, monkeypatch):
-    import threading
-
     from mykey.index import resolver as resolver_mod
 
     monkeypatch.setattr(resolver_mod, "RECHECK_SECONDS", 0.02)
@@ -298,14 +336,14 @@ def test_rebuilds_under_load_close_old_indexes_and_never_answer_wrong(tmp_path, 
         t.start()
     for _ in range(6):
         log = FileLog.open(data.log)
-        rebuild(data, log)
+        new_gen = rebuild(data, log)
         log.close()
-        time.sleep(0.05)
-    time.sleep(0.5)
+        wait_for(lambda: gateway.generation == new_gen.resolve(), f"the switch to {new_gen.name}")
+    # Replaced indexes are closed after the grace period, not kept open until restart.
+    wait_for(lambda: gateway._retired == [], "closing the replaced indexes")
     stop.set()
     for t in threads:
         t.join()
     assert wrong == []
     assert gateway.generation == (data.root / "index").resolve()
-    assert gateway._retired == []  # replaced indexes were closed, not kept open until restart
     gateway.close()

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import MykeyError, NonceReusedError
+from ..errors import EnvAlreadyOpenError, MykeyError, NonceReusedError
 
 _EXPIRY = struct.Struct(">d")
 PRUNE_SECONDS = 60.0  # sweep expired entries at most this often (per process)
@@ -93,9 +93,9 @@ def acquire(path: Path, binding: ModuleType) -> NonceStore:
             path.mkdir(parents=True, exist_ok=True)
             try:
                 store = NonceStore(path, binding)
+            except EnvAlreadyOpenError:
+                raise  # open here through another handle: not damage
             except MykeyError as exc:
-                if type(exc).__name__ == "EnvAlreadyOpenError":
-                    raise
                 # Entries only matter for minutes: a damaged store (an OS crash) is started afresh.
                 _log.warning("recreating damaged %s: %s", path, exc)
                 shutil.rmtree(path, ignore_errors=True)

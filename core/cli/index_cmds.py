@@ -9,7 +9,7 @@ from ..domain.status import statuses
 from ..index.projector import run_projector
 from ..index.resolver import Resolver
 from ..index.store import rebuild
-from ..log.filelog import FileLog
+from ..log.backend import log_location, open_log
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _need_log(data: DataDir, out: Output) -> bool:
-    if not data.log.is_dir():
+    if log_location() is None and not data.log.is_dir():  # the embedded log, never created here
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
         return False
     return True
@@ -41,13 +41,10 @@ def cmd_rebuild(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     if not _need_log(data, out):
         return EXIT_REFUSED
-    log = FileLog.open(data.log)  # the writer lock: no engine may append while we rebuild
-    try:
+    with open_log(data) as log:  # as the writer: no engine may append while we rebuild
         with bar("rebuild", log.last_seq, enabled=not out.json_mode) as b:
             gen = rebuild(data, log, progress=b.update)
         out.result(f"rebuilt index {gen.name} from {log.last_seq} events", generation=str(gen), last_seq=log.last_seq)
-    finally:
-        log.close()
     return 0
 
 

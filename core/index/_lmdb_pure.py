@@ -9,7 +9,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import lmdb
@@ -130,6 +131,15 @@ class Env:
         with self._count_lock:
             self._active += active
             self._inflight += inflight
+
+    @contextmanager
+    def _batch_call(self) -> Iterator[None]:
+        """Counts a batch call in _inflight for the block's length (the native binding runs it without the GIL)."""
+        self._count(inflight=1)
+        try:
+            yield
+        finally:
+            self._count(inflight=-1)
 
     def _check(self) -> lmdb.Environment:
         if self._env is None:
@@ -412,16 +422,15 @@ class Txn:
         if not pairs:
             return
         self._busy = True
-        self.env._count(inflight=1)
         try:
-            put = txn.put
-            for kb, vb in pairs:
-                put(kb, vb, db=handle)
+            with self.env._batch_call():
+                put = txn.put
+                for kb, vb in pairs:
+                    put(kb, vb, db=handle)
         except lmdb.Error as exc:
             raise _err("mdb_put", exc) from exc
         finally:
             self._busy = False
-            self.env._count(inflight=-1)
 
     def delete(self, db: int, key: bytes) -> bool:
         """Delete key; return True if it was there."""
@@ -503,29 +512,28 @@ class Cursor:
         self.txn._check()
         return self._cur
 
-    def _moved(self, ok: bool) -> bool:
-        self._pos = bool(ok)
+    def _move(self, op: Callable[..., bool], *args: bytes) -> bool:
+        """Move with a py-lmdb cursor call; False (and no position) when there is no such item."""
+        try:
+            self._pos = bool(op(*args))
+        except lmdb.Error as exc:
+            self._pos = False
+            raise _err("mdb_cursor_get", exc) from exc
         return self._pos
 
     def set_range(self, key: bytes) -> bool:
         """Move to the first item whose key is >= key; False if there is none."""
         cur = self._check()
         kb = _key_arg(key, "key")
-        try:
-            return self._moved(cur.set_range(kb) if kb else cur.first())
-        except lmdb.Error as exc:
-            self._pos = False
-            raise _err("mdb_cursor_get", exc) from exc
+        return self._move(cur.set_range, kb) if kb else self._move(cur.first)
 
     def first(self) -> bool:
         """Move to the first item; False if the database is empty."""
-        cur = self._check()
-        return self._moved(cur.first())
+        return self._move(self._check().first)
 
     def next(self) -> bool:
         """Move to the next item; False past the last one."""
-        cur = self._check()
-        return self._moved(cur.next())
+        return self._move(self._check().next)
 
     def _current(self) -> lmdb.Cursor:
         cur = self._check()
@@ -559,7 +567,7 @@ class Cursor:
                 return
             yield kb, cur.value()
             self._check()
-            ok = self._moved(cur.next())
+            ok = self._move(cur.next)
 
     def close(self) -> None:
         """Release the cursor; idempotent."""
@@ -629,18 +637,17 @@ class Reader:
         maxkey = env._maxkey
         out = bytearray(len(full))
         txn = self._take()
-        env._count(inflight=1)
         try:
-            get = txn.get
-            for i, k in enumerate(full):
-                if 0 < len(k) <= maxkey:
-                    v = get(k, None, handle)
-                    if v:
-                        out[i] = v[0]
+            with env._batch_call():
+                get = txn.get
+                for i, k in enumerate(full):
+                    if 0 < len(k) <= maxkey:
+                        v = get(k, None, handle)
+                        if v:
+                            out[i] = v[0]
         except lmdb.Error as exc:
-            raise _err("resolve_many", exc) from exc
+            raise _err("resolve_many (mdb_get)", exc) from exc
         finally:
-            env._count(inflight=-1)
             env._end_raw(txn, False)
         return bytes(out)
 

@@ -1,9 +1,10 @@
 """Choose the LMDB binding: the Cython module `mykey.index._lmdb`, or its py-lmdb twin.
 
-`binding()` returns `mykey.index._lmdb` unless MYKEY_PURE=1 is set or the extension does
-not import, in which case it returns `mykey.index._lmdb_pure`. Both have the same interface
-and give byte-identical results. Whichever is chosen, a process opens each
-environment through one binding only (enforced by `mykey.envguard`).
+`binding()` returns `mykey.index._lmdb` unless MYKEY_PURE asks for the pure twins (read
+by `mykey.native.pure_requested`, as the framing choice reads it) or the extension does
+not import, in which case it returns `mykey.index._lmdb_pure`. Both have the interface
+of `_lmdb.pyi` and give byte-identical results. Whichever is chosen, a process opens
+each environment through one binding only (enforced by `mykey.index.envguard`).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def native_import_error() -> BaseException | None:
 
 
 def binding() -> ModuleType:
-    """The binding to use: native unless MYKEY_PURE=1 or the extension fails to import."""
+    """The binding to use: native unless MYKEY_PURE asks for pure or the extension fails to import."""
     if pure_requested():
         return binding_by_name("pure")
     try:

@@ -1,7 +1,7 @@
 """One binding per LMDB environment per process: a registry both bindings consult.
 
 LMDB forbids opening one environment twice in a process, and opening it through
-py-lmdb and the C library at once silently corrupts reads (see DESIGN.md). Every
+py-lmdb and the C library at once silently corrupts reads (see docs/DESIGN.md). Every
 `Env` of `mykey.index._lmdb` and `mykey.index._lmdb_pure` calls `acquire` before it opens an
 environment and `release` when it closes, so a second open fails loudly here.
 
@@ -143,7 +143,7 @@ def acquire(path: str, binding: str, *, create: bool = False) -> tuple[int, int,
                 f"LMDB environment {where} is already open in this process through the "
                 f"{held_binding!r} binding, so it cannot be opened again through the "
                 f"{binding!r} binding: one process may open an environment once, through "
-                f"one binding (see DESIGN.md); reuse the open handle or close it first"
+                f"one binding (see docs/DESIGN.md); reuse the open handle or close it first"
             )
         serial = next(_serial)
         _open[dev_ino] = (serial, binding, path)

@@ -1,4 +1,4 @@
-"""Key and value encodings of the LMDB index (pure functions, no I/O).
+"""The LMDB index's databases and their key and value encodings (pure functions, no I/O).
 
 The service key is the business ID (always 5 ASCII bytes) followed by the
 service ID, so one business's keys are contiguous and a key never collides
@@ -10,29 +10,45 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import msgspec
 
 from ..domain.status import MyKeyState, Status
 
-# Named databases inside the index environment.
-DB_NAMES = (
-    b"svc",  # business_id + service_id -> SvcValue
-    b"mykey",  # mykey_id -> MyKeyRecord
-    b"mkref",  # ref (u64 BE) -> mykey_id
-    b"mksvc",  # mykey_id + service key -> b""
-    b"mkevents",  # mykey_id + seq (u64 BE) -> b"" (every event about the MyKey ID)
-    b"cert",  # b"f" + fingerprint | b"s" + issuer digest + serial -> mykey_id (current certificate);
-    #           b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
-    b"revoked",  # issuer digest + serial -> RevokedRecord
-    b"crl",  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
-    b"business",  # business_id -> BusinessRecord
-    b"terminal",  # terminal_id -> TerminalRecord
-    b"trust",  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
-    b"feed",  # consumer -> u64 BE position
-    b"meta",  # b"last_seq" -> u64 BE, b"schema" -> u32 BE
-)
+
+@dataclass(frozen=True, slots=True)
+class Dbs:
+    """The index's named databases, one field each: the field's name is the database's
+    name, its comment what the database holds, its value the integer handle of that
+    database in an open environment (see ``mykey.index.store.open_dbs``).
+
+    This is the one list of the index's databases; ``DB_NAMES`` is derived from it.
+    """
+
+    svc: int  # business_id + service_id -> SvcValue
+    mykey: int  # mykey_id -> MyKeyRecord
+    mkref: int  # ref (u64 BE) -> mykey_id
+    mksvc: int  # mykey_id + service key -> b""
+    mkevents: int  # mykey_id + seq (u64 BE) -> b"" (every event about the MyKey ID)
+    # b"f" + fingerprint | b"s" + issuer digest + serial -> mykey_id (current certificate);
+    # b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
+    cert: int
+    revoked: int  # issuer digest + serial -> RevokedRecord
+    crl: int  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
+    business: int  # business_id -> BusinessRecord
+    terminal: int  # terminal_id -> TerminalRecord
+    trust: int  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
+    feed: int  # consumer -> u64 BE position
+    meta: int  # b"last_seq" -> u64 BE, b"schema" -> u32 BE
+
+
+#: Names of the named databases inside the index environment, in Dbs's order.
+DB_NAMES: tuple[bytes, ...] = tuple(f.name.encode("ascii") for f in fields(Dbs))
+#: max_dbs to open an index environment with (room for two more databases).
+MAX_DBS = len(DB_NAMES) + 2
+
 INDEX_SCHEMA = 1
 
 _SVC = struct.Struct(">BQQ")  # status, mykey ref (0 = unlinked), seq of the registration

@@ -9,37 +9,26 @@ they only make the index say what the log says.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import replace
 
 from ..domain import events as ev
 from ..domain.status import MyKeyState, Status
+from ..errors import ProjectionError
 from . import keys as k
-
-
-@dataclass(frozen=True)
-class Dbs:
-    """Integer handles of the index's named databases."""
-
-    svc: int
-    mykey: int
-    mkref: int
-    mksvc: int
-    mkevents: int
-    cert: int
-    revoked: int
-    crl: int
-    business: int
-    terminal: int
-    trust: int
-    feed: int
-    meta: int
-
+from .keys import Dbs
 
 Handler = Callable[[Any, Dbs, ev.Envelope, Any], None]
 HANDLERS: dict[type, Handler] = {}
+
+
+def _lacks(env: ev.Envelope, what: str) -> ProjectionError:
+    """The error for an event about a record the index does not have."""
+    return ProjectionError(
+        f"event {env.seq} ({type(env.body).__name__}) {what}, which the index lacks: the index does "
+        "not match the log; rebuild it with `mykey rebuild`"
+    )
 
 
 def handles(etype: type) -> Callable[[Handler], Handler]:
@@ -97,7 +86,7 @@ def _set_state(
 ) -> None:
     rec = get_mykey(txn, dbs, mykey_id)
     if rec is None:
-        raise KeyError(f"event {env.seq} changes unknown MyKey ID {mykey_id}")
+        raise _lacks(env, f"changes MyKey ID {mykey_id}")
     _put_mykey(txn, dbs, mykey_id, replace(rec, state=state, reason=reason, suspended_by_crl=by_crl))
     _note_event(txn, dbs, mykey_id, env.seq)
     # Denormalised answers: rewrite every linked service key in the same transaction.
@@ -150,7 +139,7 @@ def _invalidated(txn, dbs, env, b: ev.MyKeyInvalidated) -> None:
 def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
     rec = get_mykey(txn, dbs, b.mykey_id)
     if rec is None:
-        raise KeyError(f"event {env.seq} renews unknown MyKey ID {b.mykey_id}")
+        raise _lacks(env, f"renews the certificate of MyKey ID {b.mykey_id}")
     mk = b.mykey_id.encode("ascii")
     # The old certificate no longer resolves to the MyKey ID.
     if txn.get(dbs.cert, k.cert_fp_key(rec.cert_fingerprint)) == mk:
@@ -213,7 +202,7 @@ def get_business(txn: Any, dbs: Dbs, business_id: str) -> k.BusinessRecord | Non
 def _business_off(txn, dbs, env, b: ev.BusinessDeactivated) -> None:
     rec = get_business(txn, dbs, b.business_id)
     if rec is None:
-        raise KeyError(f"event {env.seq} deactivates unknown business {b.business_id}")
+        raise _lacks(env, f"deactivates business {b.business_id}")
     txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(replace(rec, active=False)))
 
 
@@ -238,7 +227,7 @@ def get_terminal(txn: Any, dbs: Dbs, terminal_id: str) -> k.TerminalRecord | Non
 def _terminal_off(txn, dbs, env, b: ev.TerminalRevoked) -> None:
     rec = get_terminal(txn, dbs, b.terminal_id)
     if rec is None:
-        raise KeyError(f"event {env.seq} revokes unknown terminal {b.terminal_id}")
+        raise _lacks(env, f"revokes terminal {b.terminal_id}")
     txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(replace(rec, active=False)))
 
 
@@ -256,8 +245,10 @@ def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
     skey = k.service_key(b.business_id, b.service_id)
     old = txn.get(dbs.svc, skey)
     rec = get_mykey(txn, dbs, b.mykey_id)
-    if old is None or rec is None:
-        raise KeyError(f"event {env.seq} links {b.business_id}/{b.service_id} to {b.mykey_id}, which the index lacks")
+    if old is None:
+        raise _lacks(env, f"links service ID {b.business_id}/{b.service_id}")
+    if rec is None:
+        raise _lacks(env, f"links to MyKey ID {b.mykey_id}")
     txn.put(dbs.svc, skey, k.with_status(old, rec.state.status, rec.ref))
     txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
     _note_event(txn, dbs, b.mykey_id, k.parse_svc_value(old).reg_seq)  # the registration is about them too
@@ -279,5 +270,17 @@ def _feed(txn, dbs, env, b: ev.FeedAcked) -> None:
     txn.put(dbs.feed, b.consumer.encode("ascii"), k.u64(b.seq))
 
 
-missing = set(ev.EVENT_TYPES) - set(HANDLERS)
-assert not missing, f"no projection handler for {missing}"
+def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:
+    """Raise ProjectionError unless handlers has exactly one handler per event type."""
+    types = set(event_types)
+    missing = sorted(t.__name__ for t in types - set(handlers))
+    extra = sorted(t.__name__ for t in set(handlers) - types)
+    if missing or extra:
+        raise ProjectionError(
+            f"the projection handlers do not match the event types (no handler for {missing}, "
+            f"handlers of unknown types {extra}): add or remove @handles(...) functions in "
+            "mykey.index.projection"
+        )
+
+
+check_handlers(HANDLERS, ev.EVENT_TYPES)  # at import: a new event type without a handler fails loudly

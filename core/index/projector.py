@@ -12,7 +12,7 @@ from types import ModuleType
 
 from ..datadir import DataDir
 from ..domain.events import decode_envelope
-from ..log.filelog import FileLog
+from ..log.backend import open_log
 from .store import Index
 
 
@@ -26,14 +26,15 @@ def run_projector(
     progress: Callable[[int], None] | None = None,
     max_events_per_txn: int = 50_000,
 ) -> int:
-    """Catch the index up with the log (and keep following with follow=True); returns the last seq applied."""
-    log = FileLog.open(data.log, readonly=True)
-    with Index.open(data, binding=binding) as index:
+    """Catch the index up with the log (and keep following with follow=True); returns the last seq applied.
+
+    The log is whichever backend the data directory uses (see mykey.log.backend), opened as a reader.
+    """
+    with open_log(data, readonly=True) as log, Index.open(data, binding=binding) as index:
         index.catch_up(log, progress=progress, max_events_per_txn=max_events_per_txn)
         if follow:
             for _first, payloads in log.follow_batches(index.last_seq + 1, poll_interval=poll_interval, stop=stop):
-                n = len(payloads)
                 index.apply([decode_envelope(p) for p in payloads])
                 if progress:
-                    progress(n)
+                    progress(len(payloads))
         return index.last_seq

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from . import keys as k
 from .binding import binding as default_binding
-from .projection import Dbs
+from .keys import Dbs
 from .store import current_generation, open_dbs, read_meta_last_seq
 
 
@@ -61,14 +61,24 @@ class Resolver:
     """
 
     def __init__(
-        self, env, dbs: Dbs, *, owns_env: bool, generation: Path | None = None, binding: ModuleType | None = None
+        self,
+        env,
+        dbs: Dbs,
+        *,
+        owns_env: bool,
+        generation: Path | None = None,
+        binding: ModuleType | None = None,
+        data: DataDir | None = None,
+        nordahead: bool = False,
     ) -> None:
+        """Answer from an open index env; with data, follow rebuilds of data's index (see open)."""
         self._view = _View(env, dbs, generation)
         self.binding = binding
         self._owns_env = owns_env
+        self._data = data
+        self._nordahead = nordahead
         self._retired: list[tuple[float, _View]] = []
         self._swap = threading.Lock()
-        self._data: DataDir | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -78,21 +88,10 @@ class Resolver:
         data = DataDir(Path(data_dir))
         binding = binding or default_binding()
         env, dbs, gen = _open_generation(data, binding, nordahead)
-        self = cls(env, dbs, owns_env=True, generation=gen)
-        self._data = data
-        self.binding = binding
-        self._nordahead = nordahead
+        self = cls(env, dbs, owns_env=True, generation=gen, binding=binding, data=data, nordahead=nordahead)
         self._watcher = threading.Thread(target=self._watch, name="mykey-resolver-watch", daemon=True)
         self._watcher.start()
         return self
-
-    @property
-    def env(self):
-        return self._view.env
-
-    @property
-    def dbs(self) -> Dbs:
-        return self._view.dbs
 
     @property
     def generation(self) -> Path | None:
@@ -211,7 +210,7 @@ def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):
     gen = current_generation(data)
     if gen is None or not gen.is_dir():
         raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
-    env = binding.Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2, nordahead=nordahead)
+    env = binding.Env(str(gen), readonly=True, create=False, max_dbs=k.MAX_DBS, nordahead=nordahead)
     try:
         dbs = open_dbs(env, create=False)
     except BaseException:

@@ -9,7 +9,6 @@ swaps the symlink atomically; resolvers with the old one open keep working.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -19,10 +18,12 @@ from types import ModuleType
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
 from ..errors import IndexError_, IndexGapError, IndexLockedError
+from ..fs import OwnerLock, fsync_dir, fsync_path
 from ..log.store import LogStore
 from . import keys as k
 from .binding import binding as default_binding
-from .projection import Dbs, apply_envelopes
+from .keys import Dbs
+from .projection import apply_envelopes
 
 GENERATION_PREFIX = "index-"
 
@@ -53,11 +54,7 @@ def _point_index_at(data: DataDir, generation: Path) -> None:
         tmp.unlink()
     os.symlink(generation.name, tmp)
     os.replace(tmp, data.index)
-    dfd = os.open(data.root, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(data.root)
 
 
 def envelope_chunks(
@@ -102,12 +99,12 @@ def read_meta_last_seq(txn, dbs: Dbs) -> int:
 class Index:
     """Writer side of the LMDB index. One per data directory at a time (an OS lock)."""
 
-    def __init__(self, data: DataDir, env, dbs: Dbs, lock_fd: int, binding: ModuleType) -> None:
+    def __init__(self, data: DataDir, env, dbs: Dbs, lock: OwnerLock, binding: ModuleType) -> None:
         self.data = data
         self.env = env
         self.dbs = dbs
         self.binding = binding
-        self._lock_fd: int | None = lock_fd
+        self._lock = lock
         with env.begin() as txn:
             self._last_seq = read_meta_last_seq(txn, dbs)
 
@@ -116,7 +113,7 @@ class Index:
         """Open (creating if needed) the live index for writing; takes the index lock."""
         binding = binding or default_binding()
         data.root.mkdir(parents=True, exist_ok=True)
-        lock_fd = _take_index_lock(data)
+        lock = _take_index_lock(data)
         try:
             gen = current_generation(data)
             if gen is None or not gen.is_dir():
@@ -125,7 +122,7 @@ class Index:
                 _point_index_at(data, gen)
             # No meta-page fsync: an OS crash may undo the last commit, never corrupt the env;
             # the log is the source of truth and reopening replays what the index lacks.
-            env = binding.Env(str(gen), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=sync, metasync=False)
+            env = binding.Env(str(gen), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=sync, metasync=False)
             try:
                 dbs = open_dbs(env, create=True)
                 _check_schema(env, dbs)
@@ -133,9 +130,9 @@ class Index:
                 env.close()
                 raise
         except BaseException:
-            os.close(lock_fd)
+            lock.release()
             raise
-        return cls(data, env, dbs, lock_fd, binding)
+        return cls(data, env, dbs, lock, binding)
 
     @property
     def last_seq(self) -> int:
@@ -182,9 +179,7 @@ class Index:
         if self.env is not None:
             self.env.close()
             self.env = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     def __enter__(self) -> Index:
         return self
@@ -193,21 +188,16 @@ class Index:
         self.close()
 
 
-def _take_index_lock(data: DataDir) -> int:
-    path = data.root / "index.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise IndexLockedError(
+def _take_index_lock(data: DataDir) -> OwnerLock:
+    """DATA/index.lock: one index writer (engine, projector or rebuild) per data directory."""
+
+    def held_by(holder: str) -> IndexLockedError:
+        return IndexLockedError(
             f"another process (pid {holder}) writes the index of {data.root}; "
             "stop it first (an engine, projector or rebuild), or use a read-only Resolver"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        )
+
+    return OwnerLock.acquire(data.root / "index.lock", held_by=held_by, mode=0o644)
 
 
 def _check_schema(env, dbs: Dbs) -> None:
@@ -237,7 +227,7 @@ def build_generation(
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    env = binding.Env(str(target), map_size=64 << 30, max_dbs=len(k.DB_NAMES) + 2, sync=False)
+    env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
         _check_schema(env, dbs)
@@ -254,20 +244,12 @@ def build_generation(
         env.copy(str(compact), compact=True)
     finally:
         env.close()
-    _fsync_path(compact / "data.mdb")
-    _fsync_path(compact)
+    fsync_path(compact / "data.mdb")
+    fsync_dir(compact)
     shutil.rmtree(target)
     os.rename(compact, target)
-    _fsync_path(target.parent)
+    fsync_dir(target.parent)
     return target
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
@@ -276,7 +258,7 @@ def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
 
     Takes the index lock, so no engine or projector may be writing the index.
     """
-    lock_fd = _take_index_lock(data)
+    lock = _take_index_lock(data)
     try:
         building = build_generation(data, log, binding=binding, progress=progress)
         final = building.with_suffix("")
@@ -288,7 +270,7 @@ def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
             shutil.rmtree(old, ignore_errors=True)
         return final
     finally:
-        os.close(lock_fd)
+        lock.release()
 
 
 def diff_indexes(env_a, dbs_a: Dbs, env_b, dbs_b: Dbs, *, limit: int = 100) -> list[str]:
