@@ -17,11 +17,10 @@ import msgspec
 from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import check_mykey_id
-from ..errors import NoCheckpointError, SubjectNotFoundError
+from ..errors import NoCheckpointError, NoIndexError, SubjectNotFoundError
 from ..index import keys as k
-from ..index.binding import binding as default_binding
 from ..index.projection import get_mykey, scan
-from ..index.store import current_generation, open_dbs, read_meta_last_seq
+from ..index.store import open_live_readonly, read_meta_last_seq
 from ..log.store import LogStore
 from .checkpoints import latest_checkpoint, verified_checkpoint
 from .keys import load_verifier_key
@@ -76,13 +75,12 @@ def subject_history(data: DataDir, mykey_id: str, *, log: LogStore | None = None
     ``log``: the log to read events from (default: the data directory's, opened read-only).
     """
     check_mykey_id(mykey_id)
-    gen = current_generation(data)
-    if gen is None or not gen.is_dir():
-        raise SubjectNotFoundError(f"no index in {data.root}; run `mykey init` first")
-    env = default_binding().Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2)
+    try:
+        env, dbs, _gen = open_live_readonly(data)
+    except NoIndexError:
+        raise SubjectNotFoundError(f"no index in {data.root}; run `mykey init` first") from None
     prefix = mykey_id.encode("ascii")
     try:
-        dbs = open_dbs(env, create=False)
         with env.begin() as txn:
             rec = get_mykey(txn, dbs, mykey_id)
             if rec is None:

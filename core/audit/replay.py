@@ -23,14 +23,13 @@ from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import BUSINESS_ID_RE
 from ..domain.status import MyKeyState, Status
-from ..errors import ReplayError, ValidationError
-from ..index import keys as k
+from ..errors import NoIndexError, ReplayError, ValidationError
 from ..index.binding import binding as default_binding
 from ..index.store import (
     build_generation,
-    current_generation,
     diff_indexes,
-    open_dbs,
+    open_live_readonly,
+    open_readonly,
     read_meta_last_seq,
 )
 from ..log.backend import open_log
@@ -219,14 +218,12 @@ def diff_live_index(data: DataDir, *, limit: int = 100, attempts: int = 3) -> li
 
     Opens the live index read-only: call it from a process that does not have it open.
     """
-    gen = current_generation(data)
-    if gen is None or not gen.is_dir():
-        raise ReplayError(f"no live index in {data.root}; run `mykey init` or `mykey rebuild` first")
     binding = default_binding()
-    max_dbs = len(k.DB_NAMES) + 2
-    live = binding.Env(str(gen), readonly=True, create=False, max_dbs=max_dbs)
     try:
-        live_dbs = open_dbs(live, create=False)
+        live, live_dbs, _gen = open_live_readonly(data, binding)
+    except NoIndexError:
+        raise ReplayError(f"no live index in {data.root}; run `mykey init` or `mykey rebuild` first") from None
+    try:
         for _ in range(attempts):
             with live.begin() as txn:
                 live_last = read_meta_last_seq(txn, live_dbs)
@@ -234,9 +231,9 @@ def diff_live_index(data: DataDir, *, limit: int = 100, attempts: int = 3) -> li
             try:
                 with tempfile.TemporaryDirectory(prefix=".audit-diff-", dir=_workdir(data)) as tmp:
                     built = build_generation(data, log, to_seq=live_last, into=Path(tmp) / "replay")
-                    fresh = binding.Env(str(built), readonly=True, create=False, max_dbs=max_dbs)
+                    fresh, fresh_dbs = open_readonly(built, binding)
                     try:
-                        diffs = diff_indexes(live, live_dbs, fresh, open_dbs(fresh, create=False), limit=limit)
+                        diffs = diff_indexes(live, live_dbs, fresh, fresh_dbs, limit=limit)
                     finally:
                         fresh.close()
             finally:

@@ -20,11 +20,10 @@ from typing import NamedTuple
 
 from ..datadir import DataDir
 from ..domain.status import MyKeyState
-from ..errors import IndexError_
+from ..errors import IndexError_, NoIndexError
 from . import keys as k
-from .binding import binding as default_binding
 from .projection import Dbs, get_business, get_mykey, get_terminal, scan
-from .store import current_generation, open_dbs, read_meta_last_seq
+from .store import open_live_readonly, read_meta_last_seq
 
 
 class TrustedCas(NamedTuple):
@@ -180,15 +179,11 @@ class ReadModel:
         For a process that does not hold the index open otherwise (LMDB allows one open per process).
         """
         data = data if isinstance(data, DataDir) else DataDir(Path(data))
-        gen = current_generation(data)
-        if gen is None or not gen.is_dir():
-            return None
-        env = (binding or default_binding()).Env(str(gen), readonly=True, create=False, max_dbs=len(k.DB_NAMES) + 2)
         try:
-            return cls(env, open_dbs(env, create=False), owns_env=True)
-        except BaseException:
-            env.close()
-            raise
+            env, dbs, _gen = open_live_readonly(data, binding)
+        except NoIndexError:
+            return None
+        return cls(env, dbs, owns_env=True)
 
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:

@@ -21,13 +21,12 @@ from ..domain.ids import BUSINESS_ID_RE
 from ..domain.status import Status, status_of, statuses
 from ..errors import (
     MykeyError,
-    NoIndexError,
     ValidationError,
 )
 from . import keys as k
 from .binding import binding as default_binding
 from .keys import Dbs
-from .store import current_generation, open_dbs, read_meta_last_seq
+from .store import current_generation, open_live_readonly, read_meta_last_seq
 
 
 def _business_prefix(business_id: str) -> bytes:
@@ -87,7 +86,7 @@ class Resolver:
         """Open the live index of data_dir read-only (nordahead helps cold, small batches)."""
         data = DataDir(Path(data_dir))
         binding = binding or default_binding()
-        env, dbs, gen = _open_generation(data, binding, nordahead)
+        env, dbs, gen = open_live_readonly(data, binding, nordahead=nordahead)
         self = cls(env, dbs, owns_env=True, generation=gen, binding=binding, data=data, nordahead=nordahead)
         self._watcher = threading.Thread(target=self._watch, name="mykey-resolver-watch", daemon=True)
         self._watcher.start()
@@ -160,7 +159,7 @@ class Resolver:
         with self._swap:
             if gen == self._view.generation:
                 return False
-            env, dbs, gen = _open_generation(self._data, self.binding, self._nordahead)
+            env, dbs, gen = open_live_readonly(self._data, self.binding, nordahead=self._nordahead)
             # The old view may still be in use by another thread: it is closed after a grace period.
             self._retired.append((time.monotonic(), self._view))
             self._view = _View(env, dbs, gen)
@@ -204,16 +203,3 @@ def _close_view(view: _View, owns_env: bool) -> bool:
     except MykeyError:
         return False
     return True
-
-
-def _open_generation(data: DataDir, binding: ModuleType, nordahead: bool):
-    gen = current_generation(data)
-    if gen is None or not gen.is_dir():
-        raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
-    env = binding.Env(str(gen), readonly=True, create=False, max_dbs=k.MAX_DBS, nordahead=nordahead)
-    try:
-        dbs = open_dbs(env, create=False)
-    except BaseException:
-        env.close()
-        raise
-    return env, dbs, gen

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
-from ..errors import IndexError_, IndexGapError, IndexLockedError
+from ..errors import IndexError_, IndexGapError, IndexLockedError, NoIndexError
 from ..fs import OwnerLock, fsync_dir, fsync_path
 from ..log.store import LogStore
 from . import keys as k
@@ -55,6 +55,29 @@ def _point_index_at(data: DataDir, generation: Path) -> None:
     os.symlink(generation.name, tmp)
     os.replace(tmp, data.index)
     fsync_dir(data.root)
+
+
+def open_readonly(path: Path, binding: ModuleType | None = None, *, nordahead: bool = False):
+    """Open an index environment directory read-only: (env, dbs). The caller closes env."""
+    env = (binding or default_binding()).Env(str(path), readonly=True, create=False, max_dbs=k.MAX_DBS, nordahead=nordahead)
+    try:
+        return env, open_dbs(env, create=False)
+    except BaseException:
+        env.close()
+        raise
+
+
+def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nordahead: bool = False):
+    """Open the generation DATA/index points at, read-only: (env, dbs, generation).
+
+    NoIndexError before the first index exists. For a process that does not hold the index
+    open otherwise (LMDB allows one open of an environment per process).
+    """
+    gen = current_generation(data)
+    if gen is None or not gen.is_dir():
+        raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
+    env, dbs = open_readonly(gen, binding, nordahead=nordahead)
+    return env, dbs, gen
 
 
 def envelope_chunks(
