@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
-from mykey.log import filelog, framing
+from mykey.log import framing, segments
 from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
 from mykey.log.verify import verify_log
 
@@ -121,6 +121,14 @@ def newest_segment(path: Path) -> Path:
     return list_segments(path)[-1].path
 
 
+def batch_offset(data: bytes, n: int) -> int:
+    """File offset of the segment's batch number n (0 is the first)."""
+    pos = SEGMENT_HEADER_SIZE
+    for _ in range(n):
+        pos += framing.HEADER_SIZE + framing.parse_header(data, pos)[2]
+    return pos
+
+
 def test_torn_tail_is_truncated_and_reported(tmp_path):
     fill(tmp_path, batches=5, per=10).close()
     seg = newest_segment(tmp_path)
@@ -159,11 +167,7 @@ def test_flipped_byte_in_the_middle_is_reported_never_skipped(tmp_path, where):
     fill(tmp_path, batches=10, per=10).close()
     seg = newest_segment(tmp_path)
     data = bytearray(seg.read_bytes())
-    # Find the 4th batch (sequence 31..40).
-    pos = SEGMENT_HEADER_SIZE
-    for _ in range(3):
-        _, _, body_len = framing.parse_header(data, pos)
-        pos += framing.HEADER_SIZE + body_len
+    pos = batch_offset(data, 3)  # the 4th batch (sequence 31..40)
     target = {"batch-header": pos + 9, "record-header": pos + 32 + 2, "payload": pos + 32 + 8 + 5}[where]
     data[target] ^= 0x40
     seg.write_bytes(bytes(data))
@@ -284,7 +288,7 @@ def test_follower_reads_a_segment_to_its_end_before_moving_to_the_next(tmp_path,
     writer = FileLog.open(tmp_path, segment_bytes=6000)
     writer.append([svc(i) for i in range(big)])
     reader = FileLog.open(tmp_path, readonly=True)
-    real_list = filelog.list_segments
+    real_list = segments.list_segments
     segments_after = []
 
     def listing(directory):
@@ -298,7 +302,7 @@ def test_follower_reads_a_segment_to_its_end_before_moving_to_the_next(tmp_path,
 
     records = reader.follow_raw(1, poll_interval=0.001)
     seen = [next(records)[0]]  # the reader has started on the first segment
-    monkeypatch.setattr(filelog, "list_segments", listing)
+    monkeypatch.setattr(segments, "list_segments", listing)
     last = big + 10 * (1 + big)
     for seq, _ in records:
         seen.append(seq)
@@ -536,9 +540,7 @@ def test_damaged_header_of_the_final_batch_is_refused(tmp_path, byte):
     fill(tmp_path, batches=5, per=10).close()
     seg = newest_segment(tmp_path)
     data = bytearray(seg.read_bytes())
-    pos = SEGMENT_HEADER_SIZE
-    for _ in range(4):
-        pos += framing.HEADER_SIZE + framing.parse_header(data, pos)[2]
+    pos = batch_offset(data, 4)
     data[pos + byte] ^= 0x10
     seg.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match="sequence 41"):
@@ -587,3 +589,182 @@ def test_cut_copies_are_never_overwritten(tmp_path):
         FileLog.open(tmp_path / "log").close()
     saved = sorted(p.read_bytes() for p in (tmp_path / "log" / "torn").iterdir())
     assert saved == [b"garbage", b"garbage" * 2]
+
+
+# --- the sparse index: hints checked before use, made exact again by the writer ---
+
+
+def test_writer_open_keeps_only_index_entries_that_point_at_real_batches(tmp_path):
+    fill(tmp_path, batches=400, per=100).close()
+    seg = list_segments(tmp_path)[0]
+    good = read_idx(seg)
+    assert len(good) > 10
+    (s1, o1), (s2, o2) = good[1], good[-1]
+    stale = [
+        (s2, o2),  # out of order: a later batch listed first
+        (s1, o1 + 1),  # a right sequence number at a wrong offset
+        (s1 + 1, o1),  # a wrong sequence number at a real batch
+        (0, 0),  # zeros (blocks a crash left unwritten)
+        (s2 + 10**6, seg.path.stat().st_size + 4096),  # past the end
+    ]
+    seg.idx_path.write_bytes(segments.pack_idx(stale + good + stale))
+    FileLog.open(tmp_path).close()
+    assert read_idx(seg) == good
+
+
+def test_index_entries_past_a_cut_tail_are_dropped(tmp_path):
+    fill(tmp_path, batches=400, per=100).close()
+    seg = list_segments(tmp_path)[0]
+    good = read_idx(seg)
+    cut_at = good[-3][1] + 5  # inside the batch of the third entry from the end
+    os.truncate(seg.path, cut_at)
+    log = FileLog.open(tmp_path)
+    assert log.recovery is not None and log.recovery.offset == good[-3][1]
+    assert read_idx(seg) == good[:-3] and log.last_seq == good[-3][0] - 1
+
+
+def test_a_damaged_index_out_of_order_never_makes_a_reader_skip_records(tmp_path):
+    fill(tmp_path, batches=400, per=100).close()
+    seg = list_segments(tmp_path)[0]
+    good = read_idx(seg)
+    (low, _), (high, high_off) = good[0], good[-1]
+    # A valid entry for a late batch, then an entry for an early one whose offset is wrong.
+    seg.idx_path.write_bytes(segments.pack_idx([(high, high_off), (low, 12345)]))
+    start = low + 1
+    assert [e.seq for e in FileLog.open(tmp_path, readonly=True).read(start)] == list(range(start, 40_001))
+    assert segments.checked_index_entry(seg, start) == (SEGMENT_HEADER_SIZE, 1)
+    assert segments.checked_index_entry(seg, high) == (high_off, high)
+
+
+# --- the record size limit ---
+
+
+def test_an_event_over_the_record_limit_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    from mykey.domain import events as ev
+
+    log = FileLog.open(tmp_path)
+    log.append([svc(0)])
+    big = ev.TrustAnchorAdded(b"\1" * 32, b"\2" * 1000)
+    monkeypatch.setattr(framing, "MAX_RECORD", 500)  # real events are far below the 16 MiB limit
+    with pytest.raises(ValidationError, match="event 2 of the batch \\(TrustAnchorAdded\\).*record limit of 500"):
+        log.append([svc(1), big])
+    monkeypatch.undo()
+    assert log.last_seq == 1 and [e.seq for e in log.read()] == [1]
+    assert log.append([big])[0].seq == 2
+    log.close()
+    assert verify_log(tmp_path).ok
+
+
+# --- one wording of damage, whoever finds it ---
+
+
+def test_writer_reader_and_verify_word_the_same_damage_the_same_way(tmp_path):
+    fill(tmp_path, batches=10, per=10).close()
+    seg = newest_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    pos = batch_offset(data, 3)
+    record = pos + framing.HEADER_SIZE + framing.RECORD_HEAD_SIZE + framing.RECORD_HEAD.unpack_from(data, pos + 32)[0]
+    data[record + 10] ^= 0x01  # a payload byte of the batch's second record (sequence 32)
+    seg.write_bytes(bytes(data))
+    words = f"{seg.name} offset {pos} (sequence 32): record 1 of the batch (at offset {record}) fails its CRC or framing"
+    with pytest.raises(CorruptLogError) as writer:
+        FileLog.open(tmp_path)
+    with pytest.raises(CorruptLogError) as reader:
+        list(FileLog.open(tmp_path, readonly=True).read())
+    problem = verify_log(tmp_path).problem
+    for text in (str(writer.value), str(reader.value), str(problem)):
+        assert text.startswith(words) and "valid data follows" in text, text
+
+
+def test_the_lock_file_names_the_writer(tmp_path):
+    log = FileLog.open(tmp_path)
+    assert (tmp_path / "LOCK").read_text().strip() == str(os.getpid())
+    log.close()
+    with FileLog.open(tmp_path, readonly=True):  # readers take no lock
+        FileLog.open(tmp_path).close()
+
+
+# --- the segment cursor: the cases a reader meets while a writer works ---
+
+
+def cursor_from_start(path: Path) -> segments.SegmentCursor:
+    return segments.SegmentCursor(path, framing, list_segments(path)[0], SEGMENT_HEADER_SIZE, 1)
+
+
+def seqs_of(batches) -> list[int]:
+    return [first + i for first, payloads in batches for i in range(len(payloads))]
+
+
+def test_cursor_resumes_when_the_segment_grows(tmp_path):
+    log = fill(tmp_path, batches=2, per=3)
+    with cursor_from_start(tmp_path) as cursor:
+        assert seqs_of(cursor.batches()) == [1, 2, 3, 4, 5, 6]
+        assert list(cursor.batches()) == []  # at the end for now
+        log.append([svc(7), svc(8)])
+        assert list(cursor.batches()) == [(7, [p for _, p in log.read_raw(7)])]
+    log.close()
+
+
+@pytest.mark.parametrize("rewrite", ["shorter", "longer"])
+def test_cursor_rereads_after_the_writer_cut_a_failed_append(tmp_path, rewrite):
+    fill(tmp_path, batches=1, per=2).close()
+    seg = newest_segment(tmp_path)
+    end = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(framing.encode_batch(3, [b"a" * 200])[:100])  # half a batch: the append is under way
+    with cursor_from_start(tmp_path) as cursor:
+        assert seqs_of(cursor.batches()) == [1, 2]  # the half batch is carried, not judged
+        # The append failed and the writer cut it; then the next batch was written there.
+        os.truncate(seg, end)
+        payload = b"b" * (10 if rewrite == "shorter" else 500)
+        with open(seg, "ab") as f:
+            f.write(framing.encode_batch(3, [payload]))
+        assert list(cursor.batches()) == [(3, [payload])]
+
+
+def test_cursor_moves_on_to_the_next_segment_after_reading_this_one_to_its_end(tmp_path):
+    log = fill(tmp_path, batches=1, per=3)
+    with cursor_from_start(tmp_path) as cursor:
+        assert seqs_of(cursor.batches()) == [1, 2, 3]
+        log.append([svc(4)])  # into the first segment
+        log.segment_bytes = newest_segment(tmp_path).stat().st_size + 1
+        log.append([svc(5), svc(6), svc(7)])  # the log rolls
+        assert len(list_segments(tmp_path)) == 2
+        assert seqs_of(cursor.batches()) == [4, 5, 6, 7]
+    log.close()
+
+
+def test_cursor_rereads_a_torn_tail_once_a_newer_segment_appears(tmp_path, monkeypatch):
+    fill(tmp_path, batches=3, per=5).close()
+    seg = newest_segment(tmp_path)
+    with open(seg, "ab") as f:
+        f.write(b"\x07" * 300)  # a torn tail: garbage after the last batch
+    real_list = segments.list_segments
+    calls: list[int] = []
+
+    def listing(directory):
+        if not calls:
+            # Between the reader's fresh read of the damage and its look at the segments, a
+            # writer restarts: it cuts the torn tail, appends a batch there and rolls.
+            w = FileLog.open(tmp_path, segment_bytes=seg.stat().st_size - 300 + 100)
+            assert w.recovery is not None
+            w.append([svc(15)])
+            w.append([svc(16), svc(17)])
+            w.close()
+        calls.append(1)
+        return real_list(directory)
+
+    with cursor_from_start(tmp_path) as cursor:
+        monkeypatch.setattr(segments, "list_segments", listing)
+        got = seqs_of(cursor.batches())
+    assert got == list(range(1, 19)) and len(real_list(tmp_path)) == 2
+
+
+def test_cursor_refuses_an_incomplete_batch_in_a_segment_that_is_not_the_newest(tmp_path):
+    fill(tmp_path, batches=4, per=20, segment_bytes=2000).close()
+    first = list_segments(tmp_path)[0].path
+    assert len(list_segments(tmp_path)) > 1
+    with open(first, "ab") as f:
+        f.write(framing.encode_batch(99, [b"x" * 50])[:40])
+    with pytest.raises(CorruptLogError, match="incomplete batch in a segment that is not the newest"):
+        list(FileLog.open(tmp_path, readonly=True).read())
