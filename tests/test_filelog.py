@@ -10,12 +10,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+pytest.register_assert_rewrite("mykey.log.contract")  # before its import: detailed assertion messages
+
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
 from mykey.log import framing, segments
+from mykey.log.contract import LogStoreContract, svc
 from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
 from mykey.log.verify import verify_log
-
-from .logstore_contract import LogStoreContract, svc
 
 
 @pytest.fixture(params=["native-64k", "pure-64k", "native-big"])
@@ -39,7 +41,7 @@ def open_store(request, tmp_path):
 
 
 class TestFileLogContract(LogStoreContract):
-    pass
+    """The file log holds to the LogStore contract (with both framing twins, small and large segments)."""
 
 
 def fill(path: Path, batches: int = 20, per: int = 50, **kw) -> FileLog:
