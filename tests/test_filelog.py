@@ -770,3 +770,26 @@ def test_cursor_refuses_an_incomplete_batch_in_a_segment_that_is_not_the_newest(
         f.write(framing.encode_batch(99, [b"x" * 50])[:40])
     with pytest.raises(CorruptLogError, match="incomplete batch in a segment that is not the newest"):
         list(FileLog.open(tmp_path, readonly=True).read())
+
+
+# --- where the log is: open_log and the log commands ---
+
+
+def test_log_location_from_the_environment(tmp_path, monkeypatch, capsys):
+    from mykey.cli import main
+    from mykey.log.backend import file_log_dir, open_log
+
+    elsewhere = tmp_path / "elsewhere"
+    fill(elsewhere, batches=2, per=3).close()
+    data = ["--data", str(tmp_path / "data")]
+    monkeypatch.setenv("MYKEY_LOG", f"file://{elsewhere}")
+    assert file_log_dir(tmp_path / "data") == elsewhere
+    with open_log(tmp_path / "data", readonly=True) as log:
+        assert log.last_seq == 6
+    assert main(["log", "verify", *data]) == 0 and "6 events" in capsys.readouterr().out
+    assert main(["log", "show", "--from", "5", *data]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["5", "6"]
+    monkeypatch.setenv("MYKEY_LOG", "nats://localhost:4222/mykey")
+    with pytest.raises(ValidationError, match="not understood"):
+        open_log(tmp_path / "data")
+    assert main(["log", "verify", *data]) == 1 and "not understood" in capsys.readouterr().err
