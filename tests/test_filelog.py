@@ -10,9 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-pytest.register_assert_rewrite("mykey.log.contract")  # before its import: detailed assertion messages
-
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
 from mykey.log import framing
 from mykey.log.contract import LogStoreContract, svc
