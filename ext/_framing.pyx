@@ -1,29 +1,49 @@
 # cython: language_level=3
-"""C loops for batch framing (twin of mykey.framing; same bytes, same results).
+"""C loops for batch framing (twin of mykey.log.framing; same bytes, same results).
 
-Thin by design: builds and parses the byte layout described in mykey.framing;
-all decisions about what an error means stay in Python.
+Thin by design: builds and parses the byte layout described in mykey.log.framing,
+which is the one home of the format: every size, the magic, the record limit and
+every message come from there, and the field layout is checked against its
+struct formats on import. All decisions about what an error means stay in Python.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memcmp
 
+from mykey.log import framing as _format
 from mykey.log.framing import (
     BAD_HEADER,
     BAD_RECORD,
+    BODY_TOO_LARGE,
     HEADER_SIZE,
     INCOMPLETE,
+    MAGIC,
+    MAX_BODY,
+    MAX_RECORD,
     NEGATIVE_POS,
     OK,
     RECORD_HEAD_SIZE,
+    RECORD_TOO_LARGE,
 )
 
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
-DEF HSIZE = 32
-DEF RSIZE = 8
+# The C code below reads and writes the fields at fixed offsets: magic 0, hcrc 4,
+# first_seq 8, count 16, body_len 20, flags 24, reserved 28; record len 0, crc 4.
+if _format.HEADER.format != "<4sIQIIII" or _format.RECORD_HEAD.format != "<II" or len(MAGIC) != 4:
+    raise ImportError(
+        "mykey.log.framing changed the batch layout that mykey.log._framing was written for; "
+        "update ext/_framing.pyx and rebuild it (make build)"
+    )
+
+cdef Py_ssize_t HSIZE = HEADER_SIZE
+cdef Py_ssize_t RSIZE = RECORD_HEAD_SIZE
+cdef Py_ssize_t MAXREC = MAX_RECORD
+cdef Py_ssize_t MAXBODY = MAX_BODY
+cdef bytes _MAGIC = MAGIC
+cdef const char *MAGIC_P = _MAGIC  # _MAGIC keeps the bytes alive for the module's lifetime
 
 
 cdef inline void put32(char *p, uint32_t v) noexcept nogil:
@@ -49,12 +69,15 @@ def encode_batch(uint64_t first_seq, list payloads):
     cdef bytes p
     for i in range(n):
         p = <bytes?>payloads[i]
-        body_len += RSIZE + PyBytes_GET_SIZE(p)
-    if body_len > 0xffffffff:
-        raise ValueError("batch body exceeds 4 GiB; split the batch")
+        plen = PyBytes_GET_SIZE(p)
+        if plen > MAXREC:
+            raise ValueError(RECORD_TOO_LARGE.format(plen, MAX_RECORD))
+        body_len += RSIZE + plen
+    if body_len > MAXBODY:
+        raise ValueError(BODY_TOO_LARGE)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, HSIZE + body_len)
     cdef char *o = PyBytes_AS_STRING(out)
-    memcpy(o, b"MKB1", 4)
+    memcpy(o, MAGIC_P, 4)
     put64(o + 8, first_seq)
     put32(o + 16, <uint32_t>n)
     put32(o + 20, <uint32_t>body_len)
@@ -75,7 +98,7 @@ def encode_batch(uint64_t first_seq, list payloads):
 
 
 cdef inline bint header_ok(const uint8_t *h) noexcept nogil:
-    if memcmp(h, b"MKB1", 4) != 0:
+    if memcmp(h, MAGIC_P, 4) != 0:
         return False
     if crc32(0, h + 8, HSIZE - 8) != get32(h + 4):
         return False
@@ -92,7 +115,7 @@ def parse_header(const uint8_t[::1] buf, Py_ssize_t pos):
 
 
 def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records):
-    """Parse consecutive batches from pos; same contract as mykey.framing.parse_batches."""
+    """Parse consecutive batches from pos; same contract as mykey.log.framing.parse_batches."""
     cdef Py_ssize_t end = buf.shape[0], rpos, bend, got = 0, i
     cdef uint32_t count, body_len, n, crc
     cdef uint64_t first_seq
@@ -120,7 +143,7 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
             n = get32(base + rpos)
             crc = get32(base + rpos + 4)
             rpos += RSIZE
-            if n > bend - rpos:
+            if n > bend - rpos or n > MAXREC:
                 return batches, pos, BAD_RECORD, rpos - RSIZE, i
             if crc32(0, base + rpos, n) != crc:
                 return batches, pos, BAD_RECORD, rpos - RSIZE, i

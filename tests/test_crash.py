@@ -37,32 +37,42 @@ WRITER = textwrap.dedent(
 
 
 def run_and_kill(path: Path, seed: int, impl: str, rng: random.Random) -> int:
-    """Start a writer, let it run for a random moment, SIGKILL it; returns the highest acknowledged seq."""
+    """Start a writer, let it run for a random moment once it has started appending, SIGKILL it.
+
+    Returns the highest acknowledged seq.
+    """
     child = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), str(seed), impl],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + rng.uniform(0.15, 0.5)
-    acked = 0
     buf = b""
     fd = child.stdout.fileno()
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.01)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            buf += chunk
+
+    def read_until(deadline: float, stop_at_first_ack: bool) -> bool:
+        nonlocal buf
+        while time.monotonic() < deadline:
+            if stop_at_first_ack and b"\n" in buf:
+                return True
+            ready, _, _ = select.select([fd], [], [], 0.01)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return False
+                buf += chunk
+        return b"\n" in buf
+
+    # However slow the machine, the kill lands while the writer is appending, not while it starts.
+    started = read_until(time.monotonic() + 60, stop_at_first_ack=True)
+    if started:
+        read_until(time.monotonic() + rng.uniform(0.05, 0.4), stop_at_first_ack=False)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     buf += child.stdout.read()
-    for line in buf.split(b"\n"):
-        if line.strip():
-            acked = max(acked, int(line))
     err = child.stderr.read().decode()
+    assert started, f"the writer did not start appending: {err[-2000:]}"
     assert "Traceback" not in err, err
-    return acked
+    return max((int(line) for line in buf.split(b"\n") if line.strip()), default=0)
 
 
 @pytest.mark.parametrize("impl", ["native", "pure"])

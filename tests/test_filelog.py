@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from mykey.errors import CorruptLogError, LogError, LogLockedError, ValidationError
-from mykey.log import filelog, framing
-from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments, read_idx
+from mykey.log import framing
+from mykey.log.contract import LogStoreContract, svc
+from mykey.log.filelog import SEGMENT_HEADER_SIZE, FileLog, list_segments
 from mykey.log.verify import verify_log
-
-from .logstore_contract import LogStoreContract, svc
 
 
 @pytest.fixture(params=["native-64k", "pure-64k", "native-big"])
@@ -39,7 +38,7 @@ def open_store(request, tmp_path):
 
 
 class TestFileLogContract(LogStoreContract):
-    pass
+    """The file log holds to the LogStore contract (with both framing twins, small and large segments)."""
 
 
 def fill(path: Path, batches: int = 20, per: int = 50, **kw) -> FileLog:
@@ -63,29 +62,6 @@ def test_segments_roll_and_are_named_by_first_seq(tmp_path):
     for seg in segs:
         data = seg.path.read_bytes()
         assert framing.parse_header(data, SEGMENT_HEADER_SIZE)[0] == seg.first_seq
-
-
-def test_sparse_index_finds_offsets(tmp_path):
-    log = fill(tmp_path, batches=400, per=100)
-    seg = list_segments(tmp_path)[0]
-    entries = read_idx(seg)
-    assert len(entries) > 10
-    data = seg.path.read_bytes()
-    for first_seq, offset in entries:
-        assert framing.parse_header(data, offset)[0] == first_seq
-    assert [e.seq for e in log.read(23_456, 23_460)] == list(range(23_456, 23_461))
-
-
-def test_stale_index_falls_back_to_scan(tmp_path):
-    fill(tmp_path, batches=400, per=100).close()
-    seg = list_segments(tmp_path)[0]
-    raw = bytearray(seg.idx_path.read_bytes())
-    raw[-1] ^= 0x7F  # point the last entry at a bogus offset
-    seg.idx_path.write_bytes(bytes(raw))
-    log = FileLog.open(tmp_path, readonly=True)
-    assert [e.seq for e in log.read(39_990)] == list(range(39_990, 40_001))
-    w = FileLog.open(tmp_path)
-    assert w.last_seq == 40_000 and w.recovery is None
 
 
 def test_second_writer_is_refused(tmp_path):
@@ -119,6 +95,14 @@ def test_fsync_modes_store_everything(tmp_path, mode):
 
 def newest_segment(path: Path) -> Path:
     return list_segments(path)[-1].path
+
+
+def batch_offset(data: bytes, n: int) -> int:
+    """File offset of the segment's batch number n (0 is the first)."""
+    pos = SEGMENT_HEADER_SIZE
+    for _ in range(n):
+        pos += framing.HEADER_SIZE + framing.parse_header(data, pos)[2]
+    return pos
 
 
 def test_torn_tail_is_truncated_and_reported(tmp_path):
@@ -159,11 +143,7 @@ def test_flipped_byte_in_the_middle_is_reported_never_skipped(tmp_path, where):
     fill(tmp_path, batches=10, per=10).close()
     seg = newest_segment(tmp_path)
     data = bytearray(seg.read_bytes())
-    # Find the 4th batch (sequence 31..40).
-    pos = SEGMENT_HEADER_SIZE
-    for _ in range(3):
-        _, _, body_len = framing.parse_header(data, pos)
-        pos += framing.HEADER_SIZE + body_len
+    pos = batch_offset(data, 3)  # the 4th batch (sequence 31..40)
     target = {"batch-header": pos + 9, "record-header": pos + 32 + 2, "payload": pos + 32 + 8 + 5}[where]
     data[target] ^= 0x40
     seg.write_bytes(bytes(data))
@@ -235,100 +215,6 @@ def test_reader_in_another_process_follows_the_tail(tmp_path):
     assert child.returncode == 0
     assert [int(x) for x in lines[0::2]] == list(range(1, 301))
     assert lines[1::2] == [f"s{i}" for i in range(300)]
-
-
-# --- followers across segment rolls (segments appear whole, via rename) ---
-
-FOLLOWER = textwrap.dedent(
-    """
-    import sys
-    from mykey.log.filelog import FileLog
-    path, last = sys.argv[1], int(sys.argv[2])
-    log = FileLog.open(path, readonly=True)
-    print("ready", flush=True)
-    seqs = []
-    for seq, _payload in log.follow_raw(1, poll_interval=0.0005):
-        seqs.append(seq)
-        if seq >= last:
-            break
-    ok = seqs == list(range(1, last + 1))
-    print("ok" if ok else f"bad: got {len(seqs)} records, first {seqs[:5]}", flush=True)
-    """
-)
-
-
-@pytest.mark.parametrize("fsync", ["never", "always"])
-def test_follower_in_another_process_sees_every_seq_across_segment_rolls(tmp_path, fsync):
-    for round_ in range(5):
-        path = tmp_path / f"log{round_}"
-        writer = FileLog.open(path, segment_bytes=1024, fsync=fsync)
-        writer.append([svc(0)])
-        batches = 3000
-        child = subprocess.Popen(
-            [sys.executable, "-c", FOLLOWER, str(path), str(batches)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout.readline().strip() == "ready"
-        for b in range(1, batches):
-            writer.append([svc(b)])
-        out, err = child.communicate(timeout=120)
-        writer.close()
-        assert child.returncode == 0 and out.strip() == "ok", f"round {round_}: {out} {err[-2000:]}"
-        assert len(list_segments(path)) > 200
-
-
-def test_follower_reads_a_segment_to_its_end_before_moving_to_the_next(tmp_path, monkeypatch):
-    big = 60  # a batch of 60 events is ~4 KB: one fits in a 6,000-byte segment, two do not
-    writer = FileLog.open(tmp_path, segment_bytes=6000)
-    writer.append([svc(i) for i in range(big)])
-    reader = FileLog.open(tmp_path, readonly=True)
-    real_list = filelog.list_segments
-    segments_after = []
-
-    def listing(directory):
-        # The reader is at the end of its segment: the writer appends one more batch there, then rolls.
-        if len(segments_after) < 10:
-            n = len(list_segments(tmp_path))
-            writer.append([svc(writer.last_seq)])
-            writer.append([svc(writer.last_seq + i) for i in range(big)])
-            segments_after.append(len(list_segments(tmp_path)) - n)
-        return real_list(directory)
-
-    records = reader.follow_raw(1, poll_interval=0.001)
-    seen = [next(records)[0]]  # the reader has started on the first segment
-    monkeypatch.setattr(filelog, "list_segments", listing)
-    last = big + 10 * (1 + big)
-    for seq, _ in records:
-        seen.append(seq)
-        if seq == last:
-            break
-    assert segments_after == [1] * 10  # each time: one batch into the old segment, then a new one
-    assert seen == list(range(1, last + 1))
-
-
-def test_new_segments_appear_with_their_header_and_temp_files_are_ignored(tmp_path, monkeypatch):
-    log = FileLog.open(tmp_path, segment_bytes=4096)
-    seen: list[tuple[str, bytes]] = []
-    real_rename = os.rename
-
-    def rename(src, dst):
-        seen.append((str(dst), Path(src).read_bytes()))
-        assert [s.path for s in list_segments(tmp_path)] == [tmp_path / f"{1:020d}.seg"]  # tmp not listed
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", rename)
-    while len(list_segments(tmp_path)) < 2:
-        log.append([svc(log.last_seq)])
-    dst, content = seen[-1]
-    assert dst.endswith(f"{log.last_seq:020d}.seg") and len(content) == SEGMENT_HEADER_SIZE
-    monkeypatch.undo()
-    log.close()
-    (tmp_path / f"{99:020d}.seg.tmp").write_bytes(b"half-made")  # a crash while creating a segment
-    assert all(s.path.suffix == ".seg" for s in list_segments(tmp_path))
-    FileLog.open(tmp_path).close()
-    assert not list(tmp_path.glob("*.tmp"))
 
 
 # --- a damaged final batch that was written in full is corruption, not a torn tail ---
@@ -536,9 +422,7 @@ def test_damaged_header_of_the_final_batch_is_refused(tmp_path, byte):
     fill(tmp_path, batches=5, per=10).close()
     seg = newest_segment(tmp_path)
     data = bytearray(seg.read_bytes())
-    pos = SEGMENT_HEADER_SIZE
-    for _ in range(4):
-        pos += framing.HEADER_SIZE + framing.parse_header(data, pos)[2]
+    pos = batch_offset(data, 4)
     data[pos + byte] ^= 0x10
     seg.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match="sequence 41"):
@@ -587,3 +471,74 @@ def test_cut_copies_are_never_overwritten(tmp_path):
         FileLog.open(tmp_path / "log").close()
     saved = sorted(p.read_bytes() for p in (tmp_path / "log" / "torn").iterdir())
     assert saved == [b"garbage", b"garbage" * 2]
+
+
+# --- the record size limit ---
+
+
+def test_an_event_over_the_record_limit_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    from mykey.domain import events as ev
+
+    log = FileLog.open(tmp_path)
+    log.append([svc(0)])
+    big = ev.TrustAnchorAdded(b"\1" * 32, b"\2" * 1000)
+    monkeypatch.setattr(framing, "MAX_RECORD", 500)  # real events are far below the 16 MiB limit
+    with pytest.raises(ValidationError, match="event 2 of the batch \\(TrustAnchorAdded\\).*record limit of 500"):
+        log.append([svc(1), big])
+    monkeypatch.undo()
+    assert log.last_seq == 1 and [e.seq for e in log.read()] == [1]
+    assert log.append([big])[0].seq == 2
+    log.close()
+    assert verify_log(tmp_path).ok
+
+
+# --- one wording of damage, whoever finds it ---
+
+
+def test_writer_reader_and_verify_word_the_same_damage_the_same_way(tmp_path):
+    fill(tmp_path, batches=10, per=10).close()
+    seg = newest_segment(tmp_path)
+    data = bytearray(seg.read_bytes())
+    pos = batch_offset(data, 3)
+    record = pos + framing.HEADER_SIZE + framing.RECORD_HEAD_SIZE + framing.RECORD_HEAD.unpack_from(data, pos + 32)[0]
+    data[record + 10] ^= 0x01  # a payload byte of the batch's second record (sequence 32)
+    seg.write_bytes(bytes(data))
+    words = f"{seg.name} offset {pos} (sequence 32): record 1 of the batch (at offset {record}) fails its CRC or framing"
+    with pytest.raises(CorruptLogError) as writer:
+        FileLog.open(tmp_path)
+    with pytest.raises(CorruptLogError) as reader:
+        list(FileLog.open(tmp_path, readonly=True).read())
+    problem = verify_log(tmp_path).problem
+    for text in (str(writer.value), str(reader.value), str(problem)):
+        assert text.startswith(words) and "valid data follows" in text, text
+
+
+def test_the_lock_file_names_the_writer(tmp_path):
+    log = FileLog.open(tmp_path)
+    assert (tmp_path / "LOCK").read_text().strip() == str(os.getpid())
+    log.close()
+    with FileLog.open(tmp_path, readonly=True):  # readers take no lock
+        FileLog.open(tmp_path).close()
+
+
+# --- where the log is: open_log and the log commands ---
+
+
+def test_log_location_from_the_environment(tmp_path, monkeypatch, capsys):
+    from mykey.cli import main
+    from mykey.log.backend import file_log_dir, open_log
+
+    elsewhere = tmp_path / "elsewhere"
+    fill(elsewhere, batches=2, per=3).close()
+    data = ["--data", str(tmp_path / "data")]
+    monkeypatch.setenv("MYKEY_LOG", f"file://{elsewhere}")
+    assert file_log_dir(tmp_path / "data") == elsewhere
+    with open_log(tmp_path / "data", readonly=True) as log:
+        assert log.last_seq == 6
+    assert main(["log", "verify", *data]) == 0 and "6 events" in capsys.readouterr().out
+    assert main(["log", "show", "--from", "5", *data]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["5", "6"]
+    monkeypatch.setenv("MYKEY_LOG", "nats://localhost:4222/mykey")
+    with pytest.raises(ValidationError, match="not understood"):
+        open_log(tmp_path / "data")
+    assert main(["log", "verify", *data]) == 1 and "not understood" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Batch framing: round trips, the Cython module against its pure twin, damage detection."""
 
 import random
+import struct
 
 import pytest
 from hypothesis import given
@@ -99,3 +100,36 @@ def test_negative_pos_is_refused_by_both_twins():
                 call(*args)
             errors.append(str(err.value))
     assert len(set(errors)) == 1 and "pos" in errors[0]
+
+
+def test_records_over_max_record_are_refused_by_both_twins():
+    too_big = b"x" * (framing.MAX_RECORD + 1)
+    messages = set()
+    for name in ("native", "pure"):
+        with pytest.raises(ValueError, match="MAX_RECORD") as err:
+            framing_module(name).encode_batch(1, [b"ok", too_big])
+        messages.add(str(err.value))
+    assert len(messages) == 1
+    # A frame no writer produces: a record longer than MAX_RECORD, its CRCs all correct.
+    body = framing.RECORD_HEAD.pack(len(too_big), framing.crc32(too_big)) + too_big
+    rest = struct.pack("<QIIII", 7, 1, len(body), 0, 0)
+    frame = framing.MAGIC + struct.pack("<I", framing.crc32(rest)) + rest + body
+    results = [framing_module(name).parse_batches(frame, 0, 1 << 62) for name in ("native", "pure")]
+    assert results[0] == results[1] == ([], 0, framing.BAD_RECORD, framing.HEADER_SIZE, 0)
+
+
+def test_a_record_of_exactly_max_record_round_trips_in_both_twins():
+    payload = b"y" * framing.MAX_RECORD
+    frames = [framing_module(name).encode_batch(3, [payload]) for name in ("native", "pure")]
+    assert frames[0] == frames[1]
+    for name in ("native", "pure"):
+        assert framing_module(name).parse_batches(frames[0], 0, 1 << 62)[:3] == ([(0, 3, [payload])], len(frames[0]), framing.OK)
+
+
+def test_the_native_twin_takes_its_constants_from_the_format_module():
+    native = framing_module("native")
+    for name in ("HEADER_SIZE", "RECORD_HEAD_SIZE", "MAGIC", "MAX_RECORD", "OK", "INCOMPLETE", "BAD_HEADER", "BAD_RECORD"):
+        assert getattr(native, name) is getattr(framing, name), name
+    assert native.encode_batch(1, [])[:4] == framing.MAGIC
+    with pytest.raises(ValueError, match="unknown framing"):
+        framing_module("fast")

@@ -8,6 +8,7 @@ import msgspec
 
 from ..audit.trail import signed_size
 from ..datadir import DataDir
+from ..log.backend import file_log_dir, open_log
 from ..log.filelog import FileLog
 from ..log.verify import verify_log
 from .output import EXIT_REFUSED, Output
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    log_dir = DataDir(args.data).log
+    log_dir = file_log_dir(DataDir(args.data))
     if not log_dir.is_dir():
         out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
         return EXIT_REFUSED
@@ -69,7 +70,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_repair(args: argparse.Namespace, out: Output) -> int:
-    log_dir = DataDir(args.data).log
+    log_dir = file_log_dir(DataDir(args.data))
     if not log_dir.is_dir():
         out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
         return EXIT_REFUSED
@@ -108,22 +109,22 @@ def describe(env) -> str:
 
 
 def cmd_show(args: argparse.Namespace, out: Output) -> int:
-    log = FileLog.open(DataDir(args.data).log, readonly=True)
-    it = log.follow(args.from_seq) if args.follow else log.read(args.from_seq, args.to_seq)
-    for env in it:
-        if args.to_seq is not None and env.seq > args.to_seq:
-            break
-        if out.json_mode:
-            out.record(
-                {
-                    "seq": env.seq,
-                    "time": env.time.isoformat(),
-                    "actor": {"kind": env.actor.kind, "id": env.actor.id},
-                    "type": type(env.body).__name__,
-                    "v": env.v,
-                    "body": msgspec.structs.asdict(env.body),
-                }
-            )
-        else:
-            out.line(describe(env))
+    with open_log(DataDir(args.data), readonly=True) as log:
+        it = log.follow(args.from_seq) if args.follow else log.read(args.from_seq, args.to_seq)
+        for env in it:
+            if args.to_seq is not None and env.seq > args.to_seq:
+                break
+            if out.json_mode:
+                out.record(
+                    {
+                        "seq": env.seq,
+                        "time": env.time.isoformat(),
+                        "actor": {"kind": env.actor.kind, "id": env.actor.id},
+                        "type": type(env.body).__name__,
+                        "v": env.v,
+                        "body": msgspec.structs.asdict(env.body),
+                    }
+                )
+            else:
+                out.line(describe(env))
     return 0

@@ -22,6 +22,24 @@ def log_location(url: str | None = None) -> str | None:
     return url or os.environ.get(ENV_VAR) or None
 
 
+def file_log_dir(data: DataDir | str | os.PathLike[str], *, url: str | None = None) -> Path:
+    """The directory of the embedded file log at the log location (see open_log).
+
+    ValidationError for a location that is not a file log (file-log tools such as
+    `mykey log verify` and `mykey log repair` work on the files themselves).
+    """
+    data = data if isinstance(data, DataDir) else DataDir(Path(data))
+    location = log_location(url)
+    if location is None:
+        return data.log
+    if location.startswith("file:"):
+        return Path(location.removeprefix("file://").removeprefix("file:"))
+    raise ValidationError(
+        f"log location {location!r} is not understood; leave --log and {ENV_VAR} unset for the "
+        "embedded file log in DATA/log, or give file:///path/to/log"
+    )
+
+
 def open_log(
     data: DataDir | str | os.PathLike[str],
     *,
@@ -35,14 +53,7 @@ def open_log(
     keep_through: sequences known to be acknowledged elsewhere (applied by the index,
     covered by a signed checkpoint); a backend's recovery never discards them.
     """
-    data = data if isinstance(data, DataDir) else DataDir(Path(data))
-    location = log_location(url)
-    if location is None or location.startswith("file:"):
-        from .filelog import FileLog
+    from .filelog import FileLog
 
-        directory = data.log if location is None else Path(location.removeprefix("file://").removeprefix("file:"))
-        return FileLog.open(directory, readonly=readonly, fsync=fsync, keep_through=keep_through)
-    raise ValidationError(
-        f"log location {location!r} is not understood; leave --log and {ENV_VAR} unset for the "
-        "embedded file log in DATA/log, or give file:///path/to/log"
-    )
+    directory = file_log_dir(data, url=url)
+    return FileLog.open(directory, readonly=readonly, fsync=fsync, keep_through=keep_through)

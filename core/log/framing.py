@@ -8,6 +8,15 @@ atomic across crashes. Little-endian throughout.
 
     header: magic "MKB1" | hcrc u32 | first_seq u64 | count u32 | body_len u32 | flags u32 | reserved u32
     record: len u32 | crc u32 | payload[len]
+
+A record holds at most MAX_RECORD bytes: encode_batch refuses a longer payload
+(ValueError) and parse_batches reports a longer record as BAD_RECORD, so a reader
+never trusts a length beyond what a writer can produce.
+
+This module is the one home of the format: the Cython twin (ext/_framing.pyx)
+takes every constant and message from here and checks the layout on import.
+Which twin encodes and parses the log is chosen in mykey.log.accel; the single-header
+checks of recovery and the index (parse_header, find_header) use this module directly.
 """
 
 from __future__ import annotations
@@ -20,8 +29,11 @@ HEADER = struct.Struct("<4sIQIIII")
 HEADER_SIZE = HEADER.size  # 32
 RECORD_HEAD = struct.Struct("<II")
 RECORD_HEAD_SIZE = RECORD_HEAD.size  # 8
-MAX_RECORD = 16 * 1024 * 1024
+MAX_RECORD = 16 * 1024 * 1024  # bytes of one record's payload
+MAX_BODY = 0xFFFFFFFF  # body_len is a u32
 NEGATIVE_POS = "pos must be >= 0 (an offset into the buffer)"
+RECORD_TOO_LARGE = "a record of {} bytes exceeds MAX_RECORD ({} bytes)"
+BODY_TOO_LARGE = "batch body exceeds 4 GiB; split the batch"
 
 # parse_batches status codes
 OK = 0
@@ -39,9 +51,14 @@ def encode_batch(first_seq: int, payloads: list[bytes]) -> bytes:
     pack = RECORD_HEAD.pack
     body_len = 0
     for p in payloads:
-        parts.append(pack(len(p), _crc32(p)))
+        crc = _crc32(p)
+        if len(p) > MAX_RECORD:
+            raise ValueError(RECORD_TOO_LARGE.format(len(p), MAX_RECORD))
+        parts.append(pack(len(p), crc))
         parts.append(p)
         body_len += RECORD_HEAD_SIZE + len(p)
+    if body_len > MAX_BODY:
+        raise ValueError(BODY_TOO_LARGE)
     rest = struct.pack("<QIIII", first_seq, len(payloads), body_len, 0, 0)
     parts[0] = MAGIC + struct.pack("<I", _crc32(rest)) + rest
     return b"".join(parts)
@@ -95,7 +112,7 @@ def parse_batches(
                 return batches, pos, BAD_RECORD, rpos, i
             n, crc = RECORD_HEAD.unpack_from(mv, rpos)
             rpos += RECORD_HEAD_SIZE
-            if n > bend - rpos:
+            if n > bend - rpos or n > MAX_RECORD:
                 return batches, pos, BAD_RECORD, rpos - RECORD_HEAD_SIZE, i
             p = bytes(mv[rpos : rpos + n])
             if _crc32(p) != crc:

@@ -2,8 +2,8 @@
 
 Backend-neutral: the embedded segmented file log implements it today; a NATS
 JetStream stream can implement it later (expected_last_seq maps to
-Nats-Expected-Last-Sequence). tests/logstore_contract.py is the contract every
-backend must pass.
+Nats-Expected-Last-Sequence). mykey.log.contract is the test suite every backend
+must pass (its test module subclasses LogStoreContract).
 """
 
 from __future__ import annotations
@@ -36,8 +36,12 @@ class LogStore(abc.ABC):
     ) -> list[Envelope]:
         """Atomically append a batch; all events are stored or none. Returns the envelopes.
 
+        Sequence numbers run on from last_seq without gaps; the batch shares one
+        timestamp (ts, default now, in microseconds since the epoch, UTC).
         expected_last_seq makes the append conditional (optimistic concurrency):
-        ConcurrencyError if the log's last sequence number differs.
+        ConcurrencyError if the log's last sequence number differs. Invalid events or
+        actor raise ValidationError, a read-only or closed handle raises LogError; in
+        every refusal nothing is written and no sequence number is used up.
         """
 
     @abc.abstractmethod
@@ -59,7 +63,11 @@ class LogStore(abc.ABC):
         poll_interval: float = 0.05,
         stop: threading.Event | Callable[[], bool] | None = None,
     ) -> Iterator[tuple[int, list[bytes]]]:
-        """Whole batches from the one holding from_seq on, waiting at the tail until stop."""
+        """Whole batches from the one holding from_seq on, waiting at the tail until stop.
+
+        stop (an Event or a callable) is checked while waiting at the tail: the
+        iterator ends soon after it becomes true.
+        """
 
     def read(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[Envelope]:
         """Yield decoded envelopes (upcast to today's schema) in [from_seq, to_seq]."""

@@ -4,7 +4,7 @@ Checks segment headers and names, every batch header and record CRC, sequence
 continuity across batches and segments, that each record decodes and carries the
 sequence number its frame says, and that index entries point at real batches.
 Reports the first problem with its exact position; damage at the newest segment's
-end counts as a torn tail only by the writer's rule (mykey.filelog.classify_damage).
+end counts as a torn tail only by the writer's rule (mykey.log.damage.judge_damage).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from ..domain.events import decode_envelope
 from ..errors import RecordDecodeError
 from . import framing
 from .accel import framing_module
-from .filelog import (
-    DAMAGED_FINAL,
+from .damage import TORN, Damage, gap_damage, judge_damage, located
+from .segments import (
+    ALL,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
-    TORN,
-    classify_damage,
     list_segments,
     read_idx,
 )
@@ -40,7 +39,11 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        return f"{self.segment} offset {self.offset} (sequence {self.seq}): {self.what}"
+        return located(self.segment, self.offset, self.seq, self.what)
+
+    @classmethod
+    def of(cls, damage: Damage) -> Problem:
+        return cls(damage.segment, damage.offset, damage.seq, damage.explained())
 
 
 @dataclass
@@ -74,54 +77,40 @@ def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
         data = seg.path.read_bytes()
         report.bytes += len(data)
         if seg.first_seq != expected:
-            report.problem = Problem(seg.path.name, 0, expected, f"segment name says it starts at {seg.first_seq}")
+            report.problem = Problem.of(gap_damage(seg.name, 0, expected, seg.first_seq, what="segment"))
             return report
         if len(data) < SEGMENT_HEADER_SIZE or SEGMENT_HEADER.unpack_from(data) != (SEGMENT_MAGIC, seg.first_seq):
-            report.problem = Problem(seg.path.name, 0, expected, "bad segment header")
+            report.problem = Problem(seg.name, 0, expected, "bad segment header")
             return report
         batch_starts: dict[int, int] = {}
-        pos = SEGMENT_HEADER_SIZE
-        batches, pos, status, err_off, err_rec = frames.parse_batches(data, pos, 1 << 62)
+        batches, pos, status, err_off, err_rec = frames.parse_batches(data, SEGMENT_HEADER_SIZE, ALL)
         for off, first_seq, payloads in batches:
             if first_seq != expected:
-                report.problem = Problem(seg.path.name, off, expected, f"sequence gap: batch starts at {first_seq}")
+                report.problem = Problem.of(gap_damage(seg.name, off, expected, first_seq))
                 return report
             batch_starts[off] = first_seq
-            for i, p in enumerate(payloads):
-                seq = first_seq + i
-                if decode:
+            if decode:
+                for seq, p in enumerate(payloads, first_seq):
                     try:
                         env = decode_envelope(p)
                     except (RecordDecodeError, msgspec.MsgspecError) as exc:
-                        report.problem = Problem(seg.path.name, off, seq, f"record does not decode: {exc}")
+                        report.problem = Problem(seg.name, off, seq, f"record does not decode: {exc}")
                         return report
                     if env.seq != seq:
-                        report.problem = Problem(seg.path.name, off, seq, f"record says sequence {env.seq}")
+                        report.problem = Problem(seg.name, off, seq, f"record says sequence {env.seq}")
                         return report
             expected += len(payloads)
             report.batches += 1
             report.events += len(payloads)
         if status != framing.OK:
-            what = {
-                framing.INCOMPLETE: "incomplete batch",
-                framing.BAD_HEADER: "bad batch header",
-                framing.BAD_RECORD: f"record {err_rec} of the batch fails its CRC or framing",
-            }[status]
-            where = err_off if status == framing.BAD_RECORD else pos
-            kind = classify_damage(data, pos, status, err_off)[0] if newest else None
-            if kind == TORN:
-                prob = Problem(seg.path.name, where, expected + max(err_rec, 0), what)
-                report.torn_tail = prob
-                report.notes.append(f"torn tail ({what}) that the writer cuts on its next open: {prob}")
-            else:
-                if kind == DAMAGED_FINAL:
-                    what += (
-                        " in the final batch, which was written in full: corruption, not a torn tail. Restore "
-                        "the segment from a replica or backup, or cut the batch (losing its events) with "
-                        "`mykey log repair --cut-damaged-tail`"
-                    )
-                report.problem = Problem(seg.path.name, where, expected + max(err_rec, 0), what)
+            damage = judge_damage(
+                seg.name, data[pos:], status, err_off - pos, err_rec, base=pos, expected=expected, newest=newest
+            )
+            if damage.kind != TORN:
+                report.problem = Problem.of(damage)
                 return report
+            report.torn_tail = Problem.of(damage)
+            report.notes.append(f"torn tail that the writer cuts on its next open: {damage}")
         for first_seq, off in read_idx(seg):
             if batch_starts.get(off) != first_seq and off < pos:
                 report.notes.append(f"{seg.idx_path.name}: stale entry ({first_seq} at {off}); readers fall back to a scan")
