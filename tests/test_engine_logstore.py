@@ -16,10 +16,10 @@ from mykey.domain import events as ev
 from mykey.domain.status import MyKeyState, Status
 from mykey.engine import Engine
 from mykey.errors import ConcurrencyError, LogError, ValidationError
+from mykey.log.contract import LogStoreContract
 from mykey.log.store import LogStore, should_stop
 
 from .conftest import create_user, engine_resolver
-from .logstore_contract import LogStoreContract
 
 Stop = threading.Event | Callable[[], bool] | None
 
