@@ -23,6 +23,7 @@ from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import BUSINESS_ID_RE
 from ..domain.status import MyKeyState, Status
+from ..domain.transitions import STATE_AFTER
 from ..errors import NoIndexError, ReplayError, ValidationError
 from ..index.binding import binding as default_binding
 from ..index.store import (
@@ -125,12 +126,7 @@ def replay(data: DataDir, as_of: int | str, into: Path) -> int:
 # --------------------------------------------------------------- resolve_as_of
 
 _SVC_TYPES = (ev.ServiceIdRegistered, ev.ServiceIdLinked, ev.ServiceIdUnlinked)
-_STATE = {
-    ev.MyKeyCreated: MyKeyState.VALID,
-    ev.MyKeySuspended: MyKeyState.SUSPENDED,
-    ev.MyKeyResumed: MyKeyState.VALID,
-    ev.MyKeyInvalidated: MyKeyState.INVALID,
-}
+_STATE = STATE_AFTER  # what each event does to a MyKey ID's state: the one table in the domain
 
 
 def _matching(log: LogStore, upto: int, needles: set[bytes]) -> list[tuple[int, ev.Envelope]]:

@@ -171,11 +171,3 @@ def read_record(log: LogStore, seq: int) -> bytes:
 def log_reader(data: DataDir, log: LogStore | None = None) -> AbstractContextManager[LogStore]:
     """For a ``with`` block: ``log`` itself (left open), or else the data directory's log opened read-only."""
     return nullcontext(log) if log is not None else open_log(data, readonly=True)
-
-
-# Transitional: the engine (signed_size, ensure_signing_key), cli/log_cmds.py (signed_size) and
-# cli/index_cmds.py (resolve_as_of) still import these names from here. They are defined in
-# .checkpoints, .keys and .replay; remove these three lines once those callers import from there.
-from .checkpoints import signed_size  # noqa: E402, F401, I001
-from .keys import ensure_signing_key  # noqa: E402, F401
-from .replay import resolve_as_of  # noqa: E402, F401

@@ -61,7 +61,7 @@ def cmd_project(args: argparse.Namespace, out: Output) -> int:
 def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     if args.as_of is not None:
-        from ..audit.trail import resolve_as_of
+        from ..audit.replay import resolve_as_of
 
         answers = resolve_as_of(data, args.as_of, args.business, args.service_ids)
     else:

@@ -6,7 +6,7 @@ import argparse
 
 import msgspec
 
-from ..audit.trail import signed_size
+from ..audit.checkpoints import signed_size
 from ..datadir import DataDir
 from ..log.backend import file_log_dir, open_log
 from ..log.filelog import FileLog

@@ -6,8 +6,6 @@ import json
 import sys
 from typing import Any
 
-from ..jsonable import jsonable as _jsonable
-
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -42,3 +40,14 @@ class Output:
         """One JSON line of a listing (JSON mode only)."""
         if self.json_mode:
             print(json.dumps(_jsonable(data), sort_keys=True), flush=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """value with bytes as hex strings, recursively through dicts, lists and tuples."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

@@ -149,7 +149,10 @@ def feed_change(body: ev.Event) -> FeedChange | None:
     return FEED_CHANGES.get(type(body))
 
 
+# The state each state-setting event leaves its MyKey ID in (the projection and replay apply it).
+STATE_AFTER: dict[type, MyKeyState] = {t: c.state for t, c in FEED_CHANGES.items() if c.state is not None}
+
+
 def state_after(body: ev.Event) -> MyKeyState | None:
     """The state a MyKey-level event leaves its MyKey ID in (None: the event does not set it)."""
-    change = FEED_CHANGES.get(type(body))
-    return None if change is None else change.state
+    return STATE_AFTER.get(type(body))

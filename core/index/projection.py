@@ -15,6 +15,7 @@ from msgspec.structs import replace
 
 from ..domain import events as ev
 from ..domain.status import MyKeyState, Status
+from ..domain.transitions import STATE_AFTER
 from ..errors import ProjectionError
 from . import keys as k
 from .keys import Dbs
@@ -120,19 +121,20 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
 
+# The state each event leaves comes from the one table in mykey.domain.transitions.
 @handles(ev.MyKeySuspended)
 def _suspended(txn, dbs, env, b: ev.MyKeySuspended) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.SUSPENDED, b.reason, b.by_crl)
+    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeySuspended], b.reason, b.by_crl)
 
 
 @handles(ev.MyKeyResumed)
 def _resumed(txn, dbs, env, b: ev.MyKeyResumed) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.VALID, "")
+    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyResumed], "")
 
 
 @handles(ev.MyKeyInvalidated)
 def _invalidated(txn, dbs, env, b: ev.MyKeyInvalidated) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, MyKeyState.INVALID, b.reason)
+    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyInvalidated], b.reason)
 
 
 @handles(ev.CertificateRenewed)
