@@ -33,7 +33,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=70" wheel "Cython>=3"
 
 $(STAMP): $(BIN)/python pyproject.toml dev/pyproject.toml setup.py | sysdeps
-	$(BIN)/python -m pip install -q -e '.[dev]' -e ./dev
+	$(BIN)/python -m pip install -q -e '.[dev,nats]' -e ./dev
 	touch $(STAMP)
 
 setup: sysdeps $(STAMP) build
