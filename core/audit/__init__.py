@@ -16,5 +16,6 @@ One module per concept; a module imports only modules listed before it:
 - ``history``: a person's own history, each event with its inclusion proof.
 
 Logs are opened with ``mykey.log.backend.open_log`` and used through the LogStore
-interface only, so every tool here works on any log backend.
+interface, so every tool here works on any log backend; ``verify`` adds the file log's own
+byte-level checks (segments, offsets, torn tails) when the log is a file log.
 """

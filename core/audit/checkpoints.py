@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .. import fs
 from ..datadir import DataDir
-from ..errors import AuditError, CheckpointError, NoCheckpointError
+from ..errors import AuditError, CheckpointError, NoCheckpointError, NoIndexError
+from ..index.store import open_live_readonly, read_meta_last_seq
 from .checkpoint import Checkpoint, VerifierKey, parse_signed_checkpoint
 
 __all__ = [
@@ -52,6 +53,26 @@ def signed_size(data: DataDir) -> int:
     """The tree size of the newest stored checkpoint (0 if none): events the platform signed for."""
     cps = list_checkpoints(data)
     return cps[-1][0] if cps else 0
+
+
+def acknowledged_size(data: DataDir) -> int:
+    """Events known to be acknowledged: applied by the live index or covered by a signed checkpoint.
+
+    A log backend's recovery must never discard these (the ``keep_through`` of ``open_log``).
+    Opens the live index read-only, so call it only from a process that does not hold it open
+    (the Engine, which holds it, uses its own index's last_seq).
+    """
+    try:
+        env, dbs, _gen = open_live_readonly(data)
+    except NoIndexError:
+        applied = 0
+    else:
+        try:
+            with env.begin() as txn:
+                applied = read_meta_last_seq(txn, dbs)
+        finally:
+            env.close()
+    return max(applied, signed_size(data))
 
 
 def read_checkpoint(data: DataDir, size: int) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..audit.checkpoint import peek_checkpoint
+from ..audit.checkpoints import acknowledged_size
 from ..audit.history import format_history, subject_history
 from ..audit.keys import load_signer, public_key_arg
 from ..audit.proofs import (
@@ -117,7 +118,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     load_signer(data)  # an uninitialised data directory: say `mykey init` before anything is created
     try:
-        log = open_log(data)
+        log = open_log(data, keep_through=acknowledged_size(data))
     except LogLockedError as exc:
         out.refused(
             f"{exc}. A running engine keeps the trail and signs checkpoints itself; run `mykey audit checkpoint` "

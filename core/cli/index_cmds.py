@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..audit.checkpoints import acknowledged_size
 from ..datadir import DataDir
 from ..domain.status import statuses
 from ..index.projector import run_projector
@@ -41,7 +42,8 @@ def cmd_rebuild(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     if not _need_log(data, out):
         return EXIT_REFUSED
-    with open_log(data) as log:  # as the writer: no engine may append while we rebuild
+    # As the writer (no engine may append while we rebuild); recovery keeps what was acknowledged.
+    with open_log(data, keep_through=acknowledged_size(data)) as log:
         with bar("rebuild", log.last_seq, enabled=not out.json_mode) as b:
             gen = rebuild(data, log, progress=b.update)
         out.result(f"rebuilt index {gen.name} from {log.last_seq} events", generation=str(gen), last_seq=log.last_seq)

@@ -6,7 +6,7 @@ import argparse
 
 import msgspec
 
-from ..audit.checkpoints import signed_size
+from ..audit.checkpoints import acknowledged_size
 from ..datadir import DataDir
 from ..log.backend import file_log_dir, open_log
 from ..log.filelog import FileLog
@@ -74,8 +74,8 @@ def cmd_repair(args: argparse.Namespace, out: Output) -> int:
     if not log_dir.is_dir():
         out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
         return EXIT_REFUSED
-    # Never cut what a signed checkpoint covers: those events were published as existing.
-    signed = signed_size(DataDir(args.data))
+    # Never cut what a signed checkpoint covers or the index applied: those events were acknowledged.
+    signed = acknowledged_size(DataDir(args.data))
     log = FileLog.open(log_dir, create=False, cut_damaged_tail=args.cut_damaged_tail, keep_through=signed)
     try:
         rec, last = log.recovery, log.last_seq

@@ -79,7 +79,7 @@ class MyKeyCreated(_Event, tag="mk.created"):
     """A user proved possession of their card certificate and got a MyKey ID.
 
     v2: the serial is lower-case hex text (v1 stored an int, which overflows for
-    20-octet serials); the subject is kept only as a SHA-256 digest.
+    20-octet serials); the subject is kept only as a keyed digest (HMAC-SHA256 under DATA/keys/subject.key).
     """
 
     VERSION: ClassVar[int] = 2

@@ -32,7 +32,7 @@ def binding_by_name(name: str) -> ModuleType:
         if name == "native":
             raise ImportError(
                 f"the native LMDB binding mykey.index._lmdb is not built ({exc}); build it with "
-                f"`MYKEY_ONLY_EXT=_lmdb python setup.py build_ext --inplace`, or set MYKEY_PURE=1 "
+                f"`make build` (or `MYKEY_ONLY_EXT=_lmdb python setup.py build_ext --inplace`), or set MYKEY_PURE=1 "
                 f"to use the py-lmdb binding"
             ) from exc
         raise

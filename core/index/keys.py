@@ -41,7 +41,7 @@ class Dbs:
     terminal: int  # terminal_id -> TerminalRecord
     trust: int  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
     feed: int  # consumer -> u64 BE position
-    meta: int  # b"last_seq" -> u64 BE, b"schema" -> u32 BE
+    meta: int  # b"last_seq" -> u64 BE, b"schema" -> u64 BE
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
