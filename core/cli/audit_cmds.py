@@ -168,7 +168,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         None if report.problem is None else f"audit failed at {report.problem}",
         f"audit OK: {report.events} events, last sequence {report.last_seq}, "
         f"{report.checkpoints} signed checkpoints match the log",
-        also=[str(p) for p in report.problems[1:]],
+        also=[str(p) for p in report.problems if p is not report.problem],
         **report.to_dict(),
     )
 
