@@ -35,7 +35,7 @@ _WEIGHTS = (6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 
 def individual_number_check_digit(first11: str) -> int:
     """Check digit of an Individual Number from its first 11 digits."""
-    r = sum(int(d) * w for d, w in zip(first11, _WEIGHTS)) % 11
+    r = sum(int(d) * w for d, w in zip(first11, _WEIGHTS, strict=True)) % 11
     return 0 if r <= 1 else 11 - r
 
 
