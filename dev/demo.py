@@ -122,12 +122,13 @@ class _Timer:
 
 def run_demo(
     data_dir: Path,
-    config: DemoConfig = DemoConfig(),
+    config: DemoConfig | None = None,
     *,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     on_phase: Callable[[Phase], None] | None = None,
 ) -> DemoResult:
     """Build the demo platform in data_dir (replacing an earlier demo) and measure each phase."""
+    config = DemoConfig() if config is None else config
     rng = random.Random(config.seed)
     prepare_data_dir(data_dir)
     res = DemoResult()

@@ -630,6 +630,17 @@ def test_cli_verify_and_diff(cli, copy, capsys):
     assert f"audit failed at {seg.name} offset {pos} (sequence 11): event differs" in capsys.readouterr().err
 
 
+def test_cli_verify_prints_the_first_problem_and_every_other_once(cli, copy, capsys):
+    path = checkpoint_path(copy, 12)
+    path.write_text(path.read_text().replace("time ", "time 1"))  # a problem with no position, found first
+    rewrite_record(copy, 11, b"card reported lost", b"card reported LOST")  # the first by position
+    assert cli(["audit", "verify", "--data", str(copy.root)]) == 1
+    out = capsys.readouterr()
+    assert "audit failed at" in out.err and "(sequence 11): event differs" in out.err
+    also = [ln for ln in out.out.splitlines() if ln.startswith("also: ")]
+    assert len(also) == 1 and "not validly signed" in also[0], also
+
+
 def test_cli_diff_reports_differences(cli, copy, capsys):
     from mykey.index import keys as k
 

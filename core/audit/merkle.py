@@ -31,6 +31,7 @@ __all__ = [
     "SubtreeAccessor",
     "leaf_hash",
     "node_hash",
+    "parent_level",
     "mth",
     "root_from_leaf_hashes",
     "largest_power_of_two_below",
@@ -66,6 +67,12 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
+def parent_level(nodes: Sequence[bytes]) -> list[bytes]:
+    """The node hashes over each consecutive pair of ``nodes``; an odd last node gets no parent here."""
+    it = iter(nodes)
+    return [_sha256(b"\x01" + left + right).digest() for left, right in zip(it, it, strict=False)]
+
+
 def largest_power_of_two_below(n: int) -> int:
     """The largest power of two strictly less than ``n`` (n must be > 1): the RFC's split point k."""
     if n < 2:
@@ -81,8 +88,7 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     # reproduces the RFC's left-heavy split (left part = largest power of two < n).
     level = list(hashes)
     while len(level) > 1:
-        it = iter(level)
-        nxt = [_sha256(b"\x01" + left + right).digest() for left, right in zip(it, it)]
+        nxt = parent_level(level)
         if len(level) & 1:
             nxt.append(level[-1])
         level = nxt
@@ -322,8 +328,7 @@ def levels_from_leaf_hashes(hashes: Iterable[bytes]) -> list[list[bytes]]:
     """All complete aligned subtree hashes: ``levels[k][i]`` covers leaves [i·2^k, (i+1)·2^k)."""
     levels = [list(hashes)]
     while len(levels[-1]) > 1:
-        it = iter(levels[-1])
-        levels.append([_sha256(b"\x01" + left + right).digest() for left, right in zip(it, it)])
+        levels.append(parent_level(levels[-1]))
     return levels
 
 

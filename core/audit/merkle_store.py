@@ -43,7 +43,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +59,7 @@ from .merkle import (
     HASH_SIZE,
     consistency_proof,
     inclusion_proof,
+    parent_level,
     range_hash,
 )
 
@@ -249,17 +250,19 @@ class MerkleStore:
             return 0
         fd = self._fd(level, create=True)
         assert fd is not None
-        done = start
-        while done < end:
-            n = min(_REBUILD_CHUNK // 2, end - done)
-            children = self._read_nodes(level - 1, 2 * done, 2 * n)
-            out = b"".join(
+        for first, nodes in self._recomputed(level, start, end):
+            os.pwrite(fd, nodes, first * HASH_SIZE)
+        return end - start
+
+    def _recomputed(self, level: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """Nodes [start, end) of ``level`` hashed from the level below, a chunk at a time: (first index, nodes)."""
+        step = _REBUILD_CHUNK // 2
+        for first in range(start, end, step):
+            children = self._read_nodes(level - 1, 2 * first, 2 * min(step, end - first))
+            yield first, b"".join(
                 _sha256(b"\x01" + children[i : i + 2 * HASH_SIZE]).digest()
                 for i in range(0, len(children), 2 * HASH_SIZE)
             )
-            os.pwrite(fd, out, done * HASH_SIZE)
-            done += n
-        return end - start
 
     def _recover(self) -> None:
         notes: list[str] = []
@@ -405,8 +408,7 @@ class MerkleStore:
                 nodes = [os.pread(fd, HASH_SIZE, (start - 1) * HASH_SIZE), *nodes]
             if len(nodes) < 2:
                 break
-            it = iter(nodes)
-            nodes = [_sha256(b"\x01" + left + right).digest() for left, right in zip(it, it)]
+            nodes = parent_level(nodes)
             level += 1
         self._size = old + len(hashes)
         self._write_meta(durable=False)
@@ -530,21 +532,12 @@ class MerkleStore:
         """Recompute every interior node from the leaves and compare (O(n)); raise on mismatch."""
         self._check_size(self._size, "verify")
         for level in range(1, self._size.bit_length()):
-            count = self._size >> level
-            done = 0
-            while done < count:
-                n = min(_REBUILD_CHUNK // 2, count - done)
-                children = self._read_nodes(level - 1, 2 * done, 2 * n)
-                want = b"".join(
-                    _sha256(b"\x01" + children[i : i + 2 * HASH_SIZE]).digest()
-                    for i in range(0, len(children), 2 * HASH_SIZE)
-                )
-                if self._read_nodes(level, done, n) != want:
+            for first, want in self._recomputed(level, 0, self._size >> level):
+                if self._read_nodes(level, first, len(want) // HASH_SIZE) != want:
                     raise MerkleStoreCorruptError(
-                        f"{self._dir / _level_name(level)} disagrees with the level below near node {done}; "
+                        f"{self._dir / _level_name(level)} disagrees with the level below near node {first}; "
                         "open the store read-write to repair, or rebuild it from the event log"
                     )
-                done += n
 
     def __repr__(self) -> str:
         mode = "readonly" if self._readonly else "writer"

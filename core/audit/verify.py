@@ -14,21 +14,19 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..datadir import DataDir
-from ..domain.events import decode_envelope
 from ..errors import (
     CheckpointError,
     CorruptLogError,
     MerkleStoreError,
-    RecordDecodeError,
     SigningKeyError,
 )
+from ..log.damage import located
 from ..log.filelog import FileLog, list_segments
 from ..log.store import LogStore
-from ..log.verify import verify_log
+from ..log.verify import record_problem, verify_log
 from .checkpoint import (
     Checkpoint,
     VerifierKey,
@@ -57,10 +55,8 @@ class AuditProblem:
 
     def __str__(self) -> str:
         if self.segment:
-            where = f"{self.segment} offset {self.offset}" + ("" if self.seq is None else f" (sequence {self.seq})")
-        else:
-            where = "" if self.seq is None else f"sequence {self.seq}"
-        return f"{where}: {self.what}" if where else self.what
+            return located(self.segment, self.offset, self.seq, self.what)
+        return self.what if self.seq is None else f"sequence {self.seq}: {self.what}"
 
 
 @dataclass
@@ -159,12 +155,9 @@ def _scan_log(log: LogStore, report: AuditReport) -> AuditProblem | None:
             if first_seq != expected:
                 return AuditProblem(f"log damaged: sequence gap: batch starts at {first_seq}", expected)
             for seq, payload in enumerate(payloads, first_seq):
-                try:
-                    env = decode_envelope(payload)
-                except (RecordDecodeError, msgspec.MsgspecError) as exc:
-                    return AuditProblem(f"log damaged: record does not decode: {exc}", seq)
-                if env.seq != seq:
-                    return AuditProblem(f"log damaged: record says sequence {env.seq}", seq)
+                what = record_problem(seq, payload)
+                if what is not None:
+                    return AuditProblem(f"log damaged: {what}", seq)
             expected += len(payloads)
             report.events += len(payloads)
             report.last_seq = expected - 1

@@ -164,19 +164,14 @@ def cmd_check_proof(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     report = verify_data_dir(DataDir(args.data), args.public_key)
-    for note in report.notes:
-        out.line(f"note: {note}")
-    if report.problem is not None:
-        for p in report.problems[1:]:
-            out.line(f"also: {p}")
-        out.refused(f"audit failed at {report.problem}", **report.to_dict())
-        return EXIT_REFUSED
-    out.result(
+    return out.verdict(
+        report.notes,
+        None if report.problem is None else f"audit failed at {report.problem}",
         f"audit OK: {report.events} events, last sequence {report.last_seq}, "
         f"{report.checkpoints} signed checkpoints match the log",
+        also=[str(p) for p in report.problems if p is not report.problem],
         **report.to_dict(),
     )
-    return 0
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:

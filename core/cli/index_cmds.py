@@ -69,7 +69,7 @@ def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
     else:
         with Resolver.open(data.root) as r:
             answers = statuses(r.resolve_many(args.business, args.service_ids))
-    for sid, st in zip(args.service_ids, answers):
+    for sid, st in zip(args.service_ids, answers, strict=True):
         out.line(f"{sid} {st.label}")
         out.record({"service_id": sid, "status": st.label})
     return 0

@@ -47,26 +47,13 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         out.refused(f"no log at {log_dir}; pass --data DIR or run `mykey init`")
         return EXIT_REFUSED
     report = verify_log(log_dir)
-    data = {
-        "segments": report.segments,
-        "batches": report.batches,
-        "events": report.events,
-        "bytes": report.bytes,
-        "last_seq": report.last_seq,
-        "problem": str(report.problem) if report.problem else None,
-        "notes": report.notes,
-    }
-    for note in report.notes:
-        out.line(f"note: {note}")
-    if report.problem:
-        out.refused(f"log damaged at {report.problem}", **data)
-        return EXIT_REFUSED
-    out.result(
+    return out.verdict(
+        report.notes,
+        None if report.problem is None else f"log damaged at {report.problem}",
         f"log OK: {report.events} events in {report.batches} batches, {report.segments} segments, "
         f"last sequence {report.last_seq}",
-        **data,
+        **report.to_dict(),
     )
-    return 0
 
 
 def cmd_repair(args: argparse.Namespace, out: Output) -> int:

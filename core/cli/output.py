@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 EXIT_OK = 0
@@ -30,6 +31,20 @@ class Output:
             print(json.dumps(_jsonable({"ok": False, "message": message, **data}), sort_keys=True))
         else:
             print(f"refused: {message}", file=sys.stderr)
+
+    def verdict(
+        self, notes: Iterable[str], failure: str | None, success: str, /, *, also: Iterable[str] = (), **data: Any
+    ) -> int:
+        """A check's outcome and exit code: its notes, then `failure` refused (with `also`) or `success`."""
+        for note in notes:
+            self.line(f"note: {note}")
+        if failure is not None:
+            for other in also:
+                self.line(f"also: {other}")
+            self.refused(failure, **data)
+            return EXIT_REFUSED
+        self.result(success, **data)
+        return EXIT_OK
 
     def line(self, text: str) -> None:
         """A line of a multi-line listing (text mode only)."""

@@ -35,7 +35,7 @@ _WEIGHTS = (6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2)
 
 def individual_number_check_digit(first11: str) -> int:
     """Check digit of an Individual Number from its first 11 digits."""
-    r = sum(int(d) * w for d, w in zip(first11, _WEIGHTS)) % 11
+    r = sum(int(d) * w for d, w in zip(first11, _WEIGHTS, strict=True)) % 11
     return 0 if r <= 1 else 11 - r
 
 
@@ -78,12 +78,17 @@ def check_mykey_id(value: str, field: str = "mykey_id") -> str:
     return value
 
 
-def check_service_id(value: str, field: str = "service_id", *, numeric_declared: bool = False) -> str:
-    """Validate a service ID; 12-digit Individual-Number-shaped values need a declared business."""
+def _check_opaque(value: str, field: str) -> None:
+    """A business's own identifier (service or customer ID): printable ASCII without spaces."""
     if not isinstance(value, str) or not OPAQUE_ID_RE.match(value):
         raise ValidationError(
             f"{field} {value!r} is not valid: use 1-{MAX_SERVICE_ID_LEN} printable ASCII characters without spaces"
         )
+
+
+def check_service_id(value: str, field: str = "service_id", *, numeric_declared: bool = False) -> str:
+    """Validate a service ID; 12-digit Individual-Number-shaped values need a declared business."""
+    _check_opaque(value, field)
     if not numeric_declared or not value.isdigit():
         # A declaration covers the business's plain 12-digit IDs, not separated forms.
         _refuse_individual_number(field, value)
@@ -94,10 +99,7 @@ def check_customer_id(value: str | None, field: str = "customer_id") -> str | No
     """Validate an optional opaque customer ID (never an Individual Number)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not OPAQUE_ID_RE.match(value):
-        raise ValidationError(
-            f"{field} {value!r} is not valid: use 1-{MAX_SERVICE_ID_LEN} printable ASCII characters without spaces"
-        )
+    _check_opaque(value, field)
     _refuse_individual_number(field, value)
     return value
 

@@ -87,9 +87,9 @@ class Damage:
         return CorruptLogError(located(self.segment, self.offset, self.seq, self.explained()) + ".")
 
 
-def located(segment: str, offset: int, seq: int, what: str) -> str:
-    """The wording of any problem found in a segment: segment, offset, sequence number, what."""
-    return f"{segment} offset {offset} (sequence {seq}): {what}"
+def located(segment: str, offset: int | None, seq: int | None, what: str) -> str:
+    """The wording of any problem found in a segment: segment, offset, sequence number (if known), what."""
+    return f"{segment} offset {offset}" + ("" if seq is None else f" (sequence {seq})") + f": {what}"
 
 
 def judge_damage(

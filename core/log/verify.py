@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -63,6 +64,29 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.problem is None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "segments": self.segments,
+            "batches": self.batches,
+            "events": self.events,
+            "bytes": self.bytes,
+            "last_seq": self.last_seq,
+            "problem": None if self.problem is None else str(self.problem),
+            "notes": list(self.notes),
+        }
+
+
+def record_problem(seq: int, payload: bytes) -> str | None:
+    """What is wrong with the stored record at ``seq`` (any backend): it must decode and carry ``seq``."""
+    try:
+        env = decode_envelope(payload)
+    except (RecordDecodeError, msgspec.MsgspecError) as exc:
+        return f"record does not decode: {exc}"
+    if env.seq != seq:
+        return f"record says sequence {env.seq}"
+    return None
+
 
 def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
     """Verify the log in directory; decode=True also decodes every record."""
@@ -91,13 +115,9 @@ def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
             batch_starts[off] = first_seq
             if decode:
                 for seq, p in enumerate(payloads, first_seq):
-                    try:
-                        env = decode_envelope(p)
-                    except (RecordDecodeError, msgspec.MsgspecError) as exc:
-                        report.problem = Problem(seg.name, off, seq, f"record does not decode: {exc}")
-                        return report
-                    if env.seq != seq:
-                        report.problem = Problem(seg.name, off, seq, f"record says sequence {env.seq}")
+                    what = record_problem(seq, p)
+                    if what is not None:
+                        report.problem = Problem(seg.name, off, seq, what)
                         return report
             expected += len(payloads)
             report.batches += 1
