@@ -1,4 +1,4 @@
-"""The type stub core/index/_lmdb.pyi against both LMDB bindings.
+"""The type stubs of the Cython modules (core/index/_lmdb.pyi, core/log/_framing.pyi) against them and their twins.
 
 `mypy.stubtest` compares the stub with the Cython module mykey.index._lmdb as Python
 sees it: the names it exports, its classes, and every method's parameters (names,
@@ -62,10 +62,11 @@ def test_stubtest_finds_no_mismatch_with_the_native_module(tmp_path):
     config.write_text(
         f"[mypy]\nmypy_path = {tmp_path / 'path'}\n"
         # Only the stub is under test; the rest of the package is read for its names.
-        "[mypy-mykey.*]\nignore_errors = True\n[mypy-mykey.index._lmdb]\nignore_errors = False\n"
+        "[mypy-mykey.*]\nignore_errors = True\n[mypy-mykey.index._lmdb,mykey.log._framing]\nignore_errors = False\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "--mypy-config-file", str(config), "mykey.index._lmdb"],
+        [sys.executable, "-m", "mypy.stubtest", "--mypy-config-file", str(config), "mykey.index._lmdb",
+         "mykey.log._framing"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -134,3 +135,19 @@ def test_env_accepts_every_keyword_of_the_stub(name, tmp_path):
             env.open_db(b"d")  # max_dbs=3 was taken
     with binding.Env(tmp_path / "env", readonly=True, create=False) as env:
         assert env.readonly is True
+
+
+def test_framing_stub_matches_the_pure_twin():
+    """The Cython framing's stub names exactly what the pure twin offers, with the same signatures."""
+    from mykey.log import framing
+
+    source = (Path(mykey.__file__).parent / "log" / "_framing.pyi").read_text()
+    code = compile(source, "_framing.pyi", "exec", flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    stub = ModuleType("_framing_stub")
+    exec(code, stub.__dict__)
+    names = [n for n in vars(stub) if not n.startswith("_") and n not in ("Buffer",)]
+    for name in names:
+        assert hasattr(framing, name), name
+        if callable(getattr(stub, name)):
+            assert list(inspect.signature(getattr(stub, name)).parameters) == list(
+                inspect.signature(getattr(framing, name)).parameters), name

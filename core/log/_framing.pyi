@@ -1,0 +1,24 @@
+"""Type stub of the Cython batch framing (ext/_framing.pyx), twin of mykey.log.framing."""
+
+from typing_extensions import Buffer
+
+__test__: dict[str, str]  # Cython adds it to every module
+
+MAGIC: bytes
+HEADER_SIZE: int
+RECORD_HEAD_SIZE: int
+MAX_RECORD: int
+MAX_BODY: int
+NEGATIVE_POS: str
+RECORD_TOO_LARGE: str
+BODY_TOO_LARGE: str
+OK: int
+INCOMPLETE: int
+BAD_HEADER: int
+BAD_RECORD: int
+
+def encode_batch(first_seq: int, payloads: list[bytes]) -> bytes: ...
+def parse_header(buf: Buffer, pos: int) -> tuple[int, int, int] | None: ...
+def parse_batches(
+    buf: Buffer, pos: int, max_records: int
+) -> tuple[list[tuple[int, int, list[bytes]]], int, int, int, int]: ...
