@@ -118,7 +118,7 @@ class ServiceCommands(EngineCore):
         return self.challenges.issue("link", business_id=business_id, service_id=service_id, terminal_id=terminal_id)
 
     def identify_challenge(self, business_id: str, *, terminal_id: str | None = None) -> bytes:
-        """A challenge for the person's card to sign to be identified at this business (see identify)."""
+        """A challenge for the person's card to sign to be identified at this business (see card_reader)."""
         with self._read() as state:
             require_business(state, business_id)
         return self.challenges.issue("identify", business_id=business_id, terminal_id=terminal_id)
