@@ -211,7 +211,7 @@ def cmd_trust_list(args: argparse.Namespace, out: Output) -> int:
             ref = certs.cert_ref(c)
             row = {"fingerprint": ref.fingerprint.hex(), "role": role, "subject": c.subject.rfc4514_string(),
                    "key_id": ref.key_id.hex(), "not_after": c.not_valid_after_utc.isoformat()}
-            out.line(f"{row['fingerprint']} {role} {row['subject']!r} until {row['not_after']}")
+            out.line(f"{row['fingerprint']} {role} {row['subject']!r} key id {row['key_id']} until {row['not_after']}")
             out.record(row)
     return 0
 
