@@ -18,19 +18,9 @@ from mykey.errors import AlreadyExistsError, RenewalRefused, ValidationError
 from mykey_dev.pki import ThrowawayCA
 
 from .conftest import create_user
+from .test_engine import appends_nothing
 
 APPROVAL = "holder seen at the counter with the new card"
-
-
-class appends_nothing:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def __enter__(self):
-        self.before = self.engine.log.last_seq
-
-    def __exit__(self, *exc):
-        assert self.engine.log.last_seq == self.before
 
 
 @pytest.fixture(scope="module")
