@@ -216,6 +216,14 @@ class CrlError(CertificateError):
     """A CRL is malformed, from an untrusted issuer, badly signed, or out of date."""
 
 
+class CertificateBundleError(UntrustedCertificateError):
+    """A presented certificate bundle is too large or carries too many CA certificates."""
+
+
+class StaleRevocationError(CertificateError):
+    """A CA's latest applied CRL is past its nextUpdate (or too old): revocation cannot be checked."""
+
+
 # --- audit trail -----------------------------------------------------------
 
 

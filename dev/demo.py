@@ -227,7 +227,8 @@ def run_demo(
             renewed_id, old_cred = victims[-1]
             new_cred = inter.renew(old_cred)
             challenge = engine.new_challenge("renew")
-            engine.renew_certificate(renewed_id, new_cred.cert_pem() + inter.cert_pem(), new_cred.sign(challenge), challenge)
+            engine.renew_certificate(renewed_id, new_cred.cert_pem() + inter.cert_pem(), new_cred.sign(challenge), challenge,
+                                     operator_approval="card re-issued; holder seen at the counter")
             t.count += 2
 
         with timer("CRL: verify, record revocations, suspend", "entry") as t:

@@ -77,6 +77,10 @@ EVENT_STRATEGIES = {
     ev.ServiceIdLinked: st.builds(ev.ServiceIdLinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.ServiceIdUnlinked: st.builds(ev.ServiceIdUnlinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.FeedAcked: st.builds(ev.FeedAcked, opaque_ids, st.integers(0, 2**62)),
+    ev.TrustAnchorRemoved: st.builds(ev.TrustAnchorRemoved, digests, st.booleans(), names),
+    ev.CaSuccessorDesignated: st.builds(
+        ev.CaSuccessorDesignated, st.binary(min_size=1, max_size=20), st.binary(min_size=1, max_size=20), names
+    ).filter(lambda e: e.old_key_id != e.new_key_id),
 }
 events = st.one_of(*EVENT_STRATEGIES.values())
 actors = st.builds(ev.Actor, st.sampled_from(["operator", "user", "terminal", "system"]), opaque_ids)

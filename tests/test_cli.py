@@ -104,7 +104,8 @@ def test_a_whole_session(tmp_path, capsys, pki):
 
     new = pki.inter.renew(user)
     new_cert, new_key = new.write(tmp_path, "new")
-    code, out, _ = run(capsys, "renew", *d, "ABCDEFGH", "--cert", str(new_cert), "--key", str(new_key))
+    code, out, _ = run(capsys, "renew", *d, "ABCDEFGH", "--cert", str(new_cert), "--key", str(new_key),
+                       "--approved-by-operator", "--reason", "holder seen in person")
     assert code == 0 and "renewed" in out
     crl = tmp_path / "crl.der"
     crl.write_bytes(pki.inter.crl([(user, "superseded")], number=5))

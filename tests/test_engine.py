@@ -30,6 +30,9 @@ from mykey_dev.demo import design_example
 
 from .conftest import create_user, engine_authenticator, engine_resolver, link_card
 
+# An operator's approval: what a renewal needs while the current certificate is still usable.
+APPROVED = {"operator_approval": "card re-issued, holder seen at the counter"}
+
 
 class appends_nothing:
     """Context manager asserting the log did not grow inside it."""
@@ -372,7 +375,7 @@ def test_renewal_keeps_the_mykey_id(engine, pki):
     link_card(engine, pki, old, bid, "S1")
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     view = engine.mykey(mk)
     assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
     # The old certificate no longer resolves to the MyKey ID as its current certificate.
@@ -412,7 +415,7 @@ def test_crl_suspends_and_is_idempotent(engine, pki):
     link_card(engine, pki, c1, bid, "S1")
     new3 = pki.inter.renew(c3)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch)
+    engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch, **APPROVED)
     crl = pki.inter.crl([(c1, "key_compromise"), (c3, "superseded"), (pki.user(), "unspecified")], number=20)
     report = engine.apply_crl(crl)
     assert report.suspended == [mk1] and report.newly_revoked == 3 and not report.already_applied
@@ -555,15 +558,15 @@ def test_a_renewed_away_certificate_cannot_come_back(engine, pki):
     mk, old = create_user(engine, pki)
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="live MyKey ID"):
         create_user(engine, pki, old)  # no second live MyKey ID for the same person
     newer = pki.inter.renew(new)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(newer), newer.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(newer), newer.sign(ch), ch, **APPROVED)
     ch = engine.new_challenge("renew")
     with appends_nothing(engine), pytest.raises(CommandRefused, match="already replaced"):
-        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
 
 
 
@@ -592,7 +595,7 @@ def test_an_operator_suspension_survives_a_renewal(engine, pki):
     engine.suspend(mk, "certificate revoked (says the operator)")
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     assert engine.mykey(mk).state == MyKeyState.SUSPENDED
 
 
@@ -622,9 +625,10 @@ def test_revoking_an_intermediate_ca_suspends_what_it_issued(tmp_path, binding, 
         assert [e.mykey(mk).state for mk in made if mk not in under_a] == [MyKeyState.VALID]
         with appends_nothing(e), pytest.raises(CommandRefused, match="renewing"):
             e.resume(under_a[0])
-        # Renewal onto a certificate from a sound CA restores the MyKey ID.
+        # Renewal onto a certificate from a sound CA (designated as CA A's successor) restores the MyKey ID.
         old_ca, old = made[under_a[0]]
         new = ca_b.issue_user(subject=old.cert.subject)
+        assert e.designate_successor_ca(ca_a.cert_pem(), ca_b.cert_pem(), "CA A compromised; CA B takes over")
         ch = e.new_challenge("renew")
         e.renew_certificate(under_a[0], new.cert_pem() + ca_b.cert_pem(), new.sign(ch), ch)
         assert e.mykey(under_a[0]).state == MyKeyState.VALID

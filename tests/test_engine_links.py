@@ -139,7 +139,7 @@ def test_a_card_that_cannot_speak_for_its_holder_links_nothing(engine, pki, how)
     elif how == "renewed away":
         new = pki.inter.renew(cred)
         ch = engine.new_challenge("renew")
-        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, operator_approval="holder seen in person")
     else:
         cred = pki.other.issue_user()
         error = CertificateError

@@ -38,6 +38,7 @@ from mykey.errors import (
     InvalidMyKeyError,
     NotFoundError,
     NotLinkedError,
+    RenewalRefused,
     ResumeBlockedError,
     SuspendedMyKeyError,
     TerminalAuthError,
@@ -314,16 +315,22 @@ class EngineModel(RuleBasedStateMachine):
             self.mykeys[mk] = nxt
             self.crl_suspended.discard(mk)
 
-    @rule(data=st.data())
-    def renew(self, data) -> None:
+    @rule(data=st.data(), approved=st.booleans())
+    def renew(self, data, approved) -> None:
         if not self.mykeys:
             return
         mk = data.draw(st.sampled_from(list(self.mykeys)))
         new = pki().inter.renew(self.creds[mk])
         ch = self.engine.new_challenge("renew")
-        call = lambda: self.engine.renew_certificate(mk, pki().chain(new), new.sign(ch), ch)  # noqa: E731
+        approval = "holder seen at the counter" if approved else None
+        call = lambda: self.engine.renew_certificate(  # noqa: E731
+            mk, pki().chain(new), new.sign(ch), ch, operator_approval=approval
+        )
         if self.mykeys[mk] == "invalid":
             self.expect(InvalidMyKeyError, call)
+            return
+        if not approved and mk not in self.revoked:
+            self.expect(RenewalRefused, call)  # a usable certificate is replaced only with an operator's approval
             return
         call()
         self.creds[mk] = new

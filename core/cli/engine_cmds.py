@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -14,6 +18,7 @@ from ..datadir import DataDir
 from ..domain import certs
 from ..domain.ids import check_actor_id
 from ..engine import Engine, feed_items
+from ..engine.crl_sync import CrlSource, parse_duration, run_every, sync_round
 from ..errors import MykeyError, ValidationError
 from ..fs import write_unique
 from ..index.readmodel import ReadModel
@@ -41,6 +46,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = cmd(g, "add", "trust a root CA (or --intermediate CA) certificate", cmd_trust_add)
     p.add_argument("cert", metavar="CA.pem")
     p.add_argument("--intermediate", action="store_true", help="an intermediate CA that chains to a trusted root")
+    p = cmd(g, "remove", "stop trusting a CA; MyKey IDs under it are suspended as under a revoked CA", cmd_trust_remove)
+    p.add_argument("ca", metavar="FINGERPRINT|CA.pem", help="the CA's SHA-256 fingerprint (hex, or its first 8+ digits) or certificate file")
+    p.add_argument("--reason", required=True)
+    p = cmd(g, "successor", "let renewals move MyKey IDs from CA OLD's certificates to CA NEW's", cmd_trust_successor)
+    p.add_argument("old", metavar="OLD", help="fingerprint of a trusted CA, or a CA certificate file")
+    p.add_argument("new", metavar="NEW", help="fingerprint or certificate file of a trusted CA")
+    p.add_argument("--reason", required=True)
+    cmd(g, "list", "list the trusted CA certificates (fingerprint, role, subject, expiry)", cmd_trust_list)
 
     g = group("business", "register and deactivate businesses")
     p = cmd(g, "add", "register a business and issue its business ID", cmd_business_add)
@@ -64,6 +77,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--cert", required=True, metavar="USER.pem", help="user certificate (PEM; may include intermediates)")
     p.add_argument("--key", required=True, metavar="USER.key", help="its private key (as a card reader would use)")
     p.add_argument("--id", default=None, help="the MyKey ID to ask for (default: a random free one)")
+    _crl_policy_flags(p)
 
     p = cmd(sub, "suggest", "print free MyKey ID candidates", cmd_suggest)
     p.add_argument("-n", type=int, default=5)
@@ -103,10 +117,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("mykey")
     p.add_argument("--cert", required=True, metavar="NEW.pem")
     p.add_argument("--key", required=True, metavar="NEW.key")
+    p.add_argument("--approved-by-operator", action="store_true",
+                   help="the operator (this OS account) approves the renewal after an in-person check, although "
+                        "the current certificate is still usable (or the subject changed); needs --reason")
+    p.add_argument("--reason", default=None, help="why the operator approves (recorded)")
+    _crl_policy_flags(p)
 
     g = group("crl", "certificate revocation lists")
     p = cmd(g, "apply", "verify a CRL and suspend MyKey IDs whose certificate it revokes", cmd_crl_apply)
     p.add_argument("file", metavar="FILE")
+    p = cmd(g, "sync", "fetch the CRL of every trusted CA (URL or directory) and apply what is new", cmd_crl_sync)
+    p.add_argument("--from", dest="source", required=True, metavar="URL|DIR",
+                   help="base URL or directory holding <CA key id in hex>.crl; CRL distribution points of the "
+                        "CA certificates are fetched too (see docs/pki.md)")
+    p.add_argument("--every", default=None, metavar="DURATION",
+                   help="repeat every DURATION (e.g. 6h) until Ctrl-C or SIGTERM")
 
     p = cmd(sub, "feed", "print MyKey-level changes for a linked system, from its last acknowledged position", cmd_feed)
     p.add_argument("consumer")
@@ -115,11 +140,28 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--ack", action="store_true", help="acknowledge what was printed (needs the writer lock)")
 
 
+def _crl_policy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accept-stale-crl", action="store_true",
+                   help="accept a certificate although its issuer's latest applied CRL is past its nextUpdate")
+    p.add_argument("--crl-max-age", default="7d", metavar="DURATION",
+                   help="a CRL without nextUpdate is stale this long after it was issued (default 7d)")
+    p.add_argument("--require-crl", action="store_true",
+                   help="refuse a certificate whose issuing CA has no applied CRL at all")
+
+
+def _crl_policy(args: argparse.Namespace) -> certs.CrlPolicy | None:
+    """The CRL freshness policy the command's flags ask for (None: the engine's default)."""
+    if not hasattr(args, "crl_max_age"):
+        return None
+    return certs.CrlPolicy(refuse_stale=not args.accept_stale_crl, require_crl=args.require_crl,
+                           max_age=timedelta(seconds=parse_duration(args.crl_max_age)))
+
+
 def open_engine(args: argparse.Namespace) -> Engine:
     data = DataDir(args.data)
     if not data.log.is_dir():
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
-    return Engine.open(data.root, checkpoint_on_close=True)
+    return Engine.open(data.root, checkpoint_on_close=True, crl_policy=_crl_policy(args))
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -141,6 +183,41 @@ def cmd_trust_add(args: argparse.Namespace, out: Output) -> int:
         added = e.add_trust_anchor(Path(args.cert).read_bytes(), intermediate=args.intermediate)
     kind = "intermediate" if args.intermediate else "trust anchor"
     out.result(f"added {len(added)} {kind}(s)" if added else "already trusted: nothing added", fingerprints=added)
+    return 0
+
+
+def _ca_arg(value: str) -> bytes | str:
+    """A CA named on the command line: a certificate file's bytes, or a fingerprint."""
+    return Path(value).read_bytes() if Path(value).is_file() else value
+
+
+def cmd_trust_remove(args: argparse.Namespace, out: Output) -> int:
+    with open_engine(args) as e:
+        removal = e.remove_trust_anchor(_ca_arg(args.ca), args.reason)
+    kind = "intermediate" if removal.intermediate else "trust anchor"
+    out.result(f"removed {kind} {removal.fingerprint}; {len(removal.suspended)} MyKey ID(s) suspended",
+               **asdict(removal))
+    return 0
+
+
+def cmd_trust_successor(args: argparse.Namespace, out: Output) -> int:
+    with open_engine(args) as e:
+        added = e.designate_successor_ca(_ca_arg(args.old), _ca_arg(args.new), args.reason)
+    out.result("successor designated" if added else "already designated: nothing changed", designated=added)
+    return 0
+
+
+def cmd_trust_list(args: argparse.Namespace, out: Output) -> int:
+    with open_engine(args) as e:
+        cas = e.trusted_cas()
+    for role, ders in (("anchor", cas.anchors), ("intermediate", cas.intermediates)):
+        for der in ders:
+            c = certs.load_certificate(der)
+            ref = certs.cert_ref(c)
+            row = {"fingerprint": ref.fingerprint.hex(), "role": role, "subject": c.subject.rfc4514_string(),
+                   "key_id": ref.key_id.hex(), "not_after": c.not_valid_after_utc.isoformat()}
+            out.line(f"{row['fingerprint']} {role} {row['subject']!r} key id {row['key_id']} until {row['not_after']}")
+            out.record(row)
     return 0
 
 
@@ -271,10 +348,13 @@ def cmd_transition(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_renew(args: argparse.Namespace, out: Output) -> int:
+    if args.approved_by_operator and not (args.reason or "").strip():
+        raise MykeyError("--approved-by-operator needs --reason R: say why the renewal is approved")
+    approval = args.reason if args.approved_by_operator else None
     cert_bytes, sign = _credential(args.cert, args.key)
     with open_engine(args) as e:
         challenge = e.new_challenge("renew")
-        e.renew_certificate(args.mykey, cert_bytes, sign(challenge), challenge)
+        e.renew_certificate(args.mykey, cert_bytes, sign(challenge), challenge, operator_approval=approval)
         state = e.mykey(args.mykey).state
     serial = certs.load_certificates(cert_bytes)[0].serial_number
     out.result(f"renewed the certificate of {args.mykey} (serial {serial:x}); it is {state.label}",
@@ -291,6 +371,44 @@ def cmd_crl_apply(args: argparse.Namespace, out: Output) -> int:
         line = (f"applied CRL {report.number} of {report.issuer}: {report.entries} entries, "
                 f"{report.newly_revoked} newly revoked, {len(report.suspended)} MyKey ID(s) suspended")
     out.result(line, **asdict(report))
+    return 0
+
+
+def cmd_crl_sync(args: argparse.Namespace, out: Output) -> int:
+    source = CrlSource.parse(args.source)
+    interval = parse_duration(args.every) if args.every else None
+    data = DataDir(args.data)
+    if not data.log.is_dir():
+        raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
+
+    def one_round() -> None:
+        report = sync_round(data.root, source, lambda: open_engine(args))
+        for item in report.items:
+            if item.outcome in ("applied", "failed"):
+                out.line(f"{item.outcome}: {item.where} ({item.ca}): {item.detail}")
+        out.result(report.summary(), items=[asdict(i) for i in report.items], suspended=report.suspended)
+        sys.stdout.flush()
+
+    if interval is None:
+        one_round()
+        return 0
+    stop = threading.Event()
+
+    def guarded_round() -> None:
+        try:
+            one_round()
+        except (MykeyError, OSError) as exc:  # e.g. another command holds the writer lock: try next time
+            out.refused(f"this round failed ({exc}); retrying in {args.every}", error=type(exc).__name__)
+            sys.stderr.flush()
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        rounds = run_every(guarded_round, interval, stop)
+    except KeyboardInterrupt:
+        rounds = None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out.line(f"stopped after {rounds} round(s)" if rounds is not None else "stopped")
     return 0
 
 

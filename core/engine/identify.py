@@ -24,7 +24,7 @@ from ..domain.status import Status
 from ..errors import UnknownCardError
 from ..index.readmodel import Snapshot
 from .lookups import require_business
-from .mykeys import MyKeyCommands
+from .mykeys import verify_card_proof
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,18 @@ class CardReader:
     one thread at a time per snapshot source, like the ReadModel it reads.
     """
 
-    # The engine's own verification path (it needs only .challenges and .now() of its object).
-    _verify_user_cert = MyKeyCommands._verify_user_cert
-
-    def __init__(self, snapshots: Snapshots, challenges: ChallengeStore, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        snapshots: Snapshots,
+        challenges: ChallengeStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        crl_policy: certs.CrlPolicy | None = None,
+    ):
         self.snapshots = snapshots
         self.challenges = challenges
         self.clock = clock
+        self.crl_policy = crl_policy or certs.CrlPolicy()  # the same freshness rule as the engine's
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=timezone.utc)
@@ -97,6 +102,9 @@ class CardReader:
         with self.snapshots.snapshot() as state:
             require_business(state, business_id)
             self.challenges.expect(challenge, "identify", business_id=business_id, terminal_id=terminal_id)
-            info = self._verify_user_cert(state, certificate, signature, challenge, "identify")
+            info = verify_card_proof(
+                state, self.challenges, certificate, signature, challenge, "identify",
+                at=self.now(), crl_policy=self.crl_policy,
+            )
             links = state.linked_service_ids(card_holder(state, info), business_id)
         return [LinkedServiceId(sid, value.status) for sid, value in links]

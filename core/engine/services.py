@@ -212,7 +212,7 @@ class ServiceCommands(EngineCore):
 
     def card_reader(self) -> CardReader:
         """Identify (read side) over this engine's index and challenges: card_reader().identify(...)."""
-        return CardReader(self.read_model, self.challenges, clock=lambda: self.clock())
+        return CardReader(self.read_model, self.challenges, clock=lambda: self.clock(), crl_policy=self.crl_policy)
 
     def unlink_service_id(self, business_id: str, service_id: str, *, actor: ev.Actor | None = None) -> None:
         """Unlink a service ID from its MyKey ID (it stays registered, UNLINKED)."""

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from ..domain.events import CertRef
 from ..domain.status import MyKeyState, Status
 
 
@@ -36,12 +37,18 @@ class Dbs:
     # b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
     cert: int
     revoked: int  # issuer digest + serial -> RevokedRecord
+    # crl also holds b"t" + issuer digest + CA key id -> CrlFreshness (that CA key's latest applied CRL)
     crl: int  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
     business: int  # business_id -> BusinessRecord
     terminal: int  # terminal_id -> TerminalRecord
     trust: int  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
     feed: int  # consumer -> u64 BE position
     meta: int  # b"last_seq" -> u64 BE, b"schema" -> u64 BE
+    # Certificate paths and CA facts: b"m" + mykey_id -> its current recorded path (CertRef tuple);
+    # b"s" + issuer digest + serial + b"/" + mykey_id and b"f" + CA fingerprint + mykey_id -> b""
+    # (a CA certificate on that MyKey ID's current path); b"x" + CA fingerprint -> b"" (trust removed);
+    # b"n" + len + old CA key id + new CA key id -> b"" (a designated successor CA)
+    cas: int
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -122,6 +129,43 @@ def cert_fp_key(fingerprint: bytes) -> bytes:
 
 def revoked_key(issuer: str, serial_hex: str) -> bytes:
     return issuer_digest(issuer) + serial_hex.encode("ascii")
+
+
+RecordedPath = tuple[CertRef, ...]  # the value under path_key: leaf first, trust anchor last
+
+
+def path_key(mykey_id: str) -> bytes:
+    return b"m" + mykey_id.encode("ascii")
+
+
+def ca_serial_prefix(issuer: str, serial_hex: str) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate (issuer, serial)."""
+    return b"s" + issuer_digest(issuer) + serial_hex.encode("ascii") + b"/"
+
+
+def ca_fp_prefix(fingerprint: bytes) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate with this fingerprint."""
+    return b"f" + fingerprint
+
+
+def untrusted_key(fingerprint: bytes) -> bytes:
+    return b"x" + fingerprint
+
+
+def successor_prefix(old_key_id: bytes) -> bytes:
+    return b"n" + bytes([len(old_key_id)]) + old_key_id
+
+
+def crl_fresh_key(issuer: str, key_id: bytes) -> bytes:
+    """crl database: the latest applied CRL of one CA key (issuer digest + its key identifier)."""
+    return b"t" + issuer_digest(issuer) + key_id
+
+
+class CrlFreshness(msgspec.Struct, array_like=True, frozen=True):
+    """The latest applied CRL of one CA key: its thisUpdate and nextUpdate (0: none), unix seconds."""
+
+    this_update: int
+    next_update: int
 
 
 class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):

@@ -119,6 +119,7 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.cert_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.cert_issuer, b.cert_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 # The state each event leaves comes from the one table in mykey.domain.transitions.
@@ -163,6 +164,7 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.new_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.new_issuer, b.new_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 @handles(ev.CertificateRevoked)
@@ -182,11 +184,13 @@ def _crl(txn, dbs, env, b: ev.CrlApplied) -> None:
     old = txn.get(dbs.crl, ikey)
     if old is None or k.parse_u64(old) < b.number:
         txn.put(dbs.crl, ikey, k.u64(b.number))
+    _note_crl_freshness(txn, dbs, b)
 
 
 @handles(ev.TrustAnchorAdded)
 def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
     txn.put(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint, b.der)
+    txn.delete(dbs.cas, k.untrusted_key(b.fingerprint))  # trusted again
 
 
 @handles(ev.BusinessRegistered)
@@ -270,6 +274,44 @@ def _svc_unlinked(txn, dbs, env, b: ev.ServiceIdUnlinked) -> None:
 @handles(ev.FeedAcked)
 def _feed(txn, dbs, env, b: ev.FeedAcked) -> None:
     txn.put(dbs.feed, b.consumer.encode("ascii"), k.u64(b.seq))
+
+
+def _record_path(txn: Any, dbs: Dbs, mykey_id: str, path: k.RecordedPath) -> None:
+    """Make path the MyKey ID's current certificate path, indexed by each CA certificate on it."""
+    mk = mykey_id.encode("ascii")
+    old = txn.get(dbs.cas, k.path_key(mykey_id))
+    if old is not None:
+        for c in k.decode(k.RecordedPath, old)[1:]:
+            txn.delete(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk)
+            txn.delete(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk)
+        txn.delete(dbs.cas, k.path_key(mykey_id))
+    if not path:
+        return  # recorded before v3 of the events: no path known
+    txn.put(dbs.cas, k.path_key(mykey_id), k.encode(path))
+    for c in path[1:]:
+        txn.put(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk, b"")
+        txn.put(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk, b"")
+
+
+def _note_crl_freshness(txn: Any, dbs: Dbs, b: ev.CrlApplied) -> None:
+    """Remember the newest CRL applied for the CA key that signed it (for the freshness policy)."""
+    if not b.issuer_key_id:
+        return  # applied before v2 of the event: its nextUpdate was not recorded
+    key = k.crl_fresh_key(b.issuer, b.issuer_key_id)
+    old = txn.get(dbs.crl, key)
+    if old is None or k.decode(k.CrlFreshness, old).this_update <= b.this_update:
+        txn.put(dbs.crl, key, k.encode(k.CrlFreshness(b.this_update, b.next_update)))
+
+
+@handles(ev.TrustAnchorRemoved)
+def _trust_removed(txn, dbs, env, b: ev.TrustAnchorRemoved) -> None:
+    txn.delete(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint)
+    txn.put(dbs.cas, k.untrusted_key(b.fingerprint), b"")
+
+
+@handles(ev.CaSuccessorDesignated)
+def _successor(txn, dbs, env, b: ev.CaSuccessorDesignated) -> None:
+    txn.put(dbs.cas, k.successor_prefix(b.old_key_id) + b.new_key_id, b"")
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

@@ -175,6 +175,37 @@ class Snapshot:
         raw = self._txn.get(self._dbs.feed, consumer.encode("ascii"))
         return 0 if raw is None else k.parse_u64(raw)
 
+    # --- certificate paths, CA trust and CRL freshness ---------------------------------------
+
+    def recorded_path(self, mykey_id: str) -> k.RecordedPath:
+        """The MyKey ID's current certificate path, leaf first (empty if it was recorded before paths were)."""
+        raw = self._txn.get(self._dbs.cas, k.path_key(mykey_id))
+        return () if raw is None else k.decode(k.RecordedPath, raw)
+
+    def mykeys_under_ca_serial(self, issuer: str, serial: str) -> list[str]:
+        """The MyKey IDs whose current path holds the CA certificate (issuer DN, serial in hex)."""
+        prefix = k.ca_serial_prefix(issuer, serial)
+        return [key[len(prefix) :].decode("ascii") for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def mykeys_under_ca(self, fingerprint: bytes) -> list[str]:
+        """The MyKey IDs whose current path holds the CA certificate with this SHA-256 fingerprint."""
+        prefix = k.ca_fp_prefix(fingerprint)
+        return [key[len(prefix) :].decode("ascii") for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def trust_removed(self, fingerprint: bytes) -> bool:
+        """True if the CA certificate was removed from the trust store (and not trusted again since)."""
+        return self._txn.get(self._dbs.cas, k.untrusted_key(fingerprint)) is not None
+
+    def successors(self, key_id: bytes) -> list[bytes]:
+        """Key identifiers of the CAs designated as successors of the CA with this key identifier."""
+        prefix = k.successor_prefix(key_id)
+        return [key[len(prefix) :] for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def latest_crl(self, issuer: str, key_id: bytes) -> k.CrlFreshness | None:
+        """The newest CRL applied for the CA key (issuer DN, key identifier), or None if none was."""
+        raw = self._txn.get(self._dbs.crl, k.crl_fresh_key(issuer, key_id))
+        return None if raw is None else k.decode(k.CrlFreshness, raw)
+
 
 class ReadModel:
     """Snapshots of an open index environment (the engine's, or a read-only one of the live index)."""
