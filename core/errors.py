@@ -100,6 +100,14 @@ class FeedPositionError(CommandRefused):
     """A feed acknowledgement would move the consumer's position backwards."""
 
 
+class SuspendedMyKeyError(CommandRefused):
+    """The MyKey ID of the card presented is suspended: its card authorises nothing until it is valid again."""
+
+
+class UnknownCardError(NotFoundError):
+    """No live MyKey ID holds the certificate presented as its current one (none made, invalidated, or renewed away)."""
+
+
 class KeyFileError(MykeyError):
     """A key file in DATA/keys is damaged; restore it from a backup."""
 

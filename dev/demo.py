@@ -33,6 +33,7 @@ from mykey.log.filelog import FileLog
 from .pki import ThrowawayCA, UserCredential
 
 MUNICIPALITIES = ["131016", "131024", "141003", "271004", "011002"]
+IN_PERSON_REASON = "membership card and photo ID checked at the counter"
 FACILITY_KINDS = ["Library", "Sports Centre", "Shopping Street", "Public Hospital", "Museum", "Community Pool"]
 
 
@@ -46,6 +47,7 @@ class DemoConfig:
     rsa_users: int = 10
     service_ids: int = 1_000_000
     links_per_user: int = 3
+    card_links_per_user: int = 1  # by the card (~2 ms each: chain + proof); the rest in person, with a reason
     suspend_fraction: float = 0.02
     revoke_fraction: float = 0.01
     lookups: int = 1_000_000
@@ -203,12 +205,15 @@ def run_demo(
             tick = bar("links", config.users * config.links_per_user)
             linked: dict[str, list[str]] = {b: [] for b in businesses}
             pools = {b: rng.sample(range(len(registered[b])), min(len(registered[b]), config.users)) for b in businesses}
-            for mykey_id, _cred in users:
-                for bid in rng.sample(businesses, min(config.links_per_user, len(businesses))):
+            for mykey_id, cred in users:
+                for n, bid in enumerate(rng.sample(businesses, min(config.links_per_user, len(businesses)))):
                     if not pools[bid]:
                         continue
                     sid = registered[bid][pools[bid].pop()]
-                    engine.link_service_id(bid, sid, mykey_id)
+                    if n < config.card_links_per_user:
+                        link_by_card(engine, bid, sid, cred, inter)
+                    else:
+                        engine.link_in_person(bid, sid, mykey_id, IN_PERSON_REASON)
                     linked[bid].append(sid)
                     t.count += 1
                     tick(1)
@@ -291,19 +296,26 @@ def _lookup_mix(
     return query
 
 
+def link_by_card(engine: Engine, business_id: str, service_id: str, cred: UserCredential, ca: ThrowawayCA) -> None:
+    """What a terminal does at first use: the card signs a challenge naming the business and service ID."""
+    challenge = engine.link_challenge(business_id, service_id)
+    engine.link_with_card(business_id, service_id, cred.cert_pem() + ca.cert_pem(), cred.sign(challenge), challenge)
+
+
 def design_example(engine: Engine, ca: ThrowawayCA) -> list[tuple[str, str, str, str, str]]:
     """The platform design's example table, rebuilt with real commands (needs A0001 and B2108 free)."""
     a = engine.register_business("Example Library", "131016", business_id="A0001")
     b = engine.register_business("Example Sports Centre", "131024", business_id="B2108")
-    ids = []
+    ids, creds = [], []
     for _ in range(3):
         cred = ca.issue_user()
         challenge = engine.new_challenge()
         ids.append(engine.create_mykey(cred.cert_pem() + ca.cert_pem(), cred.sign(challenge), challenge))
-    engine.link_service_id(a, "123456", ids[0])
-    engine.link_service_id(b, "578901", ids[1])
+        creds.append(cred)
+    link_by_card(engine, a, "123456", creds[0], ca)  # the person taps their card: no MyKey ID is named
+    link_by_card(engine, b, "578901", creds[1], ca)
     engine.invalidate(ids[1], "example")
-    engine.link_service_id(a, "111111", ids[2])
+    link_by_card(engine, a, "111111", creds[2], ca)
     engine.suspend(ids[2], "example")
     engine.register_service_ids(b, [("589000", None)])
     rows = []

@@ -76,6 +76,12 @@ def create_user(engine, pki, cred=None, requested_id=None):
     return engine.create_mykey(pki.chain(cred), cred.sign(challenge), challenge, requested_id), cred
 
 
+def link_card(engine, pki, cred, business_id, service_id, **kw):
+    """Link a service ID with the holder's card, as a terminal or the CLI relays it; returns its status."""
+    challenge = engine.link_challenge(business_id, service_id)
+    return engine.link_with_card(business_id, service_id, pki.chain(cred), cred.sign(challenge), challenge, **kw)
+
+
 def engine_resolver(engine):
     """A Resolver (the gateway's read path) over the engine's own index environment.
 

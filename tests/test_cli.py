@@ -80,7 +80,9 @@ def test_a_whole_session(tmp_path, capsys, pki):
     csv.write_text("service_id,customer_id\n123456,\n111111,C-7\n")
     code, out, _ = run(capsys, "service", "import", *d, "A0001", str(csv))
     assert code == 0 and "registered 2 service IDs" in out
-    assert run(capsys, "service", "link", *d, "A0001", "123456", "ABCDEFGH")[0] == 0
+    code, out, _ = run(capsys, "service", "link", *d, "A0001", "123456", "--cert", str(user_cert),
+                       "--card-key", str(user_key))
+    assert (code, out.strip()) == (0, "linked A0001 service ID 123456 to the card's holder (valid)")
     code, out, _ = run(capsys, "resolve", *d, "A0001", "123456", "111111", "999")
     assert out.split("\n")[:3] == ["123456 valid", "111111 unlinked", "999 unknown"]
     code, out, _ = run(capsys, "--json", "resolve", *d, "A0001", "123456")

@@ -28,7 +28,7 @@ from mykey.errors import (
 )
 from mykey_dev.demo import design_example
 
-from .conftest import create_user, engine_authenticator, engine_resolver
+from .conftest import create_user, engine_authenticator, engine_resolver, link_card
 
 
 class appends_nothing:
@@ -243,14 +243,14 @@ def test_terminals_enrol_authenticate_revoke(engine):
 
 def test_register_link_unlink(engine, pki):
     bid = engine.register_business("Library", "131016")
-    mk, _ = create_user(engine, pki)
+    mk, cred = create_user(engine, pki)
     assert engine.register_service_ids(bid, [("S1", None), ("S2", "C2")]) == 2
     assert status(engine, bid, "S1") == Status.UNLINKED
-    engine.link_service_id(bid, "S1", mk)
+    assert link_card(engine, pki, cred, bid, "S1") == Status.VALID
     assert status(engine, bid, "S1") == Status.VALID
     with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="already linked"):
-        engine.link_service_id(bid, "S1", mk)
-    engine.link_service_id(bid, "NEW-AT-FIRST-USE", mk)  # registered by the user at first use
+        engine.link_in_person(bid, "S1", mk, "checked the card at the desk")
+    link_card(engine, pki, cred, bid, "NEW-AT-FIRST-USE")  # registered by the user at first use
     assert status(engine, bid, "NEW-AT-FIRST-USE") == Status.VALID
     assert engine.mykey(mk).businesses == [bid]
     engine.unlink_service_id(bid, "S1")
@@ -261,7 +261,7 @@ def test_register_link_unlink(engine, pki):
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.unlink_service_id(bid, "nope")
     with appends_nothing(engine), pytest.raises(NotFoundError):
-        engine.link_service_id(bid, "S2", "ABCDEFGH")
+        engine.link_in_person(bid, "S2", "ABCDEFGH", "checked the card at the desk")
 
 
 def test_registration_is_all_or_nothing(engine):
@@ -286,8 +286,8 @@ def test_numeric_service_ids_need_a_declaration(engine, pki):
     with appends_nothing(engine), pytest.raises(IndividualNumberError):
         engine.register_service_ids(plain, [("123456789018", None)])
     engine.register_service_ids(numeric, [("123456789018", None)])
-    mk, _ = create_user(engine, pki)
-    engine.link_service_id(numeric, "123456789018", mk)
+    _mk, cred = create_user(engine, pki)
+    link_card(engine, pki, cred, numeric, "123456789018")
     assert status(engine, numeric, "123456789018") == Status.VALID
     reg = [e for e in engine.log.read() if isinstance(e.body, ev.BusinessRegistered)]
     assert [e.body.numeric_service_ids for e in reg] == [False, True]
@@ -339,7 +339,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
     bid = engine.register_business("Library", "131016")
     mk, _ = create_user(engine, pki)
     for i in range(50):
-        engine.link_service_id(bid, f"S{i}", mk)
+        engine.link_in_person(bid, f"S{i}", mk, "bulk migration, checked in person")
     r = engine_resolver(engine)
     sids = [f"S{i}" for i in range(50)]
     assert set(r.resolve_many(bid, sids)) == {Status.VALID}
@@ -357,7 +357,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
         with appends_nothing(engine), pytest.raises(IllegalTransitionError, match="final"):
             action()
     with appends_nothing(engine), pytest.raises(CommandRefused, match="invalid"):
-        engine.link_service_id(bid, "S-new", mk)
+        engine.link_in_person(bid, "S-new", mk, "checked in person")
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.suspend("ABCDEFGH", "x")
     r.close()
@@ -369,7 +369,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
 def test_renewal_keeps_the_mykey_id(engine, pki):
     bid = engine.register_business("Library", "131016")
     mk, old = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk)
+    link_card(engine, pki, old, bid, "S1")
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
     engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
@@ -409,7 +409,7 @@ def test_crl_suspends_and_is_idempotent(engine, pki):
     mk1, c1 = create_user(engine, pki)
     mk2, c2 = create_user(engine, pki)
     mk3, c3 = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk1)
+    link_card(engine, pki, c1, bid, "S1")
     new3 = pki.inter.renew(c3)
     ch = engine.new_challenge("renew")
     engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch)
@@ -444,7 +444,7 @@ def test_feed_and_ack_survive_restart(tmp_path, binding, pki):
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         bid = e.register_business("Library", "131016")
         mk, cred = create_user(e, pki)
-        e.link_service_id(bid, "S1", mk)  # not a MyKey-level change: not in the feed
+        link_card(e, pki, cred, bid, "S1")  # not a MyKey-level change: not in the feed
         e.suspend(mk, "x")
         items = list(e.feed("points"))
         assert [(i.change, i.mykey_id, i.state) for i in items] == [("created", mk, "valid"), ("suspended", mk, "suspended")]
@@ -466,12 +466,14 @@ def test_feed_and_ack_survive_restart(tmp_path, binding, pki):
 
 def test_every_event_is_attributed(engine, pki):
     bid = engine.register_business("Library", "131016")
-    mk, _ = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk)
+    mk, cred = create_user(engine, pki)
+    link_card(engine, pki, cred, bid, "S1")
+    engine.link_in_person(bid, "S2", mk, "passport checked at the desk")
     engine.suspend(mk, "x", actor=ev.Actor("operator", "desk-7"))
     actors = [(type(e.body).__name__, e.actor.kind, e.actor.id) for e in engine.log.read()]
     assert ("MyKeyCreated", "user", mk) in actors
-    assert ("ServiceIdLinked", "operator", engine.operator.id) in actors  # whoever called link, by default
+    assert ("ServiceIdLinked", "user", mk) in actors  # the card's proof: the person's own act
+    assert ("ServiceIdLinked", "operator", engine.operator.id) in actors  # in person: the operator's decision
     assert ("MyKeySuspended", "operator", "desk-7") in actors
     assert all(kind in ("operator", "user", "terminal", "system") and aid for _, kind, aid in actors)
 

@@ -39,7 +39,9 @@ from mykey.errors import (
     NotFoundError,
     NotLinkedError,
     ResumeBlockedError,
+    SuspendedMyKeyError,
     TerminalAuthError,
+    UnknownCardError,
     ValidationError,
 )
 from mykey.index.binding import binding_by_name
@@ -213,27 +215,72 @@ class EngineModel(RuleBasedStateMachine):
             for s in sids:
                 self.services[(bid, s)] = None
 
-    @rule(sid=service_ids, data=st.data())
-    def link(self, sid, data) -> None:
+    def _card(self, mk):
+        """The holder's card as a terminal presents it: the certificate chain and a signer."""
+        cred = self.creds[mk]
+        return pki().chain(cred), cred.sign
+
+    def _card_refusal(self, mk) -> type[Exception] | None:
+        """Why the card of mk cannot speak for its holder (the verification comes first), or None."""
+        if mk in self.revoked:
+            return CertificateRevokedError
+        return {"valid": None, "suspended": SuspendedMyKeyError, "invalid": UnknownCardError}[self.mykeys[mk]]
+
+    @rule(sid=service_ids, by_card=st.booleans(), data=st.data())
+    def link(self, sid, by_card, data) -> None:
         if not self.mykeys:
             return
         bid = data.draw(st.sampled_from(sorted(self.businesses)))
         mk = data.draw(st.sampled_from(list(self.mykeys)))
+        holder = self.services.get((bid, sid))
         if not self.businesses[bid]:
             error = InactiveError
         elif sid == "bad id":
             error = ValidationError
         elif sid == "123456789018":
             error = IndividualNumberError
+        elif by_card:
+            # The card names the MyKey ID; linking again to the same person changes nothing.
+            error = self._card_refusal(mk) or (AlreadyExistsError if holder not in (None, mk) else None)
         elif self.mykeys[mk] == "invalid":
             error = InvalidMyKeyError
-        elif self.services.get((bid, sid)) is not None:
+        elif holder is not None:
             error = AlreadyExistsError
         else:
             error = None
-        self.expect(error, lambda: self.engine.link_service_id(bid, sid, mk))
+
+        def card_link():
+            chain, sign = self._card(mk)
+            ch = self.engine.link_challenge(bid, sid)
+            return self.engine.link_with_card(bid, sid, chain, sign(ch), ch)
+
+        call = card_link if by_card else lambda: self.engine.link_in_person(bid, sid, mk, "checked in person")
+        before = self.engine.log.last_seq
+        result = self.expect(error, call)
         if error is None:
+            assert result == STATE_STATUS[self.mykeys[mk]]
+            if holder == mk:
+                assert self.engine.log.last_seq == before, "a repeated card link appended events"
             self.services[(bid, sid)] = mk
+
+    @rule(data=st.data())
+    def identify(self, data) -> None:
+        """The person taps their card at a business: its service IDs linked to them, nothing else."""
+        if not self.mykeys:
+            return
+        bid = data.draw(st.sampled_from(sorted(self.businesses)))
+        mk = data.draw(st.sampled_from(list(self.mykeys)))
+        error = InactiveError if not self.businesses[bid] else self._card_refusal(mk)
+
+        def call():
+            chain, sign = self._card(mk)
+            ch = self.engine.identify_challenge(bid)
+            return self.engine.card_reader().identify(bid, chain, sign(ch), ch)
+
+        found = self.expect(error, call)
+        if error is None:
+            mine = sorted(s for (b, s), m in self.services.items() if b == bid and m == mk)
+            assert [(x.service_id, x.status) for x in found] == [(s, Status.VALID) for s in mine]
 
     @rule(data=st.data())
     def unlink(self, data) -> None:

@@ -13,7 +13,7 @@ from ..datadir import DataDir
 from ..domain import certs
 from ..domain.ids import check_actor_id
 from ..engine import Engine, feed_items
-from ..errors import MykeyError
+from ..errors import MykeyError, ValidationError
 from ..fs import write_unique
 from ..index.readmodel import ReadModel
 from ..log.backend import open_log
@@ -79,10 +79,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("business")
     p.add_argument("service_id")
     p.add_argument("--customer", default=None, help="the business's opaque customer ID")
-    p = cmd(g, "link", "link a service ID to a MyKey ID (registering it on first use)", cmd_service_link)
+    p = cmd(g, "link", "link a service ID to the person: by their card, or in person with a reason "
+            "(registering it on first use)", cmd_service_link)
     p.add_argument("business")
     p.add_argument("service_id")
-    p.add_argument("mykey")
+    p.add_argument("--cert", metavar="USER.pem", help="the person's card certificate (PEM; may include intermediates)")
+    p.add_argument("--card-key", metavar="USER.key", help="its private key (as the card reader would use it)")
+    p.add_argument("--mykey", metavar="ID", help="with --in-person: the MyKey ID, after checking the person in person")
+    p.add_argument("--in-person", action="store_true", help="no card: link on your attributed decision (needs --reason)")
+    p.add_argument("--reason", help="with --in-person: how the person was checked (recorded)")
     p = cmd(g, "unlink", "unlink a service ID from its MyKey ID", cmd_service_unlink)
     p.add_argument("business")
     p.add_argument("service_id")
@@ -228,9 +233,26 @@ def cmd_service_register(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_service_link(args: argparse.Namespace, out: Output) -> int:
+    card = args.cert is not None or args.card_key is not None
+    if args.in_person:
+        if card or not args.mykey or not args.reason:
+            raise ValidationError("--in-person links --mykey ID with a --reason, and takes no card (--cert, --card-key)")
+        with open_engine(args) as e:
+            status = e.link_in_person(args.business, args.service_id, args.mykey, args.reason)
+        out.result(f"linked {args.business} service ID {args.service_id} to {args.mykey} in person ({status.label})",
+                   business_id=args.business, service_id=args.service_id, status=status.label, authority="in-person")
+        return 0
+    if not (args.cert and args.card_key) or args.mykey or args.reason:
+        raise ValidationError(
+            "link with the person's card (--cert USER.pem --card-key USER.key), or in person "
+            "(--mykey ID --in-person --reason R); the card names its MyKey ID itself"
+        )
+    cert_bytes, sign = _credential(args.cert, args.card_key)
     with open_engine(args) as e:
-        e.link_service_id(args.business, args.service_id, args.mykey)
-    out.result(f"linked {args.business} service ID {args.service_id} to {args.mykey}")
+        challenge = e.link_challenge(args.business, args.service_id)
+        status = e.link_with_card(args.business, args.service_id, cert_bytes, sign(challenge), challenge)
+    out.result(f"linked {args.business} service ID {args.service_id} to the card's holder ({status.label})",
+               business_id=args.business, service_id=args.service_id, status=status.label, authority="card")
     return 0
 
 

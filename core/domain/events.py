@@ -284,16 +284,53 @@ def _check_link(e: ServiceIdLinked | ServiceIdUnlinked) -> None:
     ids.check_mykey_id(e.mykey_id)
 
 
-class ServiceIdLinked(_Event, tag="svc.linked"):
-    """A service ID of a business was linked to a MyKey ID."""
+LINK_AUTHORITIES = ("card", "in-person", "unrecorded")
 
+
+class ServiceIdLinked(_Event, tag="svc.linked"):
+    """A service ID of a business was linked to a MyKey ID.
+
+    v2: what authorised the link. "card": the person's card signed a challenge naming
+    the business and the service ID (cert_fingerprint: that certificate; relayed_by:
+    the terminal or operator that passed the proof on; the event's actor is the
+    person). "in-person": an operator checked the person in person (reason says how;
+    the actor is the operator). "unrecorded": a v1 record, written before either was kept.
+    """
+
+    VERSION: ClassVar[int] = 2
     business_id: str
     service_id: str
     mykey_id: str
     numeric_declared: bool = False
+    authority: str = "unrecorded"  # one of LINK_AUTHORITIES
+    reason: str = ""
+    cert_fingerprint: bytes = b""
+    relayed_by: str = ""  # "terminal:<terminal ID>" or "operator:<name>" (card links only)
 
     def check(self) -> None:
         _check_link(self)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+        if self.relayed_by:
+            kind, _, who = self.relayed_by.partition(":")
+            if kind not in ("terminal", "operator"):
+                raise ValidationError(f"relayed_by {self.relayed_by!r} must be terminal:<ID> or operator:<name>")
+            Actor(kind, who).check()
+        if self.authority == "card":
+            _fp(self.cert_fingerprint, "cert_fingerprint")
+            if self.reason:
+                raise ValidationError("a link by card carries no reason: the card's signature is the authority")
+            if not self.relayed_by:
+                raise ValidationError("a link by card names who relayed the card's proof (relayed_by)")
+        elif self.authority == "in-person":
+            if not self.reason.strip():
+                raise ValidationError("a link after an in-person check needs a reason (how the person was checked)")
+            if self.cert_fingerprint or self.relayed_by:
+                raise ValidationError("a link after an in-person check names no certificate and no relay")
+        elif self.authority == "unrecorded":
+            if self.reason or self.cert_fingerprint or self.relayed_by:
+                raise ValidationError("a link of unrecorded authority carries no reason, certificate or relay")
+        else:
+            raise ValidationError(f"link authority {self.authority!r} is not one of card, in-person, unrecorded")
 
 
 class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
@@ -388,6 +425,15 @@ def _mykey_created_v1(fields: list[Any]) -> list[Any]:
     if isinstance(out[2], int):
         out[2] = format(out[2], "x")
     return out
+
+
+@upcaster("svc.linked", 1)
+def _service_id_linked_v1(fields: list[Any]) -> list[Any]:
+    # v1: [business_id, service_id, mykey_id, numeric_declared]; nobody recorded what authorised it.
+    out = list(fields)
+    if len(out) < 4:
+        out.append(False)
+    return [*out, "unrecorded", "", b"", ""]
 
 
 def now_us() -> int:

@@ -84,6 +84,18 @@ class Snapshot:
         # key = mykey_id + business_id (5 bytes) + service_id
         return sorted({key[len(prefix) : len(prefix) + 5].decode("ascii") for key, _ in links})
 
+    def linked_service_ids(self, mykey_id: str, business_id: str) -> list[tuple[str, k.SvcValue]]:
+        """The business's service IDs linked to the MyKey ID, with their values, in service ID order."""
+        mk = mykey_id.encode("ascii")
+        prefix = mk + business_id.encode("ascii")
+        out = []
+        for key, _ in scan(self._txn, self._dbs.mksvc, prefix, prefix):
+            skey = key[len(mk) :]  # the service key: business ID + service ID
+            raw = self._txn.get(self._dbs.svc, skey)
+            if raw is not None:
+                out.append((k.split_service_key(skey)[1], k.parse_svc_value(raw)))
+        return out
+
     # --- certificates --------------------------------------------------------------
 
     def certificate_holders(self, issuer: str, serial: str, fingerprint: bytes) -> Iterator[CertHolder]:
