@@ -110,6 +110,8 @@ def file_commands(world) -> list[tuple[str, list[str]]]:
         ("renew --cert", ["renew", *d, MYKEY, "--cert", "BAD", "--key", key]),
         ("renew --key", ["renew", *d, MYKEY, "--cert", cert, "--key", "BAD"]),
         ("service import", ["service", "import", *d, "A0001", "BAD"]),
+        ("service link --cert", ["service", "link", *d, "A0001", "S1", "--cert", "BAD", "--card-key", key]),
+        ("service link --card-key", ["service", "link", *d, "A0001", "S1", "--cert", cert, "--card-key", "BAD"]),
         ("crl apply", ["crl", "apply", *d, "BAD"]),
         ("audit check-proof FILE", ["audit", "check-proof", "BAD", "--public-key", str(f / "log.vkey")]),
         ("audit check-proof --public-key", ["audit", "check-proof", str(f / "proof.json"), "--public-key", "BAD"]),

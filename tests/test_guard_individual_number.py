@@ -224,7 +224,7 @@ def platform(tmp_path_factory, pki):
         e.register_business("Water works", "131016", numeric_service_ids=True)
         e.enrol_terminal("A0001")
         e.register_service_ids("A0001", [("S1", None)])
-        e.link_service_id("A0001", "S1", MYKEY)
+        e.link_in_person("A0001", "S1", MYKEY, "photo ID checked at the desk")
     return data
 
 
@@ -260,7 +260,9 @@ def refused_everywhere(e: Engine, mykey_id: str, text: str, id_value: str) -> No
         lambda: e.register_service_ids("A0001", [(id_value, None)]),
         lambda: e.register_service_ids("A0001", [("S2", id_value)]),
         lambda: e.register_service_ids("A0002", [("S2", id_value)]),
-        lambda: e.link_service_id("A0001", id_value, mykey_id),
+        lambda: e.link_in_person("A0001", id_value, mykey_id, "photo ID checked at the desk"),
+        lambda: e.link_in_person("A0001", "S9", mykey_id, text),
+        lambda: e.link_challenge("A0001", id_value),
         lambda: e.unlink_service_id("A0001", id_value),
         lambda: e.ack(id_value, 0),
         lambda: e.register_business("Library", "131016", actor=ev.Actor("operator", id_value)),
@@ -294,7 +296,8 @@ def test_cli_stores_none(platform, capsys, text_case, id_case):
         ["terminal", "revoke", *d, "A0001-T0001", "--reason", text],
         ["service", "register", *d, "A0001", value],
         ["service", "register", *d, "A0001", "S3", "--customer", value],
-        ["service", "link", *d, "A0001", value, MYKEY],
+        ["service", "link", *d, "A0001", value, "--in-person", "--mykey", MYKEY, "--reason", "desk check"],
+        ["service", "link", *d, "A0001", "S9", "--in-person", "--mykey", MYKEY, "--reason", text],
         ["service", "unlink", *d, "A0001", value],
         ["suspend", *d, MYKEY, "--reason", text],
         ["invalidate", *d, MYKEY, "--reason", text],

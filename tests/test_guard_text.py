@@ -59,6 +59,7 @@ def test_the_engine_refuses_control_characters_in_every_text_field(tmp_path, pki
                 lambda text: e.revoke_terminal(f"{bid}-T0001", text),
                 lambda text: e.suspend(mk, text),
                 lambda text: e.invalidate(mk, text),
+                lambda text: e.link_in_person(bid, "S1", mk, f"checked {text}"),
             ):
                 with pytest.raises(ValidationError):
                     attempt(bad)
