@@ -53,12 +53,26 @@ class DataDir:
 SUBJECT_KEY_BYTES = 32
 
 
-def ensure_subject_key(data: DataDir) -> bytes:
-    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once."""
-    path = data.keys / "subject.key"
+def subject_key_path(data: DataDir) -> Path:
+    return data.keys / "subject.key"
+
+
+def ensure_subject_key(data: DataDir, *, in_use: bool = False) -> bytes:
+    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once.
+
+    in_use: records already hold digests made with the key (the log has MyKey events), so
+    a missing key is an error: a new one would silently make every renewal fail.
+    """
+    path = subject_key_path(data)
     try:
         key = path.read_bytes()
     except FileNotFoundError:
+        if in_use:
+            raise KeyFileError(
+                f"{path} is missing, but the log holds MyKey IDs whose holders were recorded with it; "
+                "without it no renewal can be matched to its holder. Restore DATA/keys/subject.key from "
+                "your backup of DATA/keys (mykey makes a new one only while no MyKey ID exists)"
+            ) from None
         data.keys.mkdir(parents=True, exist_ok=True)
         key = secrets.token_bytes(SUBJECT_KEY_BYTES)
         try:

@@ -271,4 +271,15 @@ class ReplayError(MykeyError):
     """A replay could not be made (target directory in use, no live index, the index kept moving)."""
 
 
+# --- command line ------------------------------------------------------------
+
+
+class InputFileError(MykeyError):
+    """A file named on the command line cannot be used: too large, encrypted, or not what it should hold."""
+
+
+class OutputFileError(MykeyError):
+    """An output file would replace a file, follow a symlink, or land inside the data directory."""
+
+
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

@@ -8,11 +8,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ..datadir import DataDir
 from ..domain import certs
@@ -23,6 +22,7 @@ from ..errors import MykeyError, ValidationError
 from ..fs import write_unique
 from ..index.readmodel import ReadModel
 from ..log.backend import open_log
+from .files import created_or_removed, load_card_key, trust_anchor_bundle
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 
@@ -166,11 +166,11 @@ def open_engine(args: argparse.Namespace) -> Engine:
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
+    bundle = trust_anchor_bundle(args.trust_anchor)  # every file checked before anything is created
     existed = data.log.is_dir()
-    with Engine.open(data.root, checkpoint_on_close=True) as e:
-        added = []
-        for path in args.trust_anchor:
-            added += e.add_trust_anchor(Path(path).read_bytes())
+    all_or_nothing = nullcontext() if existed else created_or_removed(data.root)
+    with all_or_nothing, Engine.open(data.root, checkpoint_on_close=True) as e:
+        added = e.add_trust_anchor(bundle) if bundle else []  # one batch
         last = e.log.last_seq
     what = "opened existing" if existed else "created"
     out.result(f"{what} {data.root} (log at sequence {last}); {len(added)} trust anchor(s) added",
@@ -261,7 +261,7 @@ def _credential(cert_path: str, key_path: str) -> tuple[bytes, Callable[[bytes],
     """The certificate bytes and a signer standing in for the card (its key file)."""
     cert_bytes = Path(cert_path).read_bytes()
     certs.load_certificates(cert_bytes)  # refuse a file that holds no certificate before using the key
-    key = load_pem_private_key(Path(key_path).read_bytes(), None)
+    key = load_card_key(key_path)
     return cert_bytes, lambda challenge: certs.sign_challenge(key, challenge)
 
 
