@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KeyFileError
-from .fs import write_exclusive
+from .fs import private_dir, write_exclusive
 
 DEFAULT_DATA = "./mykey-data"
 
@@ -59,7 +59,7 @@ def ensure_subject_key(data: DataDir) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        data.keys.mkdir(parents=True, exist_ok=True)
+        private_dir(data.keys)
         key = secrets.token_bytes(SUBJECT_KEY_BYTES)
         try:
             write_exclusive(path, key)

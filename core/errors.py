@@ -169,6 +169,14 @@ class NonceReusedError(MykeyError):
     """The authentication message was already accepted once (a replay)."""
 
 
+class ReplayProtectionError(TerminalAuthError):
+    """Authentication refused: the shared record of accepted nonces cannot be written (fail closed)."""
+
+
+class TerminalKeyError(MykeyError):
+    """A terminal's key file could not be made (it exists already) or read (not an Ed25519 private key)."""
+
+
 # --- certificates and CRLs -------------------------------------------------
 
 
@@ -253,6 +261,13 @@ class MerkleStoreCorruptError(MerkleStoreError):
 
 class ReplayError(MykeyError):
     """A replay could not be made (target directory in use, no live index, the index kept moving)."""
+
+
+# --- data directory permissions (mykey.fs) ------------------------------------------
+
+
+class InsecurePermissionsError(MykeyError):
+    """A data directory may be written by users other than its owner; make it owner-only (chmod 700)."""
 
 
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

@@ -68,7 +68,8 @@ EVENT_STRATEGIES = {
     ),
     ev.BusinessDeactivated: st.builds(ev.BusinessDeactivated, business_ids, reasons),
     ev.TerminalEnrolled: st.builds(
-        lambda b, n, k: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k), business_ids, terminal_numbers, digests
+        lambda b, n, k, r: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k, r), business_ids, terminal_numbers, digests,
+        st.booleans(),
     ),
     ev.TerminalRevoked: st.builds(ev.TerminalRevoked, terminal_ids, reasons),
     ev.ServiceIdRegistered: st.builds(
@@ -77,6 +78,7 @@ EVENT_STRATEGIES = {
     ev.ServiceIdLinked: st.builds(ev.ServiceIdLinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.ServiceIdUnlinked: st.builds(ev.ServiceIdUnlinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.FeedAcked: st.builds(ev.FeedAcked, opaque_ids, st.integers(0, 2**62)),
+    ev.ConsumerRegistered: st.builds(ev.ConsumerRegistered, opaque_ids, st.from_regex(r"[0-9]{5,6}", fullmatch=True)),
 }
 events = st.one_of(*EVENT_STRATEGIES.values())
 actors = st.builds(ev.Actor, st.sampled_from(["operator", "user", "terminal", "system"]), opaque_ids)

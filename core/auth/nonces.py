@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import EnvAlreadyOpenError, MykeyError, NonceReusedError
+from ..fs import LMDB_FILES, private_dir
 
 _EXPIRY = struct.Struct(">d")
 PRUNE_SECONDS = 60.0  # sweep expired entries at most this often (per process)
@@ -90,7 +91,7 @@ def acquire(path: Path, binding: ModuleType) -> NonceStore:
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path, files=LMDB_FILES)
             try:
                 store = NonceStore(path, binding)
             except EnvAlreadyOpenError:
@@ -99,7 +100,7 @@ def acquire(path: Path, binding: ModuleType) -> NonceStore:
                 # Entries only matter for minutes: a damaged store (an OS crash) is started afresh.
                 _log.warning("recreating damaged %s: %s", path, exc)
                 shutil.rmtree(path, ignore_errors=True)
-                path.mkdir(parents=True, exist_ok=True)
+                private_dir(path, files=LMDB_FILES)
                 store = NonceStore(path, binding)
             _stores[key] = store
         store._users += 1
