@@ -57,7 +57,7 @@ def test_a_key_file_of_the_wrong_kind_is_refused(tmp_path):
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    with pytest.raises(TerminalKeyError, match="not an Ed25519 key"):
+    with pytest.raises(TerminalKeyError, match="not an unencrypted Ed25519 private key in PEM \\(a "):
         terminal_keys.load_private_key(other)
     (tmp_path / "junk.key").write_bytes(b"junk")
     with pytest.raises(TerminalKeyError, match="keygen"):

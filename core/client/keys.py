@@ -75,15 +75,15 @@ def write_key_pair(path: str | os.PathLike[str], key: Ed25519PrivateKey | None =
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The terminal's private key from its PEM file (TerminalKeyError if it is not an Ed25519 private key)."""
-    data = Path(path).read_bytes()
     try:
-        key = serialization.load_pem_private_key(data, None)
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), None)
     except (ValueError, TypeError) as exc:
-        raise TerminalKeyError(
-            f"{path} is not an unencrypted PEM private key ({exc}); make one with `mykey terminal keygen`"
-        ) from None
+        key = exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise TerminalKeyError(f"{path} holds a {type(key).__name__}, not an Ed25519 key; make one with `mykey terminal keygen`")
+        what = f"unreadable: {key}" if isinstance(key, Exception) else f"a {type(key).__name__}"
+        raise TerminalKeyError(
+            f"{path} is not an unencrypted Ed25519 private key in PEM ({what}); make one with `mykey terminal keygen`"
+        )
     return key
 
 
