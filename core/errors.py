@@ -177,6 +177,14 @@ class NonceReusedError(MykeyError):
     """The authentication message was already accepted once (a replay)."""
 
 
+class ReplayProtectionError(TerminalAuthError):
+    """Authentication refused: the shared record of accepted nonces cannot be written (fail closed)."""
+
+
+class TerminalKeyError(MykeyError):
+    """A terminal's key file could not be made (it exists already) or read (not an Ed25519 private key)."""
+
+
 # --- certificates and CRLs -------------------------------------------------
 
 
@@ -280,6 +288,13 @@ class InputFileError(MykeyError):
 
 class OutputFileError(MykeyError):
     """An output file would replace a file, follow a symlink, or land inside the data directory."""
+
+
+# --- data directory permissions (mykey.fs) ------------------------------------------
+
+
+class InsecurePermissionsError(MykeyError):
+    """A data directory may be written by users other than its owner; make it owner-only (chmod 700)."""
 
 
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

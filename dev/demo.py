@@ -7,7 +7,6 @@ signatures and CSV files, so the demo exercises what production would.
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 import tempfile
@@ -17,12 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from mykey.auth.terminals import (
-    TerminalAuthenticator,
-    open_nonce_store,
-    terminal_auth_message,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mykey.auth.terminals import TerminalAuthenticator, open_nonce_store
+from mykey.client import keys as terminal_keys
 from mykey.datadir import DataDir
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
@@ -158,15 +154,15 @@ def run_demo(
         with timer("businesses and terminals", "cmd") as t:
             tick = bar("businesses", config.businesses)
             businesses: list[str] = []
-            terminals: dict[str, list[tuple[str, bytes]]] = {}
+            terminals: dict[str, list[tuple[str, Ed25519PrivateKey]]] = {}
             for i in range(config.businesses):
                 name = f"{FACILITY_KINDS[i % len(FACILITY_KINDS)]} {i // len(FACILITY_KINDS) + 1}"
                 bid = engine.register_business(name, MUNICIPALITIES[i % len(MUNICIPALITIES)])
                 businesses.append(bid)
                 terminals[bid] = []
                 for _ in range(config.terminals_per_business):
-                    cred = engine.enrol_terminal(bid)
-                    terminals[bid].append((cred.terminal_id, cred.private_key_pem))
+                    key = terminal_keys.generate()  # made on the terminal: the platform gets the public key
+                    terminals[bid].append((engine.enrol_terminal(bid, terminal_keys.public_pem(key)), key))
                 t.count += 1 + config.terminals_per_business
                 tick(1)
 
@@ -239,12 +235,11 @@ def run_demo(
 
         with timer("terminal authenticates, resolves a random batch", "lookup") as t:
             bid = businesses[0]
-            terminal_id, pem = terminals[bid][0]
-            key = load_pem_private_key(pem, None)
-            message = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
+            terminal_id, key = terminals[bid][0]
+            message, signature = terminal_keys.authentication(key, terminal_id)
             with _gateway_resolver(engine) as resolver:
                 with TerminalAuthenticator(resolver, open_nonce_store(data, engine.index.binding)) as auth:
-                    business = auth.authenticate(terminal_id, message, key.sign(message))
+                    business = auth.authenticate(terminal_id, message, signature)
                 other = businesses[1] if len(businesses) > 1 else None
                 query = _lookup_mix(rng, config.lookups, registered, linked, business, other)
                 counts: Counter = Counter()

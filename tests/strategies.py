@@ -66,7 +66,8 @@ EVENT_STRATEGIES = {
     ),
     ev.BusinessDeactivated: st.builds(ev.BusinessDeactivated, business_ids, reasons),
     ev.TerminalEnrolled: st.builds(
-        lambda b, n, k: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k), business_ids, terminal_numbers, digests
+        lambda b, n, k, r: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k, r), business_ids, terminal_numbers, digests,
+        st.booleans(),
     ),
     ev.TerminalRevoked: st.builds(ev.TerminalRevoked, terminal_ids, reasons),
     ev.ServiceIdRegistered: st.builds(
@@ -79,6 +80,7 @@ EVENT_STRATEGIES = {
     ev.CaSuccessorDesignated: st.builds(
         ev.CaSuccessorDesignated, st.binary(min_size=1, max_size=20), st.binary(min_size=1, max_size=20), names
     ).filter(lambda e: e.old_key_id != e.new_key_id),
+    ev.ConsumerRegistered: st.builds(ev.ConsumerRegistered, opaque_ids, st.from_regex(r"[0-9]{5,6}", fullmatch=True)),
 }
 events = st.one_of(*EVENT_STRATEGIES.values())
 actors = st.builds(ev.Actor, st.sampled_from(["operator", "user", "terminal", "system"]), opaque_ids)

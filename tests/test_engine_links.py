@@ -11,6 +11,7 @@ import textwrap
 
 import msgspec
 import pytest
+from mykey.client import keys as terminal_keys
 from mykey.domain import events as ev
 from mykey.domain.status import Status
 from mykey.engine import Engine
@@ -63,8 +64,8 @@ def test_a_card_link_goes_to_the_cards_own_mykey_id_and_records_its_authority(en
 
 def test_a_card_link_relayed_by_a_terminal_needs_its_challenge(engine, pki):
     bid = engine.register_business("Library", "131016")
-    t1 = engine.enrol_terminal(bid).terminal_id
-    t2 = engine.enrol_terminal(bid).terminal_id
+    t1 = engine.enrol_terminal(bid, terminal_keys.public_pem(terminal_keys.generate()))
+    t2 = engine.enrol_terminal(bid, terminal_keys.public_pem(terminal_keys.generate()))
     mk, cred = create_user(engine, pki)
     by_t1 = ev.Actor("terminal", t1)
 
@@ -260,7 +261,7 @@ def test_identify_answers_one_business_s_service_ids_and_never_the_mykey_id(engi
     assert [x.service_id for x in identify(b)] == ["POOL-1"]  # B sees only B's
     c = engine.register_business("Museum", "131016")
     assert identify(c) == []  # a person with no link here: an empty answer
-    t = engine.enrol_terminal(a).terminal_id
+    t = engine.enrol_terminal(a, terminal_keys.public_pem(terminal_keys.generate()))
     assert [x.service_id for x in identify(a, terminal_id=t)] == ["LIB-1", "LIB-2"]
     with pytest.raises(UnknownCardError) as refused:
         identify(a, pki.user())
@@ -325,7 +326,7 @@ def test_identify_runs_in_a_gateway_worker_and_challenges_are_single_use_across_
         engine.add_trust_anchor(pki.root.cert_pem())
         engine.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         bid = engine.register_business("Library", "131016")
-        terminal = engine.enrol_terminal(bid).terminal_id
+        terminal = engine.enrol_terminal(bid, terminal_keys.public_pem(terminal_keys.generate()))
         mk, cred = create_user(engine, pki)
         link_card(engine, pki, cred, bid, "LIB-1")
         ch = engine.identify_challenge(bid, terminal_id=terminal)  # issued by the writer...

@@ -22,6 +22,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 from mykey.cli import main
+from mykey.client import keys as terminal_keys
 from mykey.domain import events as ev
 from mykey.domain import ids
 from mykey.engine import Engine
@@ -222,7 +223,7 @@ def platform(tmp_path_factory, pki):
         create_user(e, pki, requested_id=MYKEY)
         e.register_business("Library", "131016")
         e.register_business("Water works", "131016", numeric_service_ids=True)
-        e.enrol_terminal("A0001")
+        e.enrol_terminal("A0001", terminal_keys.public_pem(terminal_keys.generate()))
         e.register_service_ids("A0001", [("S1", None)])
         e.link_in_person("A0001", "S1", MYKEY, "photo ID checked at the desk")
     return data

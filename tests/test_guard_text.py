@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from mykey.cli import main
 from mykey.cli.output import Output, printable, printable_document
+from mykey.client import keys as terminal_keys
 from mykey.domain import events as ev
 from mykey.domain import ids
 from mykey.engine import Engine
@@ -50,7 +51,7 @@ def test_the_engine_refuses_control_characters_in_every_text_field(tmp_path, pki
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         mk, _ = create_user(e, pki)
         bid = e.register_business("Library", "131016")
-        e.enrol_terminal(bid)
+        e.enrol_terminal(bid, terminal_keys.public_pem(terminal_keys.generate()))
         before = e.log.last_seq
         for bad in ("\x1b[2J", "x\u202eevil", "a\u2028b", "\x9b31m"):
             for attempt in (

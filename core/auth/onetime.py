@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import EnvAlreadyOpenError, MykeyError
+from ..fs import LMDB_FILES, private_dir
 
 _EXPIRY = struct.Struct(">d")  # value: expiry, unix seconds
 _WHEN = struct.Struct(">Q")  # expiry index key prefix: expiry in µs, big-endian (sorts by time)
@@ -168,7 +169,7 @@ def acquire(path: Path, binding: ModuleType, name: bytes) -> OneTimeKeys:
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(path, files=LMDB_FILES)
             try:
                 store = OneTimeKeys(path, binding, name)
             except EnvAlreadyOpenError:
@@ -177,7 +178,7 @@ def acquire(path: Path, binding: ModuleType, name: bytes) -> OneTimeKeys:
                 # Entries only matter for minutes: a damaged store (an OS crash) is started afresh.
                 _log.warning("recreating damaged %s: %s", path, exc)
                 shutil.rmtree(path, ignore_errors=True)
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                private_dir(path, files=LMDB_FILES)
                 store = OneTimeKeys(path, binding, name)
             _stores[key] = store
         elif store.name != name:

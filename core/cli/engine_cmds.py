@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 
+from ..client import keys as client_keys
 from ..datadir import DataDir
 from ..domain import certs
 from ..domain.ids import check_actor_id
-from ..engine import Engine, feed_items
+from ..engine import Engine
 from ..engine.crl_sync import CrlSource, parse_duration, run_every, sync_round
-from ..errors import MykeyError, ValidationError
-from ..fs import write_unique
-from ..index.readmodel import ReadModel
-from ..log.backend import open_log
+from ..engine.feed import read_live_feed
+from ..errors import MykeyError, TerminalKeyError, ValidationError
 from .files import created_or_removed, load_card_key, trust_anchor_bundle
 from .output import EXIT_REFUSED, Output
 from .progress import bar
@@ -65,10 +64,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("business")
     p.add_argument("--reason", required=True)
 
-    g = group("terminal", "enrol and revoke terminals")
-    p = cmd(g, "enrol", "enrol a terminal; writes its private key file (mode 0600)", cmd_terminal_enrol)
+    g = group("terminal", "make terminal keys (on the terminal), enrol and revoke terminals")
+    p = cmd(g, "keygen", "on the terminal: make its key pair, FILE (private, mode 0600) and FILE.pub", cmd_terminal_keygen)
+    p.add_argument("--out", required=True, metavar="FILE", help="the private key file to create (never replaced)")
+    p = cmd(g, "enrol", "enrol a terminal by its public key (FILE.pub from `terminal keygen`)", cmd_terminal_enrol)
     p.add_argument("business")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write the key (default DATA/terminal-keys)")
+    p.add_argument("--public-key", required=True, metavar="FILE.pub", help="the terminal's public key")
+    p.add_argument("--can-register", action="store_true",
+                   help="allow this terminal to bulk-register its business's service IDs")
     p = cmd(g, "revoke", "revoke a terminal", cmd_terminal_revoke)
     p.add_argument("terminal")
     p.add_argument("--reason", default="revoked")
@@ -133,7 +136,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--every", default=None, metavar="DURATION",
                    help="repeat every DURATION (e.g. 6h) until Ctrl-C or SIGTERM")
 
-    p = cmd(sub, "feed", "print MyKey-level changes for a linked system, from its last acknowledged position", cmd_feed)
+    g = group("consumer", "register linked systems that read the sync feed")
+    p = cmd(g, "add", "register a feed consumer that sees the people linked in one municipality", cmd_consumer_add)
+    p.add_argument("consumer", metavar="NAME")
+    p.add_argument("--municipality", required=True, help="local government code, e.g. 131016")
+
+    p = cmd(sub, "feed", "print a registered consumer's feed (pseudonyms), from its last acknowledged position",
+            cmd_feed)
     p.add_argument("consumer")
     p.add_argument("--after", type=int, default=None, help="start after this sequence number instead")
     p.add_argument("--follow", action="store_true", help="keep printing changes as they happen")
@@ -235,18 +244,27 @@ def cmd_business_deactivate(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_terminal_keygen(args: argparse.Namespace, out: Output) -> int:
+    path = Path(args.out)
+    data = args.data.resolve()
+    if path.resolve() == data or data in path.resolve().parents:
+        raise TerminalKeyError(
+            f"{path} is inside the data directory {args.data}: a terminal's private key never lives on the "
+            "platform. Run `mykey terminal keygen` on the terminal and give the operator only FILE.pub"
+        )
+    private, public = client_keys.write_key_pair(path)
+    out.result(f"wrote the private key {private} (mode 0600) and the public key {public}; keep the private key "
+               f"on this terminal and have {public} enrolled with `mykey terminal enrol BUSINESS --public-key`",
+               key_file=str(private), public_key_file=str(public))
+    return 0
+
+
 def cmd_terminal_enrol(args: argparse.Namespace, out: Output) -> int:
-    data = DataDir(args.data)
-    directory = Path(args.out) if args.out else data.terminal_keys
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = directory / f".probe-{os.getpid()}"
-    probe.write_bytes(b"")  # fail before enrolling if the key cannot be written
-    probe.unlink()
+    public_key = Path(args.public_key).read_bytes()
     with open_engine(args) as e:
-        cred = e.enrol_terminal(args.business)
-    path = write_unique(directory, cred.terminal_id, ".key", cred.private_key_pem)  # never over an existing file
-    out.result(f"enrolled terminal {cred.terminal_id}; private key written to {path} (mode 0600)",
-               terminal_id=cred.terminal_id, business_id=cred.business_id, key_file=str(path))
+        terminal_id = e.enrol_terminal(args.business, public_key, can_register=args.can_register)
+    out.result(f"enrolled terminal {terminal_id}", terminal_id=terminal_id, business_id=args.business,
+               can_register=args.can_register)
     return 0
 
 
@@ -412,13 +430,15 @@ def cmd_crl_sync(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _feed_position(data: DataDir, consumer: str) -> int:
-    """The consumer's acknowledged position, read from the live index (no writer lock needed)."""
-    model = ReadModel.open_live(data)
-    if model is None:
-        return 0
-    with model, model.snapshot() as state:
-        return state.feed_position(consumer)
+def cmd_consumer_add(args: argparse.Namespace, out: Output) -> int:
+    with open_engine(args) as e:
+        e.register_consumer(args.consumer, args.municipality)
+    out.result(f"registered feed consumer {args.consumer} (municipality {args.municipality})",
+               consumer=args.consumer, municipality=args.municipality)
+    return 0
+
+
+FOLLOW_POLL_SECONDS = 0.5
 
 
 def cmd_feed(args: argparse.Namespace, out: Output) -> int:
@@ -427,17 +447,18 @@ def cmd_feed(args: argparse.Namespace, out: Output) -> int:
     if not data.log.is_dir():
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
         return EXIT_REFUSED
-    start = (_feed_position(data, args.consumer) if args.after is None else args.after) + 1
-    with open_log(data, readonly=True) as log:
-        envs = log.follow(start) if args.follow else log.read(start)
-        last = None
-        for item in feed_items(envs):
-            out.line(f"{item.seq} {item.time.isoformat(timespec='seconds')} {item.change} {item.mykey_id}"
+    after = args.after
+    while True:
+        items, upto = read_live_feed(data, args.consumer, after)  # the live index, read-only: no writer lock
+        for item in items:
+            out.line(f"{item.seq} {item.time.isoformat(timespec='seconds')} {item.change} {item.pseudonym}"
                      + (f" {item.state}" if item.state else ""))
             out.record({"seq": item.seq, "time": item.time.isoformat(), "change": item.change,
-                        "mykey_id": item.mykey_id, "state": item.state})
-            last = item.seq
-        upto = log.refresh() if last is None else last
+                        "pseudonym": item.pseudonym, "state": item.state})
+        after = upto
+        if not args.follow:
+            break
+        time.sleep(FOLLOW_POLL_SECONDS)
     if args.ack:
         with open_engine(args) as e:
             e.ack(args.consumer, max(upto, e.feed_position(args.consumer)))

@@ -330,11 +330,16 @@ class BusinessDeactivated(_Event, tag="biz.deactivated"):
 
 
 class TerminalEnrolled(_Event, tag="term.enrolled"):
-    """A terminal of a business was enrolled with its Ed25519 public key."""
+    """A terminal of a business was enrolled with its Ed25519 public key (made on the terminal).
 
+    v2: can_register marks a terminal allowed to bulk-register its business's service IDs.
+    """
+
+    VERSION: ClassVar[int] = 2
     terminal_id: str
     business_id: str
     public_key: bytes
+    can_register: bool = False
 
     def check(self) -> None:
         ids.check_terminal_id(self.terminal_id)
@@ -458,6 +463,21 @@ class FeedAcked(_Event, tag="feed.acked"):
             raise ValidationError("feed position must be a non-negative sequence number")
 
 
+class ConsumerRegistered(_Event, tag="feed.consumer"):
+    """A linked system (e.g. a municipal points system) may read the sync feed of its municipality.
+
+    It sees only the MyKey IDs linked at a business of that municipality, each under a
+    pseudonym of its own (see mykey.engine.feed).
+    """
+
+    consumer: str
+    municipality_code: str
+
+    def check(self) -> None:
+        ids.check_actor_id(self.consumer, "consumer")
+        ids.check_municipality(self.municipality_code)
+
+
 Event = Union[
     MyKeyCreated,
     MyKeySuspended,
@@ -477,6 +497,7 @@ Event = Union[
     FeedAcked,
     TrustAnchorRemoved,
     CaSuccessorDesignated,
+    ConsumerRegistered,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
 TAGS: dict[str, type] = {t.__struct_config__.tag: t for t in EVENT_TYPES}
@@ -549,6 +570,12 @@ def _certificate_renewed_v1(fields: list[Any]) -> list[Any]:
 @upcaster("crl.applied", 1)
 def _crl_applied_v1(fields: list[Any]) -> list[Any]:
     return list(fields)  # v2 adds next_update and the signer's key identifier, which default to none
+
+
+@upcaster("term.enrolled", 1)
+def _terminal_enrolled_v1(fields: list[Any]) -> list[Any]:
+    # v1: [terminal_id, business_id, public_key]; every v1 terminal may not register service IDs
+    return [*fields[:3], False]
 
 
 def now_us() -> int:

@@ -49,6 +49,9 @@ class Dbs:
     # (a CA certificate on that MyKey ID's current path); b"x" + CA fingerprint -> b"" (trust removed);
     # b"n" + len + old CA key id + new CA key id -> b"" (a designated successor CA)
     cas: int
+    consumer: int  # feed consumer name -> ConsumerRecord
+    # municipality (5 digits) + seq (u64 BE) -> FeedEntry: what that municipality's consumers see
+    mfeed: int
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -56,7 +59,7 @@ DB_NAMES: tuple[bytes, ...] = tuple(f.name.encode("ascii") for f in fields(Dbs))
 #: max_dbs to open an index environment with (room for two more databases).
 MAX_DBS = len(DB_NAMES) + 2
 
-INDEX_SCHEMA = 1
+INDEX_SCHEMA = 2  # 2: feed consumers and the per-municipality feed
 
 _SVC = struct.Struct(">BQQ")  # status, mykey ref (0 = unlinked), seq of the registration
 _U64 = struct.Struct(">Q")
@@ -196,6 +199,7 @@ class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):
     business_id: str
     public_key: bytes
     active: bool
+    can_register: bool = False  # may bulk-register its business's service IDs
 
 
 class RevokedRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -216,3 +220,28 @@ def decode(cls: type, data: bytes):
     if dec is None:
         dec = _decoders[cls] = msgspec.msgpack.Decoder(cls)
     return dec.decode(data)
+
+
+class ConsumerRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A registered sync-feed consumer: the municipality whose people it sees."""
+
+    municipality_code: str
+    registered_seq: int
+
+
+class FeedEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One change a municipality's feed consumers see (the MyKey ID becomes a pseudonym when read)."""
+
+    ts: int  # the event's time, µs since the epoch
+    change: str  # joined | left | suspended | resumed | invalidated | renewed
+    mykey_id: str
+    state: MyKeyState | None  # the state after the change; None when it does not tell one
+
+
+def municipality_prefix(code: str) -> bytes:
+    """The feed key prefix of a local government code: its 5 digits (a 6th is only a check digit)."""
+    return code[:5].encode("ascii")
+
+
+def feed_entry_key(code: str, seq: int) -> bytes:
+    return municipality_prefix(code) + u64(seq)

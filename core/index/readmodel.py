@@ -206,6 +206,25 @@ class Snapshot:
         raw = self._txn.get(self._dbs.crl, k.crl_fresh_key(issuer, key_id))
         return None if raw is None else k.decode(k.CrlFreshness, raw)
 
+    def consumer(self, consumer: str) -> k.ConsumerRecord | None:
+        """The registered feed consumer's record (its municipality), or None if it is not registered."""
+        raw = self._txn.get(self._dbs.consumer, consumer.encode("ascii"))
+        return None if raw is None else k.decode(k.ConsumerRecord, raw)
+
+    def has_consumers(self) -> bool:
+        """True once any feed consumer is registered."""
+        return next(scan(self._txn, self._dbs.consumer), None) is not None
+
+    def feed_entries(
+        self, municipality_code: str, after: int, limit: int | None = None
+    ) -> Iterator[tuple[int, k.FeedEntry]]:
+        """(seq, entry) of the municipality's feed after seq `after`, in order (at most limit)."""
+        prefix = k.municipality_prefix(municipality_code)
+        for n, (key, raw) in enumerate(scan(self._txn, self._dbs.mfeed, k.feed_entry_key(municipality_code, after + 1), prefix)):
+            if limit is not None and n >= limit:
+                return
+            yield k.parse_u64(key[len(prefix) :]), k.decode(k.FeedEntry, raw)
+
 
 class ReadModel:
     """Snapshots of an open index environment (the engine's, or a read-only one of the live index)."""
