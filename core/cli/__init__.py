@@ -21,6 +21,7 @@ from types import ModuleType
 
 from ..datadir import default_data_dir
 from ..errors import MykeyError
+from ..log.backend import set_log_location
 from . import audit_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_REFUSED, EXIT_USAGE, Output
 
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory (env MYKEY_DATA, default ./mykey-data)",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    common.add_argument(
+        "--log",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the event log: nats://HOST:PORT[,nats://HOST:PORT][?stream=NAME] for a NATS JetStream cluster "
+        "(env MYKEY_LOG; default: the file log in DATA/log)",
+    )
     parser = argparse.ArgumentParser(
         prog="mykey",
         description="mykey: event-sourced core of a MyKey ID platform.",
@@ -70,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.data = Path(getattr(args, "data", None) or default_data_dir())
     args.json = bool(getattr(args, "json", False))
     out = Output(json_mode=args.json)
+    set_log_location(getattr(args, "log", None))  # every open_log of this command uses it
     try:
         return int(args.func(args, out) or 0)
     except MykeyError as exc:
@@ -81,3 +90,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_log_location(None)
