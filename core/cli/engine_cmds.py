@@ -17,7 +17,7 @@ from ..engine import Engine, feed_items
 from ..errors import MykeyError
 from ..fs import write_unique
 from ..index.readmodel import ReadModel
-from ..log.backend import open_log
+from ..log.backend import log_initialized, open_log
 from .output import EXIT_REFUSED, Output
 from .progress import bar
 
@@ -112,14 +112,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def open_engine(args: argparse.Namespace) -> Engine:
     data = DataDir(args.data)
-    if not data.log.is_dir():
+    if not log_initialized(data):
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
     return Engine.open(data.root, checkpoint_on_close=True)
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
-    existed = data.log.is_dir()
+    existed = log_initialized(data)
     with Engine.open(data.root, checkpoint_on_close=True) as e:
         added = []
         for path in args.trust_anchor:
@@ -284,7 +284,7 @@ def _feed_position(data: DataDir, consumer: str) -> int:
 def cmd_feed(args: argparse.Namespace, out: Output) -> int:
     check_actor_id(args.consumer, "consumer")
     data = DataDir(args.data)
-    if not data.log.is_dir():
+    if not log_initialized(data):
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
         return EXIT_REFUSED
     start = (_feed_position(data, args.consumer) if args.after is None else args.after) + 1

@@ -35,6 +35,21 @@ def log_location(url: str | None = None) -> str | None:
     return url or _process_location or os.environ.get(ENV_VAR) or None
 
 
+def log_initialized(data: DataDir | str | os.PathLike[str], *, url: str | None = None) -> bool:
+    """Whether the data directory has a log to open (`mykey init` made it).
+
+    The embedded file log: its directory exists. Any other location: the data
+    directory exists (a NATS stream is checked when it is opened).
+    """
+    data = data if isinstance(data, DataDir) else DataDir(Path(data))
+    location = log_location(url)
+    if location is None:
+        return data.log.is_dir()
+    if is_nats_location(location):
+        return data.root.is_dir()
+    return file_log_dir(data, url=url).is_dir()
+
+
 def file_log_dir(data: DataDir | str | os.PathLike[str], *, url: str | None = None) -> Path:
     """The directory of the embedded file log at the log location (see open_log).
 

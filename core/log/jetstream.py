@@ -72,7 +72,7 @@ from ..errors import (
 from . import framing
 from .accel import framing_module
 from .filelog import FileLog
-from .nats_client import NatsClient, acquire, release
+from .nats_client import CONNECT_TIMEOUT, NatsClient, acquire, release
 from .nats_records import (
     H_BATCH,
     H_WRITER,
@@ -354,7 +354,7 @@ class JetStreamLog(LogStore):
         loc.check()
         self = cls(loc, readonly=readonly, framing_impl=framing_impl)
         try:
-            self._client = acquire(list(loc.servers))
+            self._client = acquire(list(loc.servers), connect_timeout=min(CONNECT_TIMEOUT, loc.timeout))
             payload = self._client.max_payload - HEADER_ROOM
             self.max_msg_bytes = min(loc.max_msg_bytes or MAX_MSG_BYTES, payload, MAX_MSG_BYTES)
             info = self._stream_info()
@@ -484,21 +484,35 @@ class JetStreamLog(LogStore):
             )
 
     def _load_tail(self, info: dict[str, Any]) -> None:
-        """Set last_seq from the stream's newest message (the end of a whole batch)."""
+        """Set last_seq from the stream's newest message (the end of a whole batch).
+
+        The writer refuses a stream whose newest message is not the intact end of a
+        batch. A reader settles on the newest one that is (looking back at most one
+        batch's worth of messages), so that it can still read, and report, what lies
+        before the damage: reading on raises CorruptLogError at the damage itself.
+        """
         last = int((info.get("state") or {}).get("last_seq", 0))
-        if last == 0:
-            self._stream_last, self._last_seq = 0, 0
+        seq = last
+        while seq > 0:
+            msg = self._get(seq, leader=True)
+            if msg is None:
+                raise LogUnavailableError(f"{self.where}: message {seq} could not be read; try again")
+            try:
+                first, count, k, n = self._summary(msg)
+                if k != n:
+                    raise CorruptLogError(
+                        f"{self.where}: message {seq} is part {k} of {n} of a batch but the last one; a batch is "
+                        "atomic, so the server stored half of one. Run `mykey audit verify`"
+                    )
+            except CorruptLogError:
+                if not self.readonly or last - seq >= BATCH_LIMIT:
+                    raise
+                log.warning("%s: message %d is damaged; reading up to the batch before it", self.where, seq)
+                seq -= 1
+                continue
+            self._stream_last, self._last_seq = seq, first + count - 1
             return
-        msg = self._get(last, leader=True)
-        if msg is None:
-            raise LogUnavailableError(f"{self.where}: message {last} could not be read; try again")
-        first, count, k, n = self._summary(msg)
-        if k != n:
-            raise CorruptLogError(
-                f"{self.where}: its last message {last} is part {k} of {n} of a batch; a batch is atomic, so the "
-                "server stored half of one. Run `mykey audit verify`"
-            )
-        self._stream_last, self._last_seq = last, first + count - 1
+        self._stream_last, self._last_seq = 0, 0
 
     # --- appending ----------------------------------------------------------------------------------
 
@@ -574,18 +588,16 @@ class JetStreamLog(LogStore):
         expected, n = self._stream_last, len(frames)
         batch_id, digest = uuid.uuid4().hex, batch_digest(frames)
         nbytes = sum(map(len, frames))
-        request_timeout = REQUEST_TIMEOUT + nbytes / (20 * 1024 * 1024)  # large batches take longer to store
-        deadline = time.monotonic() + max(self.location.timeout, 3 * request_timeout)
+        # One attempt may take this long (large batches take longer to store); all of them, location.timeout.
+        request_timeout = min(REQUEST_TIMEOUT, self.location.timeout) + nbytes / (20 * 1024 * 1024)
+        deadline = time.monotonic() + max(self.location.timeout, request_timeout)
         uncertain = False  # an attempt may have been stored without its ack reaching us
         outcome = ""
         delay = 0.05
         while True:
             msgs = self._batch_messages(frames, batch_id, digest, expected)
             try:
-                resp = self._call(
-                    _publish_batch(self._client_now().nc, self.location.subject, msgs, request_timeout),
-                    request_timeout,
-                )
+                resp = self._send(msgs, request_timeout)
             except LogUnavailableError as exc:
                 uncertain, outcome = True, str(exc.__cause__ or exc)
             else:
@@ -603,6 +615,10 @@ class JetStreamLog(LogStore):
             log.info("%s: append not acknowledged (%s); retrying", self.where, outcome)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _send(self, msgs: list[tuple[dict[str, str], bytes]], timeout: float) -> dict[str, Any]:
+        """One attempt: publish the messages, return the server's answer to the last (LogUnavailableError: none)."""
+        return self._call(_publish_batch(self._client_now().nc, self.location.subject, msgs, timeout), timeout)
 
     def _outcome(self, resp: dict[str, Any], expected: int, n: int, batch_id: str, digest: str) -> tuple[bool, str]:
         """(stored, why not) from the server's answer to one attempt; raises when the writer must stop."""

@@ -142,13 +142,13 @@ _clients: dict[tuple[str, ...], NatsClient] = {}
 _registry_lock = threading.Lock()
 
 
-def acquire(servers: list[str]) -> NatsClient:
+def acquire(servers: list[str], *, connect_timeout: float = CONNECT_TIMEOUT) -> NatsClient:
     """The process's client for servers (connecting on first use); pair every call with release."""
     key = tuple(servers)
     with _registry_lock:
         client = _clients.get(key)
         if client is None or client.pid != os.getpid() or client._closed:
-            client = NatsClient(servers)
+            client = NatsClient(servers, connect_timeout=connect_timeout)
             _clients[key] = client
         client.refs += 1
         return client
