@@ -20,6 +20,7 @@ clients on P+i, for its cluster routes on P+n+i and serves monitoring on P+2n+i.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
@@ -491,3 +492,183 @@ def cmd_down(args: argparse.Namespace, out: Output) -> int:
         return EXIT_REFUSED
     out.result(f"stopped {len(pids)} nats-server(s)", pids=pids)
     return 0
+
+
+# --- fault drills: a sustained append load, failures injected, everything checked --------------------
+# Shared by the fault tests (tests/test_log_jetstream_faults.py) and bench/nats_failover.py.
+
+
+def drill_event(i: int):
+    """Event number i of a drill (0-based): distinct, so every event is accounted for by its content."""
+    from mykey.domain.events import ServiceIdRegistered
+
+    return ServiceIdRegistered("A0001", f"x{i}")
+
+
+@dataclass
+class AppendLoad:
+    """A thread appending batches of drill events through one writer handle until stopped.
+
+    Every acknowledged batch is recorded as (first_seq, count, monotonic time of the ack).
+    An append that fails (LogUnavailableError: an outcome not found in time, LogFencedError)
+    ends the load with the error kept in ``error``.
+    """
+
+    log: object  # a JetStreamLog opened as the writer
+    sizes: tuple[int, ...] = (1, 20, 100)
+    acked: list[tuple[int, int, float]] = field(default_factory=list)
+    error: BaseException | None = None
+    _stop: object = None
+    _thread: object = None
+
+    def start(self) -> AppendLoad:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="append-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        n = self.log.last_seq
+        i = 0
+        try:
+            while not self._stop.is_set():
+                size = self.sizes[i % len(self.sizes)]
+                i += 1
+                envs = self.log.append([drill_event(n + k) for k in range(size)])
+                self.acked.append((envs[0].seq, len(envs), time.monotonic()))
+                n += size
+        except BaseException as exc:  # recorded, and checked by the caller
+            self.error = exc
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the append load did not stop")
+
+    def wait_for_acks(self, after: float, count: int = 1, timeout: float = 60.0) -> float:
+        """Seconds from ``after`` (a monotonic time) to the first of count batches acknowledged after it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            i = bisect.bisect_right(self.acked, after, key=lambda a: a[2])
+            if len(self.acked) - i >= count:
+                return self.acked[i][2] - after
+            if self.error is not None:
+                raise RuntimeError(f"the append load stopped: {self.error!r}") from self.error
+            time.sleep(0.01)
+        raise TimeoutError(f"no acknowledged append within {timeout:.0f} s")
+
+
+@dataclass
+class Follower:
+    """A thread following the log from event 1 (whole batches), recording what it sees until stopped."""
+
+    log: object  # a JetStreamLog opened read-only
+    seen: list[tuple[int, int]] = field(default_factory=list)
+    error: BaseException | None = None
+    _stop: object = None
+    _thread: object = None
+
+    def start(self) -> Follower:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for first, payloads in self.log.follow_batches(1, poll_interval=0.02, stop=self._stop):
+                self.seen.append((first, len(payloads)))
+        except BaseException as exc:
+            self.error = exc
+
+    def catch_up(self, last_seq: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.seen or sum(self.seen[-1]) - 1 < last_seq:
+            if self.error is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the follower did not reach {last_seq}: {self.error!r}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def audit_drill(log, acked: list[tuple[int, int, float]]) -> dict:
+    """Compare the stream (read whole, every check on) with the acknowledged batches.
+
+    Returns counts: events, batches, lost (acknowledged, missing or altered), extra
+    (stored, never acknowledged), duplicated events, and whether the content of every
+    event is the drill event for its position.
+    """
+    from mykey.domain.events import decode_envelope
+
+    stored: list[tuple[int, int]] = []
+    content_ok = True
+    ids: set[str] = set()
+    duplicated = 0
+    for first, payloads in log.read_batches(1):
+        stored.append((first, len(payloads)))
+        for seq, p in enumerate(payloads, first):
+            body = decode_envelope(p).body
+            sid = getattr(body, "service_id", None)
+            if sid in ids:
+                duplicated += 1
+            ids.add(sid)
+            content_ok &= body == drill_event(seq - 1)
+    want = [(f, c) for f, c, _t in acked]
+    stored_set = set(stored)
+    return {
+        "events": sum(c for _f, c in stored),
+        "batches": len(stored),
+        "lost": sum(c for f, c in want if (f, c) not in stored_set),
+        "extra": sum(c for f, c in stored if (f, c) not in set(want)),
+        "duplicated": duplicated,
+        "content_ok": content_ok,
+    }
+
+
+def wait_stream_everywhere(cluster: LocalCluster, stream: str, timeout: float = 60.0) -> float:
+    """Wait until every node is healthy and holds the same last sequence of stream; seconds taken."""
+
+    def same() -> bool:
+        if not all(n.healthy() for n in cluster.nodes):
+            return False
+        seqs = set(cluster.stream_last_seqs(stream).values())
+        return len(seqs) == 1 and None not in seqs
+
+    return cluster.wait_until(same, timeout, f"stream {stream} was not current on every node")
+
+
+def fail_leader(
+    cluster: LocalCluster, stream: str, load: AppendLoad, *, how: str = "kill", pause: float = 6.0, timeout: float = 60.0
+) -> tuple[float, str]:
+    """Kill (SIGKILL) or pause (SIGSTOP for pause seconds) the stream leader under load; bring it back.
+
+    Returns (stall, leader name): seconds from the fault until the next acknowledged append.
+    A killed node is restarted with its disk; the call returns once every node is current again.
+    """
+    cluster.wait_until(lambda: cluster.stream_leader(stream) is not None, timeout, "no stream leader")
+    leader = cluster.stream_leader(stream)
+    assert leader is not None
+    load.wait_for_acks(time.monotonic(), 1, timeout)  # the load is running
+    t = time.monotonic()
+    if how == "kill":
+        leader.kill()
+        stall = load.wait_for_acks(t, 1, timeout)
+        leader.start()
+    elif how == "pause":
+        leader.signal(signal.SIGSTOP)
+        try:
+            stall = load.wait_for_acks(t, 1, timeout)
+            time.sleep(max(0.0, pause - (time.monotonic() - t)))
+        finally:
+            leader.signal(signal.SIGCONT)
+    else:
+        raise ValueError(how)
+    wait_stream_everywhere(cluster, stream, timeout)
+    return stall, leader.name

@@ -200,6 +200,12 @@ def test_batches_survive_the_trip_through_messages(batches, max_bytes):
     got = _assemble(msgs)
     firsts = [1 + sum(map(len, batches[:i])) for i in range(len(batches))]
     assert got == list(zip(firsts, batches, strict=True))
+    flat = [p for b in batches for p in b]
+    for i, m in enumerate(msgs):  # a record reader may start at any message, inside a batch too
+        first = int.from_bytes(m.data[8:16], "little")
+        asm = BatchAssembler(_frames, "test stream", m.stream_seq, first, mid_batch=True)
+        records = [p for x in msgs[i:] for p in asm.feed_records(x)[1]]
+        assert records == flat[first - 1 :]
 
 
 @given(batches=payload_lists, data=st.data())

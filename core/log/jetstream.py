@@ -328,6 +328,7 @@ class JetStreamLog(LogStore):
         self._failed: str | None = None  # why appends stopped (an outcome could not be found out)
         self._mutex = threading.RLock()
         self._probes: OrderedDict[int, tuple[int, int, int, int]] = OrderedDict()  # stream seq -> (first, count, k, n)
+        self._probe_lock = threading.Lock()
         self.max_msg_bytes = 0
 
     @staticmethod
@@ -382,7 +383,7 @@ class JetStreamLog(LogStore):
             raise LogError("the log is closed; open it again")
         if os.getpid() != self._pid:
             self._pid = os.getpid()
-            self._mutex = threading.RLock()
+            self._mutex, self._probe_lock = threading.RLock(), threading.Lock()  # a parent's thread may hold them
             self._writer_id = self._new_writer_id()
             self._client = acquire(list(self.location.servers))  # the inherited one belongs to the parent
         assert self._client is not None
@@ -576,7 +577,6 @@ class JetStreamLog(LogStore):
                 )
             self._stream_last = self._commit(frames)
             self._last_seq = first + len(envs) - 1
-            self._probes.clear()
         return envs
 
     def _commit(self, frames: list[bytes]) -> int:
@@ -727,23 +727,27 @@ class JetStreamLog(LogStore):
         return first, len(payloads), part[0], part[1]
 
     def _probe(self, stream_seq: int) -> tuple[int, int, int, int]:
-        hit = self._probes.get(stream_seq)
+        """_summary of message stream_seq (cached: messages never change)."""
+        with self._probe_lock:
+            hit = self._probes.get(stream_seq)
         if hit is not None:
             return hit
         msg = self._get(stream_seq)
         if msg is None:
             raise LogUnavailableError(f"{self.where}: message {stream_seq} is not readable; try again")
         summary = self._summary(msg)
-        self._probes[stream_seq] = summary
-        while len(self._probes) > 256:
-            self._probes.popitem(last=False)
+        with self._probe_lock:
+            self._probes[stream_seq] = summary
+            while len(self._probes) > 256:
+                self._probes.popitem(last=False)
         return summary
 
-    def position(self, seq: int) -> tuple[int, int]:
-        """(stream seq of the first message of the batch holding event seq, that batch's first event seq).
+    def position(self, seq: int, *, batch_start: bool = True) -> tuple[int, int]:
+        """(stream seq, its first event seq) of the first message of the batch holding event seq.
 
-        For an event after last_seq: where the next batch will start. Binary search over
-        stream messages (each probe reads one message).
+        batch_start=False: of the message holding event seq itself. For an event after
+        last_seq: where the next batch will start. Binary search over stream messages
+        (each probe reads one message; recent probes are cached).
         """
         if seq < 1:
             raise ValidationError("sequence numbers start at 1")
@@ -758,8 +762,9 @@ class JetStreamLog(LogStore):
             else:
                 hi = mid - 1
         first, _count, k, _n = self._probe(lo)
-        start = lo - (k - 1)
-        return start, (first if k == 1 else self._probe(start)[0])
+        if k == 1 or not batch_start:
+            return lo, first
+        return lo - (k - 1), self._probe(lo - (k - 1))[0]
 
     def refresh(self) -> int:
         """Readers: find the stream's newest whole batch (asks the leader); the writer knows its own."""
@@ -813,7 +818,7 @@ class JetStreamLog(LogStore):
                 if pending > 0:
                     continue
             if seq <= known:  # the replica that answered lags behind what this handle knows: ask again
-                if time.monotonic() > patience:
+                if not follow and time.monotonic() > patience:
                     raise LogUnavailableError(f"{self.where}: no replica serves messages {seq}..{known} yet")
                 time.sleep(0.01)
                 continue
@@ -829,17 +834,25 @@ class JetStreamLog(LogStore):
         follow: bool,
         poll_interval: float = 0.05,
         stop: threading.Event | Callable[[], bool] | None = None,
+        *,
+        whole: bool = True,
     ) -> Iterator[tuple[int, list[bytes]]]:
-        start, first_event = self.position(from_seq)
-        assembler = BatchAssembler(self._frames, self.where, start, first_event)
+        """Whole batches from the one holding from_seq; whole=False: each message's records from the one holding it.
+
+        Either way every message passes every check (BatchAssembler); a record reader
+        starts at the message holding from_seq and stops as early as its caller does.
+        """
+        start, first_event = self.position(from_seq, batch_start=whole)
+        assembler = BatchAssembler(self._frames, self.where, start, first_event, mid_batch=not whole)
+        feed = assembler.feed if whole else assembler.feed_records
         for msg in self._messages(start, follow=follow, poll_interval=poll_interval, stop=stop):
-            batch = assembler.feed(msg)
+            batch = feed(msg)
             if batch is not None and batch[0] + len(batch[1]) > from_seq:
                 yield batch
 
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Committed (seq, record bytes) in [from_seq, to_seq]; see LogStore.read_raw."""
-        return FileLog._records(self._checked(from_seq, follow=False), from_seq, to_seq)
+        return FileLog._records(self._checked(from_seq, follow=False, whole=False), from_seq, to_seq)
 
     def follow_raw(
         self,
@@ -849,7 +862,7 @@ class JetStreamLog(LogStore):
         stop: threading.Event | Callable[[], bool] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Committed records from from_seq on, waiting at the tail until stop."""
-        return FileLog._records(self._checked(from_seq, True, poll_interval, stop), from_seq, None)
+        return FileLog._records(self._checked(from_seq, True, poll_interval, stop, whole=False), from_seq, None)
 
     def read_batches(self, from_seq: int = 1) -> Iterator[tuple[int, list[bytes]]]:
         """Whole committed batches (first_seq, payloads) from the one holding from_seq."""
@@ -875,10 +888,12 @@ class JetStreamLog(LogStore):
         follow: bool,
         poll_interval: float = 0.05,
         stop: threading.Event | Callable[[], bool] | None = None,
+        *,
+        whole: bool = True,
     ) -> Iterator[tuple[int, list[bytes]]]:
         if from_seq < 1:
             raise ValidationError("sequence numbers start at 1")
-        yield from self._batches(from_seq, follow, poll_interval, stop)
+        yield from self._batches(from_seq, follow, poll_interval, stop, whole=whole)
 
     # --- the rest of LogStore ------------------------------------------------------------------------------
 

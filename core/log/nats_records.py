@@ -147,14 +147,27 @@ class BatchAssembler:
 
     Start it at the first message of a batch (stream sequence next_stream_seq); with
     next_event_seq None the first frame sets the event numbering, else it must match.
+    mid_batch=True also accepts a first message inside a batch (for readers of records,
+    not of whole batches: feed_records; the digest of that one batch cannot be checked,
+    its frames' CRCs are).
     """
 
-    def __init__(self, frames: ModuleType, where: str, next_stream_seq: int, next_event_seq: int | None) -> None:
+    def __init__(
+        self,
+        frames: ModuleType,
+        where: str,
+        next_stream_seq: int,
+        next_event_seq: int | None,
+        *,
+        mid_batch: bool = False,
+    ) -> None:
         self.frames = frames
         self.where = where
         self.next_stream_seq = next_stream_seq
         self.next_event_seq = next_event_seq
         self._pending: _Pending | None = None
+        self._done: _Pending | None = None
+        self._mid_batch = mid_batch
 
     @property
     def in_batch(self) -> bool:
@@ -166,6 +179,18 @@ class BatchAssembler:
 
     def feed(self, msg: StreamMessage) -> tuple[int, list[bytes]] | None:
         """Take the next message; returns (first_seq, payloads) when it completes a batch, else None."""
+        first_seq, payloads, done = self._take(msg, keep=True)
+        if not done:
+            return None
+        p = self._done
+        return p.first_seq, p.payloads
+
+    def feed_records(self, msg: StreamMessage) -> tuple[int, list[bytes]]:
+        """Take the next message with the same checks as feed; returns its own records (first_seq, payloads)."""
+        first_seq, payloads, _done = self._take(msg, keep=False)
+        return first_seq, payloads
+
+    def _take(self, msg: StreamMessage, keep: bool) -> tuple[int, list[bytes], bool]:
         seq = msg.stream_seq
         if seq != self.next_stream_seq:
             raise self._corrupt(seq, f"came where message {self.next_stream_seq} was expected (skipped or reordered)")
@@ -185,17 +210,22 @@ class BatchAssembler:
             if not digest:
                 raise self._corrupt(seq, f"starts batch {batch_id} without its Mykey-Digest")
             p = self._pending = _Pending(batch_id, n, 0, first_seq, digest)
+        elif p is None and self._mid_batch:
+            p = self._pending = _Pending(batch_id, n, k - 1, first_seq, "")  # the rest of a batch: no digest
         elif p is None or p.batch_id != batch_id or p.k + 1 != k or p.n != n:
             raise self._corrupt(seq, f"is part {k}/{n} of batch {batch_id}, out of place")
+        self._mid_batch = False
         p.k = k
-        p.payloads.extend(payloads)
+        if keep:
+            p.payloads.extend(payloads)
         p.hasher.update(len(msg.data).to_bytes(8, "little"))
         p.hasher.update(msg.data)
         self.next_stream_seq = seq + 1
         self.next_event_seq = first_seq + len(payloads)
         if k < n:
-            return None
+            return first_seq, payloads, False
         self._pending = None
-        if p.hasher.hexdigest() != p.digest:
+        if p.digest and p.hasher.hexdigest() != p.digest:
             raise self._corrupt(seq, f"batch {batch_id} does not match its digest")
-        return p.first_seq, p.payloads
+        self._done = p
+        return first_seq, payloads, True
