@@ -11,7 +11,8 @@
 2. The drill: a writer appends batches (1, 20, 100 events) through a JetStreamLog on
    an R3 stream while the stream leader is SIGKILLed again and again (restarted with its
    disk after each kill, once every node is current). Reports the stall of every
-   failover (kill -> next acknowledged append: median, max) and checks the whole stream
+   failover (the longest wait between acknowledged appends around the kill: median,
+   max) and checks the whole stream
    against what was acknowledged: events lost (must be 0), extra, duplicated.
 
 Every server listens on 127.0.0.1 only and is stopped at the end (and killed with this

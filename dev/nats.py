@@ -548,8 +548,17 @@ class AppendLoad:
         if self._thread.is_alive():
             raise TimeoutError("the append load did not stop")
 
+    def longest_gap(self, around: float, count: int = 5, timeout: float = 60.0) -> float:
+        """The longest wait between acknowledged appends from the last one before ``around`` to the
+        count-th after it: the stall a fault at monotonic time ``around`` caused (an ack already on its
+        way when the fault struck does not hide the stall that follows it)."""
+        self.wait_for_acks(around, count, timeout)
+        i = bisect.bisect_right(self.acked, around, key=lambda a: a[2])
+        times = [around if i == 0 else self.acked[i - 1][2]] + [a[2] for a in self.acked[i : i + count]]
+        return max(b - a for a, b in zip(times, times[1:]))
+
     def wait_for_acks(self, after: float, count: int = 1, timeout: float = 60.0) -> float:
-        """Seconds from ``after`` (a monotonic time) to the first of count batches acknowledged after it."""
+        """Wait until count batches were acknowledged after ``after`` (a monotonic time); seconds to the first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             i = bisect.bisect_right(self.acked, after, key=lambda a: a[2])
@@ -649,8 +658,9 @@ def fail_leader(
 ) -> tuple[float, str]:
     """Kill (SIGKILL) or pause (SIGSTOP for pause seconds) the stream leader under load; bring it back.
 
-    Returns (stall, leader name): seconds from the fault until the next acknowledged append.
-    A killed node is restarted with its disk; the call returns once every node is current again.
+    Returns (stall, leader name): the longest wait between acknowledged appends around the fault
+    (AppendLoad.longest_gap). A killed node is restarted with its disk; the call returns once every
+    node is current again.
     """
     cluster.wait_until(lambda: cluster.stream_leader(stream) is not None, timeout, "no stream leader")
     leader = cluster.stream_leader(stream)
@@ -659,12 +669,12 @@ def fail_leader(
     t = time.monotonic()
     if how == "kill":
         leader.kill()
-        stall = load.wait_for_acks(t, 1, timeout)
+        stall = load.longest_gap(t, timeout=timeout)
         leader.start()
     elif how == "pause":
         leader.signal(signal.SIGSTOP)
         try:
-            stall = load.wait_for_acks(t, 1, timeout)
+            stall = load.longest_gap(t, timeout=timeout)
             time.sleep(max(0.0, pause - (time.monotonic() - t)))
         finally:
             leader.signal(signal.SIGCONT)

@@ -30,9 +30,25 @@ once); anything else means another writer (LogFencedError). It never appends bli
 twice. If the servers do not answer within ``timeout``, the handle stops
 (LogUnavailableError): reopening finds out from the stream what happened.
 
+Reading: any replica answers (``DIRECT.GET`` batches, so readers and followers ride
+through a leader election); a handle reads at least up to what it knows was committed,
+asking again when a lagging replica answers short. Every message is checked on the way
+(mykey.log.nats_records): stream and event numbering without gaps, CRCs, whole batches,
+digests. Only whole batches are ever returned.
+
 Durability comes from the servers: streams are created R3 with file storage, and the
-servers must run with ``jetstream { sync_interval: always }`` (see the README). An
-acknowledged batch is then on the disks of a majority of the replicas.
+servers must run with ``jetstream { sync_interval: always }``: an acknowledged batch is
+then written and fsynced on a majority of the replicas before the ack. Survived, with
+no acknowledged batch lost or duplicated and no half batch visible (tests and
+bench/nats_failover.py): the crash (SIGKILL) or hang (SIGSTOP) of any one node, the
+stream leader included, with appends stalling for the election (~4-8 s measured
+here); a node restarted with its disk; every node killed at once and restarted with
+its disk; the writer dying mid-batch; a lost ack; a second writer (fenced). Losing a
+majority of the nodes stops appends (LogUnavailableError after ``timeout``) until a
+majority is back; losing the disks of a majority loses acknowledged batches, which the
+writer reports (CorruptLogError: the stream is behind what was acknowledged) and
+`mykey audit verify` shows against the signed checkpoints. An R1 stream survives the
+crash and restart of its one server, nothing more.
 """
 
 from __future__ import annotations
@@ -372,6 +388,12 @@ class JetStreamLog(LogStore):
             self.close()
             raise
         return self
+
+    @property
+    def client(self) -> NatsClient:
+        """This process's connection to the log's servers (``run(coro, timeout)``, ``nc``: the nats-py client),
+        for other JetStream state kept beside the log (a key-value bucket, say)."""
+        return self._client_now()
 
     @property
     def where(self) -> str:

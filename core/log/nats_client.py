@@ -82,9 +82,14 @@ class NatsClient:
         except LogUnavailableError:
             self._stop_loop()
             raise LogUnavailableError(
-                f"no NATS server answered at {', '.join(self.servers)} within {connect_timeout:.0f} s; start the "
+                f"no NATS server answered at {', '.join(self.servers)} within {connect_timeout:g} s; start the "
                 "cluster (for development: `mykey nats up --nodes 3 --dir DIR`) or fix the --log / MYKEY_LOG URL"
             ) from None
+        except Exception as exc:  # refused credentials, a TLS mismatch, ...
+            self._stop_loop()
+            if isinstance(exc, LogError):
+                raise
+            raise LogError(f"cannot connect to the NATS servers at {', '.join(self.servers)}: {exc!r}") from exc
         except BaseException:
             self._stop_loop()
             raise
