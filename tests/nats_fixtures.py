@@ -51,21 +51,38 @@ def unique_stream(prefix: str = "T") -> str:
     return f"{prefix}{next(_names)}_{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture(scope="session")
-def nats_single(tmp_path_factory):
-    """One JetStream server (no clustering): streams on it are R1."""
-    cluster = start_cluster(tmp_path_factory.mktemp("nats1"), 1)
+def _serve(tmp_path_factory, name: str, nodes: int):
+    cluster = start_cluster(tmp_path_factory.mktemp(name), nodes)
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_single(tmp_path_factory):
+    """One JetStream server (no clustering): streams on it are R1."""
+    yield from _serve(tmp_path_factory, "nats1", 1)
 
 
 @pytest.fixture(scope="session")
 def nats_cluster(tmp_path_factory):
     """A 3-node JetStream cluster for tests that do not harm it (R3 streams)."""
-    cluster = start_cluster(tmp_path_factory.mktemp("nats3"), 3)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _serve(tmp_path_factory, "nats3", 3)
+
+
+@pytest.fixture
+def js_open():
+    """Open JetStream logs (JetStreamLog.open, or a subclass's: cls=) and close them all at the end."""
+    from mykey.log.jetstream import JetStreamLog
+
+    opened: list = []
+
+    def open_(url: str, cls=JetStreamLog, **kw):
+        log = cls.open(url, **kw)
+        opened.append(log)
+        return log
+
+    yield open_
+    for log in opened:
+        log.close()

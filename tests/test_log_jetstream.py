@@ -94,21 +94,6 @@ def r1_url(nats_single):
     return make
 
 
-@pytest.fixture
-def logs():
-    """Open JetStream logs (of any class) and close them all at the end."""
-    opened: list[JetStreamLog] = []
-
-    def open_(url: str, cls=JetStreamLog, **kw) -> JetStreamLog:
-        log = cls.open(url, **kw)
-        opened.append(log)
-        return log
-
-    yield open_
-    for log in opened:
-        log.close()
-
-
 def bodies(log) -> list[ev.Event]:
     return [e.body for e in log.read()]
 
@@ -271,8 +256,8 @@ def test_a_record_larger_than_a_message_is_refused():
 # --- batches on a real server ------------------------------------------------------------------
 
 
-def test_a_batch_over_the_atomic_batch_limit_is_refused_whole(r1_url, logs):
-    log = logs(r1_url())
+def test_a_batch_over_the_atomic_batch_limit_is_refused_whole(r1_url, js_open):
+    log = js_open(r1_url())
     log.append([svc(0)])
     per_msg = (1024 - framing.HEADER_SIZE) // (framing.RECORD_HEAD_SIZE + len(ev.encode_envelope(log.read().__next__())))
     with pytest.raises(ValidationError, match="limit of 1000 messages"):
@@ -283,10 +268,10 @@ def test_a_batch_over_the_atomic_batch_limit_is_refused_whole(r1_url, logs):
     assert bodies(log)[1:] == [e.body for e in big]
 
 
-def test_a_half_sent_batch_is_never_visible(r1_url, logs):
+def test_a_half_sent_batch_is_never_visible(r1_url, js_open):
     """A writer that dies after sending part of a batch (no commit): nothing of it is stored, ever."""
     url = r1_url()
-    log = logs(url)
+    log = js_open(url)
     log.append([svc(0)])
     frames = pack_frames(log._frames, 2, [ev.encode_envelope(ev.Envelope(2 + i, 1, ACTOR, 1, svc(i))) for i in range(60)], 1024)
     msgs = log._batch_messages(frames, "abandoned", batch_digest(frames), log.stream_last)
@@ -298,7 +283,7 @@ def test_a_half_sent_batch_is_never_visible(r1_url, logs):
         await client.nc.flush()
 
     client.run(send_all_but_the_commit(), 5)
-    reader = logs(url, readonly=True)
+    reader = js_open(url, readonly=True)
     assert reader.refresh() == 1 and reader.stream_last == 1 and bodies(reader) == [svc(0)]
     log.append([svc(1), svc(2)])  # the writer goes on; the abandoned batch can never commit after it
     assert reader.refresh() == 3 and bodies(reader) == [svc(0), svc(1), svc(2)]
@@ -308,9 +293,9 @@ def test_a_half_sent_batch_is_never_visible(r1_url, logs):
 # --- exactly one writer ------------------------------------------------------------------------
 
 
-def test_a_second_writer_fences_the_first(r1_url, logs):
+def test_a_second_writer_fences_the_first(r1_url, js_open):
     url = r1_url()
-    a, b = logs(url), logs(url)
+    a, b = js_open(url), js_open(url)
     a.append([svc(1)])
     with pytest.raises(LogFencedError, match=b.writer_id.split(":")[0]) as info:
         b.append([svc(2)])  # b knew an empty stream: a appended since
@@ -319,7 +304,7 @@ def test_a_second_writer_fences_the_first(r1_url, logs):
         b.append([svc(3)])  # stays stopped, without asking the server
     a.append([svc(4)])
     assert bodies(a) == [svc(1), svc(4)]
-    c = logs(url)  # a writer opened now knows the end: it wins, and a stops at its next append
+    c = js_open(url)  # a writer opened now knows the end: it wins, and a stops at its next append
     c.append([svc(5)])
     with pytest.raises(LogFencedError):
         a.append([svc(6)])
@@ -338,9 +323,9 @@ def test_a_single_server_cannot_hold_an_r3_stream(nats_single):
         JetStreamLog.open(nats_single.log_url(stream=unique_stream()))
 
 
-def test_a_stream_set_up_otherwise_is_refused(nats_single, logs):
+def test_a_stream_set_up_otherwise_is_refused(nats_single, js_open):
     name = unique_stream()
-    r1 = logs(nats_single.log_url(stream=name, replicas=1))
+    r1 = js_open(nats_single.log_url(stream=name, replicas=1))
     r1.append([svc(1)])
     with pytest.raises(LogError, match="1 replica"):  # the URL asks for R3: never silently less
         JetStreamLog.open(nats_single.log_url(stream=name, replicas=3))
@@ -381,51 +366,51 @@ class FaultyLink(JetStreamLog):
 
 
 @pytest.mark.parametrize("size", [1, 100], ids=["one-message", "many-messages"])
-def test_a_batch_whose_ack_was_lost_is_found_and_acknowledged_once(r1_url, logs, size):
+def test_a_batch_whose_ack_was_lost_is_found_and_acknowledged_once(r1_url, js_open, size):
     url = r1_url()
-    log = logs(url, FaultyLink)
+    log = js_open(url, FaultyLink)
     log.append([svc(0)])
     log.faults = ["lost-ack", "not-sent", "lost-ack"]
     envs = log.append([svc(i) for i in range(1, size + 1)])
     assert log.attempts == 1 + 4 and [e.seq for e in envs] == list(range(2, size + 2))
-    reader = logs(url, readonly=True)
+    reader = js_open(url, readonly=True)
     assert bodies(reader) == [svc(i) for i in range(size + 1)]  # exactly once
     assert [(f, len(p)) for f, p in reader.read_batches()] == [(1, 1), (2, size)]
     assert log.append([svc(99)])[0].seq == size + 2
 
 
-def test_a_batch_that_was_never_sent_is_sent_again(r1_url, logs):
-    log = logs(r1_url(), FaultyLink)
+def test_a_batch_that_was_never_sent_is_sent_again(r1_url, js_open):
+    log = js_open(r1_url(), FaultyLink)
     log.faults = ["not-sent", "not-sent"]
     log.append([svc(1), svc(2)])
     assert log.attempts == 3 and bodies(log) == [svc(1), svc(2)]
 
 
-def test_another_writer_between_attempts_fences_this_one(r1_url, logs):
+def test_another_writer_between_attempts_fences_this_one(r1_url, js_open):
     url = r1_url()
-    log = logs(url, FaultyLink)
+    log = js_open(url, FaultyLink)
     log.append([svc(0)])
-    other = logs(url)
+    other = js_open(url)
     log.faults = ["not-sent", lambda: other.append([svc(50)])]
     with pytest.raises(LogFencedError, match=other.writer_id):
         log.append([svc(1)])
     assert bodies(other) == [svc(0), svc(50)]
 
 
-def test_an_outcome_not_found_in_time_stops_the_handle_and_reopening_tells(r1_url, logs):
+def test_an_outcome_not_found_in_time_stops_the_handle_and_reopening_tells(r1_url, js_open):
     url = r1_url(timeout=0.5)
-    log = logs(url, FaultyLink)
+    log = js_open(url, FaultyLink)
     log.faults = ["lost-ack"] + ["not-sent"] * 1000
     with pytest.raises(LogUnavailableError, match="may or may not have been stored"):
         log.append([svc(1), svc(2)])
     with pytest.raises(LogError, match="stopped appending"):
         log.append([svc(3)])
-    again = logs(url)
+    again = js_open(url)
     assert again.last_seq == 2 and bodies(again) == [svc(1), svc(2)]  # it had landed
 
 
-def test_a_stream_behind_the_writer_is_reported_as_lost_data(r1_url, logs):
-    log = logs(r1_url())
+def test_a_stream_behind_the_writer_is_reported_as_lost_data(r1_url, js_open):
+    log = js_open(r1_url())
     log.append([svc(1)])
     log._stream_last += 5  # as if the servers had acknowledged messages they no longer hold
     with pytest.raises(CorruptLogError, match="lost acknowledged data"):
@@ -435,10 +420,10 @@ def test_a_stream_behind_the_writer_is_reported_as_lost_data(r1_url, logs):
 # --- fork ------------------------------------------------------------------------------------------
 
 
-def test_a_forked_child_reconnects_and_the_parent_keeps_its_connection(r1_url, logs):
+def test_a_forked_child_reconnects_and_the_parent_keeps_its_connection(r1_url, js_open):
     url = r1_url()
-    log = logs(url)
-    reader = logs(url, readonly=True)
+    log = js_open(url)
+    reader = js_open(url, readonly=True)
     log.append([svc(1)])
     pid = os.fork()
     if pid == 0:  # the child: inherited handles get a connection of their own

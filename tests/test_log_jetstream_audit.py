@@ -78,17 +78,8 @@ def jet(tmp_path, nats_single):
 
 
 @pytest.fixture
-def reader():
-    opened: list[JetStreamLog] = []
-
-    def open_(url: str) -> JetStreamLog:
-        log = JetStreamLog.open(url, readonly=True)
-        opened.append(log)
-        return log
-
-    yield open_
-    for log in opened:
-        log.close()
+def reader(js_open):
+    return lambda url: js_open(url, readonly=True)
 
 
 def vkey(data: DataDir) -> str:

@@ -22,7 +22,6 @@ import time
 
 import pytest
 from mykey.domain import events as ev
-from mykey.log.jetstream import JetStreamLog
 
 from .nats_fixtures import start_cluster, unique_stream
 
@@ -51,32 +50,18 @@ def healthy(cluster):
     return cluster
 
 
-@pytest.fixture
-def handles():
-    opened: list[JetStreamLog] = []
-
-    def open_(url: str, **kw) -> JetStreamLog:
-        log = JetStreamLog.open(url, **kw)
-        opened.append(log)
-        return log
-
-    yield open_
-    for log in opened:
-        log.close()
-
-
-def drill(healthy, handles, max_msg_bytes: int = 4096):
+def drill(healthy, js_open, max_msg_bytes: int = 4096):
     """(url, stream, load, follower) on a fresh R3 stream: the load and the follower are running."""
     from mykey_dev.nats import AppendLoad, Follower
 
     stream = unique_stream("D")
     url = healthy.log_url(stream=stream, max_msg_bytes=max_msg_bytes)
-    load = AppendLoad(handles(url)).start()
-    follower = Follower(handles(url, readonly=True)).start()
+    load = AppendLoad(js_open(url)).start()
+    follower = Follower(js_open(url, readonly=True)).start()
     return url, stream, load, follower
 
 
-def finish(url, load, follower, handles) -> dict:
+def finish(url, load, follower, js_open) -> dict:
     """Stop the load; check the follower saw exactly the stream; return the audit of the stream."""
     from mykey_dev.nats import audit_drill
 
@@ -86,7 +71,7 @@ def finish(url, load, follower, handles) -> dict:
     follower.catch_up(last)
     follower.stop()
     assert follower.error is None
-    reader = handles(url, readonly=True)
+    reader = js_open(url, readonly=True)
     assert reader.last_seq == last
     report = audit_drill(reader, load.acked)
     stored = [(f, len(p)) for f, p in reader.read_batches(1)]
@@ -97,38 +82,38 @@ def finish(url, load, follower, handles) -> dict:
 
 
 @pytest.mark.slow
-def test_the_stream_leader_killed_repeatedly_under_load(healthy, handles):
+def test_the_stream_leader_killed_repeatedly_under_load(healthy, js_open):
     from mykey_dev.nats import fail_leader
 
-    url, stream, load, follower = drill(healthy, handles)
+    url, stream, load, follower = drill(healthy, js_open)
     stalls = []
     try:
         for _ in range(KILLS):
             stall, _leader = fail_leader(healthy, stream, load, how="kill")
             stalls.append(stall)
     finally:
-        report = finish(url, load, follower, handles)
+        report = finish(url, load, follower, js_open)
     assert all(s < STALL_LIMIT for s in stalls), stalls
     print(f"\nleader kills: {len(stalls)}, stalls {[round(s, 2) for s in stalls]} s, {report}")
 
 
 @pytest.mark.slow
-def test_the_stream_leader_paused_and_resumed(healthy, handles):
+def test_the_stream_leader_paused_and_resumed(healthy, js_open):
     from mykey_dev.nats import fail_leader
 
-    url, stream, load, follower = drill(healthy, handles)
+    url, stream, load, follower = drill(healthy, js_open)
     try:
         stall, _leader = fail_leader(healthy, stream, load, how="pause", pause=7.0)
     finally:
-        finish(url, load, follower, handles)
+        finish(url, load, follower, js_open)
     assert stall < STALL_LIMIT
 
 
 @pytest.mark.slow
-def test_the_whole_cluster_killed_and_restarted_with_its_disks(healthy, handles):
+def test_the_whole_cluster_killed_and_restarted_with_its_disks(healthy, js_open):
     from mykey_dev.nats import wait_stream_everywhere
 
-    url, stream, load, follower = drill(healthy, handles)
+    url, stream, load, follower = drill(healthy, js_open)
     try:
         load.wait_for_acks(time.monotonic(), 3)
         t = time.monotonic()
@@ -139,13 +124,13 @@ def test_the_whole_cluster_killed_and_restarted_with_its_disks(healthy, handles)
         load.wait_for_acks(t, 3)  # the load rides through (the append in flight resolved by reading)
         wait_stream_everywhere(healthy, stream)
     finally:
-        finish(url, load, follower, handles)
+        finish(url, load, follower, js_open)
 
 
-def test_a_node_restarted_with_its_disk_catches_up(healthy, handles):
+def test_a_node_restarted_with_its_disk_catches_up(healthy, js_open):
     from mykey_dev.nats import wait_stream_everywhere
 
-    url, stream, load, follower = drill(healthy, handles)
+    url, stream, load, follower = drill(healthy, js_open)
     try:
         healthy.wait_until(lambda: healthy.stream_leader(stream) is not None, 30, "no stream leader")
         leader = healthy.stream_leader(stream)
@@ -158,7 +143,7 @@ def test_a_node_restarted_with_its_disk_catches_up(healthy, handles):
         wait_stream_everywhere(healthy, stream)  # it caught up from its disk and the leader
         assert healthy.stream_last_seqs(stream)[node.name] >= written_meanwhile
     finally:
-        finish(url, load, follower, handles)
+        finish(url, load, follower, js_open)
 
 
 # --- writer processes ----------------------------------------------------------------------------------
@@ -271,10 +256,10 @@ def writers():
         w.kill()
 
 
-def stored_batches(url: str, handles) -> list[tuple[int, int, str]]:
+def stored_batches(url: str, js_open) -> list[tuple[int, int, str]]:
     """(first_seq, count, writer name) of every batch in the stream (read with every check on)."""
     out = []
-    for first, payloads in handles(url, readonly=True).read_batches(1):
+    for first, payloads in js_open(url, readonly=True).read_batches(1):
         names = {ev.decode_envelope(p).body.service_id.split("-")[0] for p in payloads}
         assert len(names) == 1  # a batch is one writer's, whole
         out.append((first, len(payloads), names.pop()))
@@ -290,7 +275,7 @@ def runs(batches: list[tuple[int, int, str]]) -> list[str]:
     return out
 
 
-def test_the_writer_process_killed_mid_batch(healthy, handles, writers):
+def test_the_writer_process_killed_mid_batch(healthy, js_open, writers):
     url = healthy.log_url(stream=unique_stream("W"), max_msg_bytes=1024)  # 300 events: ~25 messages
     w = writers(url, "w", size=300, slow=0.005)
     w.go()
@@ -300,15 +285,15 @@ def test_the_writer_process_killed_mid_batch(healthy, handles, writers):
     time.sleep(0.03)  # a few of the batch's messages are out, not its commit
     w.kill()
     w.finish()  # every line it printed (an ack printed just before the kill is counted too)
-    stored = stored_batches(url, handles)
+    stored = stored_batches(url, js_open)
     assert [(f, c) for f, c, _n in stored] == w.acked  # every acknowledged batch; nothing of the torn one
-    after = handles(url)  # a new writer carries on at once; the torn batch can never commit after it
+    after = js_open(url)  # a new writer carries on at once; the torn batch can never commit after it
     assert after.last_seq == sum(w.acked[-1]) - 1
     after.append([ev.ServiceIdRegistered("A0001", "n-0-0")])
-    assert [n for _f, _c, n in stored_batches(url, handles)][-2:] == ["w", "n"]
+    assert [n for _f, _c, n in stored_batches(url, js_open)][-2:] == ["w", "n"]
 
 
-def test_two_writers_racing_one_is_fenced(healthy, handles, writers):
+def test_two_writers_racing_one_is_fenced(healthy, js_open, writers):
     url = healthy.log_url(stream=unique_stream("R"))
     a, b = writers(url, "a"), writers(url, "b")  # both know the same (empty) stream
     a.go()
@@ -328,12 +313,12 @@ def test_two_writers_racing_one_is_fenced(healthy, handles, writers):
     while len(winner.acked) < 5:
         winner.next_line(("acked",))
     winner.kill()
-    stored = stored_batches(url, handles)
+    stored = stored_batches(url, js_open)
     assert runs(stored) == [winner.name]
     assert [(f, c) for f, c, _n in stored][: len(winner.acked)] == winner.acked
 
 
-def test_a_hung_writer_is_replaced_by_a_standby_and_never_interleaves(healthy, handles, writers):
+def test_a_hung_writer_is_replaced_by_a_standby_and_never_interleaves(healthy, js_open, writers):
     url = healthy.log_url(stream=unique_stream("H"))
     old = writers(url, "old")
     old.go()
@@ -351,7 +336,7 @@ def test_a_hung_writer_is_replaced_by_a_standby_and_never_interleaves(healthy, h
     while len(standby.acked) < 10:
         standby.next_line(("acked",))
     standby.kill()
-    stored = stored_batches(url, handles)
+    stored = stored_batches(url, js_open)
     assert runs(stored) == ["old", "new"]
     acked = set(old.acked) | set(standby.acked)
     assert acked <= {(f, c) for f, c, _n in stored}

@@ -85,7 +85,6 @@ from ..errors import (
     LogUnavailableError,
     ValidationError,
 )
-from . import framing
 from .accel import framing_module
 from .filelog import FileLog
 from .nats_client import CONNECT_TIMEOUT, NatsClient, acquire, release
@@ -584,12 +583,7 @@ class JetStreamLog(LogStore):
             first = self._last_seq + 1
             envs = [Envelope(first + i, ts, actor, ev.VERSION, ev) for i, ev in enumerate(events)]
             payloads = [encode_envelope(e) for e in envs]
-            for i, p in enumerate(payloads):
-                if len(p) > framing.MAX_RECORD:
-                    raise ValidationError(
-                        f"event {i + 1} of the batch ({type(events[i]).__name__}) encodes to {len(p)} bytes, "
-                        f"over the log's record limit of {framing.MAX_RECORD} bytes; nothing was appended"
-                    )
+            # pack_frames refuses a record larger than one message (always less than framing.MAX_RECORD)
             frames = pack_frames(self._frames, first, payloads, self.max_msg_bytes)
             if len(frames) > BATCH_LIMIT:
                 raise ValidationError(
@@ -864,6 +858,8 @@ class JetStreamLog(LogStore):
         Either way every message passes every check (BatchAssembler); a record reader
         starts at the message holding from_seq and stops as early as its caller does.
         """
+        if from_seq < 1:
+            raise ValidationError("sequence numbers start at 1")
         start, first_event = self.position(from_seq, batch_start=whole)
         assembler = BatchAssembler(self._frames, self.where, start, first_event, mid_batch=not whole)
         feed = assembler.feed if whole else assembler.feed_records
@@ -874,7 +870,7 @@ class JetStreamLog(LogStore):
 
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
         """Committed (seq, record bytes) in [from_seq, to_seq]; see LogStore.read_raw."""
-        return FileLog._records(self._checked(from_seq, follow=False, whole=False), from_seq, to_seq)
+        return FileLog._records(self._batches(from_seq, False, whole=False), from_seq, to_seq)
 
     def follow_raw(
         self,
@@ -884,11 +880,11 @@ class JetStreamLog(LogStore):
         stop: threading.Event | Callable[[], bool] | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Committed records from from_seq on, waiting at the tail until stop."""
-        return FileLog._records(self._checked(from_seq, True, poll_interval, stop, whole=False), from_seq, None)
+        return FileLog._records(self._batches(from_seq, True, poll_interval, stop, whole=False), from_seq, None)
 
     def read_batches(self, from_seq: int = 1) -> Iterator[tuple[int, list[bytes]]]:
         """Whole committed batches (first_seq, payloads) from the one holding from_seq."""
-        return self._checked(from_seq, follow=False)
+        return self._batches(from_seq, False)
 
     def follow_batches(
         self,
@@ -902,20 +898,7 @@ class JetStreamLog(LogStore):
         Rides through failovers: reads are answered by any replica, and a follower
         that gets no answer keeps asking until stop.
         """
-        return self._checked(from_seq, True, poll_interval, stop)
-
-    def _checked(
-        self,
-        from_seq: int,
-        follow: bool,
-        poll_interval: float = 0.05,
-        stop: threading.Event | Callable[[], bool] | None = None,
-        *,
-        whole: bool = True,
-    ) -> Iterator[tuple[int, list[bytes]]]:
-        if from_seq < 1:
-            raise ValidationError("sequence numbers start at 1")
-        yield from self._batches(from_seq, follow, poll_interval, stop, whole=whole)
+        return self._batches(from_seq, True, poll_interval, stop)
 
     # --- the rest of LogStore ------------------------------------------------------------------------------
 
