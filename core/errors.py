@@ -37,6 +37,14 @@ class ConcurrencyError(LogError):
     """An append expected a different last sequence number (someone else wrote)."""
 
 
+class LogFencedError(ConcurrencyError, LockHeldError):
+    """Another writer appended to a shared log: this handle stopped appending, so two writers never interleave."""
+
+
+class LogUnavailableError(LogError):
+    """The log's servers did not answer in time (an append's outcome is then found out on reopen)."""
+
+
 class IndexError_(MykeyError):
     """Base of LMDB index errors (named with a trailing _ to not shadow IndexError)."""
 

@@ -1,4 +1,4 @@
-"""The development commands of the `mykey` CLI: `mykey demo` and `mykey bench`.
+"""The development commands of the `mykey` CLI: `mykey demo`, `mykey bench` and `mykey nats`.
 
 The runtime CLI (mykey.cli) adds these through ``register`` when mykey_dev is
 installed, as it is in a source checkout's ``pip install -e .``; an installation
@@ -23,15 +23,17 @@ from pathlib import Path
 from mykey.cli.output import EXIT_REFUSED, Output
 from mykey.cli.progress import bar
 
+from . import nats
 from .demo import DemoConfig, Phase, format_result, run_demo
 
 __all__ = ["find_checkout", "register"]
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add `demo` and `bench` to the mykey command line."""
+    """Add `demo`, `bench` and `nats` to the mykey command line."""
     _register_demo(sub, common)
     _register_bench(sub)
+    nats.register(sub, common)
 
 
 # --- mykey demo -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 pytest.register_assert_rewrite("mykey.log.contract")
+pytest_plugins = ["tests.nats_fixtures"]  # real nats-servers for the JetStream log's tests
 
 settings.register_profile(
     "mykey", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]

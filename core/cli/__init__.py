@@ -25,6 +25,7 @@ from types import ModuleType
 
 from ..datadir import default_data_dir
 from ..errors import MykeyError
+from ..log.backend import set_log_location
 from . import audit_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, Output, printable_document
 
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="data directory (env MYKEY_DATA, default ./mykey-data)",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable JSON output")
+    common.add_argument(
+        "--log",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="the event log: nats://HOST:PORT[,nats://HOST:PORT][?stream=NAME] for a NATS JetStream cluster "
+        "(env MYKEY_LOG; default: the file log in DATA/log)",
+    )
     parser = Parser(
         prog="mykey",
         description="mykey: event-sourced core of a MyKey ID platform.",
@@ -86,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.data = Path(getattr(args, "data", None) or default_data_dir())
     args.json = bool(getattr(args, "json", False))
     out = Output(json_mode=args.json)
+    set_log_location(getattr(args, "log", None))  # every open_log of this command uses it
     try:
         return int(args.func(args, out) or 0)
     except MykeyError as exc:
@@ -106,3 +115,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             error="InternalError",
         )
         return EXIT_INTERNAL
+    finally:
+        set_log_location(None)

@@ -21,6 +21,7 @@ from ..engine import Engine
 from ..engine.crl_sync import CrlSource, parse_duration, run_every, sync_round
 from ..engine.feed import read_live_feed
 from ..errors import MykeyError, TerminalKeyError, ValidationError
+from ..log.backend import log_initialized
 from .files import created_or_removed, load_card_key, trust_anchor_bundle
 from .output import EXIT_REFUSED, Output
 from .progress import bar
@@ -168,7 +169,7 @@ def _crl_policy(args: argparse.Namespace) -> certs.CrlPolicy | None:
 
 def open_engine(args: argparse.Namespace) -> Engine:
     data = DataDir(args.data)
-    if not data.log.is_dir():
+    if not log_initialized(data):
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
     return Engine.open(data.root, checkpoint_on_close=True, crl_policy=_crl_policy(args))
 
@@ -176,7 +177,7 @@ def open_engine(args: argparse.Namespace) -> Engine:
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     data = DataDir(args.data)
     bundle = trust_anchor_bundle(args.trust_anchor)  # every file checked before anything is created
-    existed = data.log.is_dir()
+    existed = log_initialized(data)
     all_or_nothing = nullcontext() if existed else created_or_removed(data.root)
     with all_or_nothing, Engine.open(data.root, checkpoint_on_close=True) as e:
         added = e.add_trust_anchor(bundle) if bundle else []  # one batch
@@ -396,7 +397,7 @@ def cmd_crl_sync(args: argparse.Namespace, out: Output) -> int:
     source = CrlSource.parse(args.source)
     interval = parse_duration(args.every) if args.every else None
     data = DataDir(args.data)
-    if not data.log.is_dir():
+    if not log_initialized(data):
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
 
     def one_round() -> None:
@@ -444,7 +445,7 @@ FOLLOW_POLL_SECONDS = 0.5
 def cmd_feed(args: argparse.Namespace, out: Output) -> int:
     check_actor_id(args.consumer, "consumer")
     data = DataDir(args.data)
-    if not data.log.is_dir():
+    if not log_initialized(data):
         out.refused(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
         return EXIT_REFUSED
     after = args.after
