@@ -189,6 +189,31 @@ def check_answers(url: str, terminal: str, key: Path, spec: Spec) -> tuple[str, 
     return token, ids
 
 
+def per_request_costs(data: Path, terminal: str, n: int = 100_000) -> dict:
+    """µs per call of what the gateway adds to each authenticated request, measured in this process."""
+    from mykey.gateway.tokens import TokenSigner
+    from mykey.index.resolver import Resolver
+
+    signer = TokenSigner(os.urandom(32))
+    token, _ = signer.issue(terminal, business_id(0), time.time())
+    now = time.time()
+    with Resolver.open(data) as resolver:
+        t = time.perf_counter()
+        for _ in range(n):
+            term = resolver.terminal(terminal)
+            resolver.business(term.business_id)  # type: ignore[union-attr]
+        records = (time.perf_counter() - t) / n * 1e6
+        t = time.perf_counter()
+        for _ in range(n):
+            resolver.resolve(business_id(0), "S000000001")
+        lookup = (time.perf_counter() - t) / n * 1e6
+    t = time.perf_counter()
+    for _ in range(n):
+        signer.verify(token, now)
+    verify = (time.perf_counter() - t) / n * 1e6
+    return {"token_verify_us": verify, "records_check_us": records, "one_lookup_us": lookup}
+
+
 def throughput(server: Server, token: str, ids_file: Path, plan: Plan) -> dict:
     wrk(server.url, token, ids_file, "status", plan, duration=1)  # warm-up
     runs: dict[str, list[dict]] = {"status": [], "healthz": []}
@@ -288,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     try:
         data, terminal, key = build_data(work, plan.spec)
+        costs = per_request_costs(data, terminal)
         server = Server(data, plan.workers, work / "serve.log")
         server.wait_ready()
         token, ids = check_answers(server.url, terminal, key, plan.spec)
@@ -296,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         res = {"plan": {"service_ids": plan.spec.service_ids, "duration_s": plan.duration, "reps": plan.reps,
                         "wrk": f"-t{plan.threads} -c{plan.connections}", "workers": plan.workers,
                         "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}}
+        res["per_request_us"] = costs
         res["throughput"] = tp = throughput(server, token, ids_file, plan)
         res["killed_worker"] = kw = killed_worker(server, token, ids_file, plan)
         res["rebuild"] = rb = rebuild_under_load(server, data, token, ids_file, plan)
@@ -328,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['p99_ms']:.2f} | {r['errors']} |")
     print()
     print(f"status/healthz ratio: {tp['ratio']:.2f} (target >= {RATIO_TARGET:.2f})")
+    print(f"per authenticated request, in-process: token HMAC {costs['token_verify_us']:.2f} µs, terminal + "
+          f"business records {costs['records_check_us']:.2f} µs, the lookup itself {costs['one_lookup_us']:.2f} µs")
     print(f"SIGKILLed worker: replaced in {kw['replaced_ms']:.0f} ms; {kw['errors_during_kill']} errors during the "
           f"kill (connections on the killed worker), {kw['errors_after']} after the replacement")
     print(f"mykey rebuild under load: {rb['errors']} errors in {rb['requests']:,} requests; "

@@ -8,9 +8,11 @@ log (for ``/readyz``) and its metrics; ``__rsgi_del__`` closes them on a gracefu
 A request goes: route (exact paths, and ``/v1/status/`` plus the service ID), then for
 the ``/v1`` lookups the bearer token (an HMAC, tokens.py), the terminal's and its
 business's records (two LMDB reads, so revocation and deactivation act at once), the
-terminal's rate limit, and the handler. Every refusal is an HttpProblem answered as
-problem JSON; any other exception is logged and answered 500, so no request can stop a
-worker.
+terminal's rate limit, and the handler. Reads are answered here; a write is sent to the
+writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes back
+as the mykey error it raised. Every refusal is an HttpProblem answered as problem JSON
+(WriterUnavailableError as 503); any other exception is logged and answered 500, so no
+request can stop a worker.
 
 Service IDs are taken from the path as granian gives it, percent-decoded (``%2F`` is
 ``/``): everything after ``/v1/status/`` is the service ID, so IDs holding ``/`` or
@@ -36,7 +38,7 @@ from ..auth.terminals import TerminalAuthenticator, terminal_auth_message
 from ..datadir import DataDir
 from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
 from ..domain.status import Status
-from ..errors import HttpProblem, MykeyError, TerminalAuthError, ValidationError
+from ..errors import HttpProblem, MykeyError, TerminalAuthError, ValidationError, WriterUnavailableError
 from ..index.resolver import Resolver
 from ..log.backend import open_log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -46,6 +48,7 @@ from .problems import problem, problem_body
 from .procs import die_with_parent
 from .ratelimit import RateLimiter, retry_after_header
 from .tokens import TokenSigner
+from .writer import AsyncWriterClient
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_BATCH = 1000  # service IDs in one POST /v1/status
@@ -126,6 +129,15 @@ class Gateway:
         # Sign-ins cost an Ed25519 verification: limited apart (and off when the limit is off).
         self.session_limiter = RateLimiter(config.session_rate if config.rate > 0 else 0, config.session_burst)
         self._next_index_try = 0.0
+        self._writer: AsyncWriterClient | None = None
+
+    def writer(self) -> AsyncWriterClient:
+        """This worker's connection to the writer (made on first use, after the fork)."""
+        if self._writer is None:
+            if self.config.writer_socket is None:
+                raise WriterUnavailableError("this gateway has no writer")
+            self._writer = AsyncWriterClient(self.config.writer_socket)
+        return self._writer
 
     # --- per worker ------------------------------------------------------------
 
@@ -138,6 +150,8 @@ class Gateway:
         _log.info("worker %d ready (index %s)", os.getpid(), "open" if self.resolver else "not open yet")
 
     def __rsgi_del__(self, loop) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self._close_index()
 
     def _open_index(self) -> None:
@@ -201,6 +215,8 @@ class Gateway:
             proto.response_bytes(status, headers, body)
         except HttpProblem as exc:
             status = self._refuse(proto, exc)
+        except WriterUnavailableError as exc:  # an operator's command holds the log, or the writer restarts
+            status = self._refuse(proto, problem("writer-unavailable", str(exc), headers=(retry_after_header(1),)))
         except Exception:
             _log.exception("%s %s failed", scope.method, scope.path[:100])
             status = self._refuse(proto, problem("internal-error", "the gateway failed on this request; it is logged"))

@@ -51,16 +51,22 @@ def ensure_gateway_key(data: DataDir) -> bytes:
     return key
 
 
-class TokenSigner:
-    """Issues and verifies session tokens under one key (cheap: one HMAC-SHA256)."""
+MAX_CACHED = 10_000  # verified tokens a signer remembers (each terminal holds one or two at a time)
 
-    __slots__ = ("_key", "ttl")
+
+class TokenSigner:
+    """Issues and verifies session tokens under one key (one HMAC-SHA256, or a dict lookup when seen)."""
+
+    __slots__ = ("_key", "_seen", "ttl")
 
     def __init__(self, key: bytes, ttl: int = DEFAULT_TOKEN_TTL) -> None:
         if len(key) < 16:
             raise ValueError("the token key must have at least 16 bytes")
         self._key = key
         self.ttl = ttl
+        # Tokens whose MAC checked out: token -> (terminal_id, business_id, expires_at). Expiry is
+        # still checked on every use; the cache only saves recomputing the MAC of a known token.
+        self._seen: dict[str, tuple[str, str, int]] = {}
 
     def _mac(self, body: str) -> str:
         digest = hmac.digest(self._key, TOKEN_CONTEXT + body.encode("ascii"), "sha256")
@@ -74,12 +80,21 @@ class TokenSigner:
 
     def verify(self, token: str, now: float) -> tuple[str, str]:
         """(terminal_id, business_id) of a genuine, unexpired token; HttpProblem 401 otherwise."""
+        seen = self._seen.get(token)
+        if seen is None:
+            seen = self._check(token)
+            if len(self._seen) >= MAX_CACHED:
+                self._seen.clear()
+            self._seen[token] = seen
+        if seen[2] <= now:
+            raise problem("token-expired", "the session token expired; sign in again (POST /v1/sessions)")
+        return seen[0], seen[1]
+
+    def _check(self, token: str) -> tuple[str, str, int]:
         body, _, mac = token.rpartition(".")
         parts = body.split(".")
-        if len(parts) != 4 or parts[0] != TOKEN_VERSION or not token.isascii():
+        if len(parts) != 4 or parts[0] != TOKEN_VERSION or not token.isascii() or not parts[3].isdigit():
             raise problem("token-invalid", "the bearer token is not a mykey session token; sign in again")
         if not hmac.compare_digest(self._mac(body), mac):
             raise problem("token-invalid", "the bearer token is not valid here; sign in again")
-        if not parts[3].isdigit() or int(parts[3]) <= now:
-            raise problem("token-expired", "the session token expired; sign in again (POST /v1/sessions)")
-        return parts[1], parts[2]
+        return parts[1], parts[2], int(parts[3])
