@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from mykey.domain import events as ev
-from mykey.errors import LockHeldError
+from mykey.errors import LockHeldError, WriterUnavailableError
 from mykey.gateway.writer import WriterClient
 from mykey.log.backend import open_log
 
@@ -140,3 +140,20 @@ def test_a_terminal_over_its_rate_limit_gets_429(request, ds):
     assert api.get("/v1/status/B-100", headers=bearer(other)).status_code == 200
     assert 'mykey_gateway_refusals_total{reason="rate-limited"}' in api.get("/metrics").text
     api.close()
+
+
+def test_a_writer_that_dies_is_started_again(request, ds):
+    server = start_server(request, ds.root, ds.root.parent, workers=1)
+    first = wait_for(server.writer_pid, 10, "the writer")
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: (pid := server.writer_pid()) not in (None, first) and pid, 20, "a new writer")
+
+    def answers():
+        try:
+            with WriterClient(ds.root / "run" / "writer.sock") as writer:
+                return writer.call("ping")["pid"] == second
+        except WriterUnavailableError:
+            return False
+
+    wait_for(answers, 30, "the new writer to answer")
+    assert "starting it again" in server.log()

@@ -38,7 +38,13 @@ from ..auth.terminals import TerminalAuthenticator, terminal_auth_message
 from ..datadir import DataDir
 from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
 from ..domain.status import Status
-from ..errors import HttpProblem, MykeyError, TerminalAuthError, ValidationError, WriterUnavailableError
+from ..errors import (
+    HttpProblem,
+    MykeyError,
+    TerminalAuthError,
+    ValidationError,
+    WriterUnavailableError,
+)
 from ..index.resolver import Resolver
 from ..log.backend import open_log
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
