@@ -305,4 +305,50 @@ class InsecurePermissionsError(MykeyError):
     """A data directory may be written by users other than its owner; make it owner-only (chmod 700)."""
 
 
+# --- terminal gateway (the HTTP server, its single writer, the reference client) ---
+
+
+class GatewayError(MykeyError):
+    """Base of the terminal gateway's errors (server side and reference client)."""
+
+
+class HttpProblem(GatewayError):
+    """An HTTP request is refused: answered as RFC 9457 problem JSON with this status and problem type."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind  # the problem type's short name (also the refusal reason in the metrics)
+        self.detail = detail
+        self.headers = headers  # extra response headers (Retry-After, WWW-Authenticate, Allow)
+        self.extra = extra or {}  # extension members of the problem JSON
+
+
+class WriterUnavailableError(GatewayError):
+    """The gateway's writer process cannot be reached, or an operator command holds the log; retry shortly."""
+
+
+class GatewayProtocolError(GatewayError):
+    """A message between gateway processes, or a gateway response, did not have the expected shape."""
+
+
+class GatewayRefusedError(GatewayError):
+    """The gateway answered a client's request with an error (its problem JSON says why)."""
+
+    def __init__(self, status: int, problem: dict) -> None:
+        title = problem.get("title") or f"HTTP {status}"
+        detail = problem.get("detail") or ""
+        super().__init__(f"the gateway refused ({status} {title}): {detail}".rstrip(": "))
+        self.status = status
+        self.problem = problem
+
+
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

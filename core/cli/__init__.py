@@ -30,6 +30,10 @@ from . import audit_cmds, engine_cmds, index_cmds, log_cmds
 from .output import EXIT_INTERNAL, EXIT_REFUSED, EXIT_USAGE, Output, printable_document
 
 GROUPS = [audit_cmds, engine_cmds, index_cmds, log_cmds]
+# The terminal gateway and its reference client (they import their packages only when run).
+from . import client_cmds, serve_cmds  # noqa: E402
+
+GROUPS += [serve_cmds, client_cmds]
 DEV_PACKAGE = "mykey_dev"
 
 
