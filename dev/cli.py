@@ -78,7 +78,8 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
     out.line(f"mykey demo in {args.data} (replacing any earlier demo there)")
     res = run_demo(args.data, config, progress=progress, on_phase=on_phase)
-    out.line(format_result(res))
+    for text in format_result(res).split("\n"):
+        out.line(text)
     out.result(
         f"demo done: {res.last_seq:,} events; {res.lookups_per_second:,.0f} lookups/s",
         phases=[asdict(p) | {"rate": p.rate} for p in res.phases],
