@@ -174,6 +174,10 @@ class IndexAheadError(MykeyError):
     """The index reflects events the log no longer has (the log lost its tail)."""
 
 
+class SnapshotError(IndexError_):
+    """An index snapshot cannot be made or restored (damaged file, another log, an index already there)."""
+
+
 # --- terminal authentication -----------------------------------------------
 
 

@@ -16,8 +16,8 @@ not what follows succeeds.
 Issued challenges are kept in a ChallengeStore. LmdbChallengeStore (DATA/challenges)
 is shared by every process of a machine, so a challenge issued by one gateway worker
 is consumed once whichever worker or writer sees it; only a digest of each challenge
-is stored, never the service ID in it. Another store (NATS KV, to share across
-machines) implements the two storage operations `_put` and `_take`.
+is stored, never the service ID in it. With a NATS log the same store keeps them in a
+JetStream key-value bucket instead, shared by every node (mykey.auth.onetime_kv).
 """
 
 from __future__ import annotations
@@ -294,15 +294,21 @@ class LmdbChallengeStore(ChallengeStore):
 
 
 def open_challenge_store(
-    data: DataDir | str | Path, binding: ModuleType | None = None, clock: Callable[[], float] = time.time
+    data: DataDir | str | Path,
+    binding: ModuleType | None = None,
+    clock: Callable[[], float] = time.time,
+    *,
+    log: object | None = None,
 ) -> LmdbChallengeStore:
     """This process's share of the machine's challenges (DATA/challenges); close() it when done.
 
-    binding: the LMDB binding (default: the one mykey.index.binding picks).
+    binding: the LMDB binding (default: the one mykey.index.binding picks). With a NATS
+    log (log: the caller's LogStore, else --log / MYKEY_LOG) the challenges live in the
+    cluster's key-value bucket instead, shared by every node (mykey.auth.onetime).
     """
     data = data if isinstance(data, DataDir) else DataDir(Path(data))
     if binding is None:
         from ..index.binding import binding as default_binding
 
         binding = default_binding()
-    return LmdbChallengeStore(onetime.acquire(data.root / "challenges", binding, _NAME), clock)
+    return LmdbChallengeStore(onetime.acquire(data.root / "challenges", binding, _NAME, log=log), clock)

@@ -1,4 +1,4 @@
-"""Keys usable once before they expire, shared by every process on a machine.
+"""Keys usable once before they expire, shared by every process on a machine (or every node).
 
 A small LMDB environment per use (terminal-authentication nonces in DATA/auth-nonces,
 proof-of-possession challenges in DATA/challenges) that each process opens once,
@@ -9,6 +9,11 @@ once, for challenges). Entries only matter until they expire: the environment is
 not fsynced (a process crash loses nothing; an OS crash may lose the last
 seconds), a damaged one is recreated empty, and expired entries are swept through
 an index ordered by expiry, so a sweep touches only what expired.
+
+When the log is a NATS stream (``--log nats://...``, MYKEY_LOG, or a JetStreamLog given
+to the caller), ``acquire`` returns the same operations over a JetStream key-value
+bucket of the log's cluster instead (mykey.auth.onetime_kv), shared by every gateway
+node: a nonce or challenge is then single-use across machines.
 """
 
 from __future__ import annotations
@@ -163,8 +168,33 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def acquire(path: Path, binding: ModuleType, name: bytes) -> OneTimeKeys:
-    """This process's store at path (opened on first use, recreated if damaged); release() it when done."""
+def shared_location(log: object | None = None):
+    """The NATS location whose key-value buckets replace the machine-local stores, or None.
+
+    log: a LogStore the caller writes to (a JetStreamLog has a ``location``); without one,
+    the process's log location (--log / MYKEY_LOG) decides.
+    """
+    from ..log.backend import log_location
+    from ..log.jetstream import NatsLocation, is_nats_location
+
+    if log is not None:
+        location = getattr(log, "location", None)
+        return location if isinstance(location, NatsLocation) else None
+    url = log_location()
+    return NatsLocation.parse(url) if url is not None and is_nats_location(url) else None
+
+
+def acquire(path: Path, binding: ModuleType, name: bytes, *, log: object | None = None):
+    """This process's store at path (opened on first use, recreated if damaged); release() it when done.
+
+    With a NATS log (see shared_location) the store is the cluster's key-value bucket for
+    name (a KvOneTimeKeys, same operations), and path is not used.
+    """
+    location = shared_location(log)
+    if location is not None:
+        from . import onetime_kv
+
+        return onetime_kv.acquire(location, name)
     key = os.path.realpath(path)  # shared whichever binding asks: LMDB allows one open per process
     with _stores_lock:
         store = _stores.get(key)
@@ -187,8 +217,13 @@ def acquire(path: Path, binding: ModuleType, name: bytes) -> OneTimeKeys:
         return store
 
 
-def release(store: OneTimeKeys) -> None:
+def release(store) -> None:
     """Give back a store from acquire(); the last user closes it."""
+    if not isinstance(store, OneTimeKeys):
+        from . import onetime_kv
+
+        onetime_kv.release(store)
+        return
     with _stores_lock:
         store._users -= 1
         if store._users > 0:

@@ -132,18 +132,23 @@ def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-def write_new_output(path: str | Path, data: bytes, data_dir: DataDir) -> None:
-    """Create a new file (0600) with data: never over an existing file or symlink, never inside the data directory.
-
-    The path is checked both as written and with symlinks resolved, so a link into the
-    data directory (DATA/keys holds the signing keys) is refused too.
-    """
+def check_new_output_path(path: str | Path, data_dir: DataDir) -> None:
+    """OutputFileError when path is inside the data directory (as written, or with symlinks resolved)."""
     path = Path(path)
     written = Path(os.path.normpath(os.path.abspath(path)))
     resolved = path.resolve()
     protected = {Path(os.path.normpath(os.path.abspath(data_dir.root))), data_dir.root.resolve(), data_dir.keys.resolve()}
     if any(_inside(p, d) for p in (written, resolved) for d in protected):
         raise OutputFileError(f"{path} is inside the data directory {data_dir.root}; write the file somewhere else")
+
+
+def write_new_output(path: str | Path, data: bytes, data_dir: DataDir) -> None:
+    """Create a new file (0600) with data: never over an existing file or symlink, never inside the data directory.
+
+    The path is checked both as written and with symlinks resolved, so a link into the
+    data directory (DATA/keys holds the signing keys) is refused too.
+    """
+    check_new_output_path(path, data_dir)
     try:
         write_exclusive(path, data)
     except FileExistsError:

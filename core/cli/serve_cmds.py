@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--writer-idle", type=float, default=2.0, metavar="SECONDS",
                    help="the writer lets go of the log after this long without a write (default 2)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    g = p.add_argument_group("many nodes (with --log nats://...)")
+    g.add_argument("--node", default=None, help="this node's name in the writer lease (default: the host name)")
+    g.add_argument("--lease-ttl", type=float, default=None, metavar="SECONDS",
+                   help="the writer lease runs out this long after its holder stops renewing it (default 10)")
+    g.add_argument("--max-lag", type=int, default=None, metavar="EVENTS",
+                   help="/readyz answers ready while the index is at most this far behind the log, and a standby "
+                   "takes the writer role only then (default 1000 with a NATS log, 0 with the file log)")
+    g.add_argument("--standby-only", action="store_true", help="never take the writer role (a read-only node)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -49,5 +57,9 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         burst=args.burst,
         writer_idle=args.writer_idle,
         access_log=args.access_log,
+        node=args.node,
+        lease_ttl=args.lease_ttl,
+        max_lag=args.max_lag,
+        standby_only=args.standby_only,
     )
     return serve(args.data, options)

@@ -63,7 +63,7 @@ class ServiceCommands(EngineCore):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Challenges live in the machine's shared store, so a gateway worker's are consumed once here too.
-        self.challenges = open_challenge_store(self.data, self.index.binding, lambda: self.clock())
+        self.challenges = open_challenge_store(self.data, self.index.binding, lambda: self.clock(), log=self.log)
 
     def close(self) -> None:
         try:

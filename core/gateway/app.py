@@ -21,6 +21,7 @@ Service IDs are taken from the path as granian gives it, percent-decoded (``%2F`
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
 import os
@@ -40,6 +41,7 @@ from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
 from ..domain.status import Status
 from ..errors import (
     HttpProblem,
+    LogUnavailableError,
     MykeyError,
     TerminalAuthError,
     ValidationError,
@@ -82,6 +84,7 @@ class GatewayConfig:
     session_burst: float = 10.0
     server_pid: int | None = None  # workers stop when this process dies
     writer_socket: str | None = None
+    max_lag: int = 0  # events the index may be behind the log while /readyz answers ready (many nodes)
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -136,6 +139,7 @@ class Gateway:
         self.session_limiter = RateLimiter(config.session_rate if config.rate > 0 else 0, config.session_burst)
         self._next_index_try = 0.0
         self._writer: AsyncWriterClient | None = None
+        self._log_last = 0  # the log's last seq when it last answered
 
     def writer(self) -> AsyncWriterClient:
         """This worker's connection to the writer (made on first use, after the fork)."""
@@ -311,17 +315,24 @@ class Gateway:
         return 200, JSON_HEADERS, b'{"status":"ok"}'
 
     def _lag(self) -> tuple[int, int]:
-        """(index last_seq, log last_seq): the log read first, so a caught-up index is never behind it."""
+        """(index last_seq, log last_seq): the log read first, so a caught-up index is never behind it.
+
+        A replicated log that does not answer (a leader election) counts as it last did.
+        """
         resolver = self._index()
-        log_last = self.log.refresh() if self.log is not None else 0
+        try:
+            log_last = self.log.refresh() if self.log is not None else 0
+        except LogUnavailableError:
+            log_last = self._log_last
+        self._log_last = log_last
         index_last = resolver.last_seq
         if self.metrics is not None:
             self.metrics.index_lag.set(max(0, log_last - index_last))
         return index_last, log_last
 
     async def ready(self, scope, proto, arg: str) -> Response:
-        index_last, log_last = self._lag()
-        if index_last < log_last:
+        index_last, log_last = await asyncio.to_thread(self._lag)  # a replicated log is asked over the network
+        if log_last - index_last > self.config.max_lag:
             raise problem(
                 "not-ready",
                 f"the index has applied events up to {index_last}; the log holds {log_last}",
@@ -331,7 +342,7 @@ class Gateway:
 
     async def metrics_text(self, scope, proto, arg: str) -> Response:
         try:
-            self._lag()
+            await asyncio.to_thread(self._lag)
         except HttpProblem:
             pass  # no index yet: the other metrics still count
         return 200, (("content-type", METRICS_CONTENT_TYPE),), Metrics.render()

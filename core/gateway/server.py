@@ -41,8 +41,11 @@ from pathlib import Path
 
 from ..datadir import DataDir
 from ..errors import GatewayError, MykeyError, WriterUnavailableError
+from ..fs import private_dir
 from ..log.backend import log_location
+from ..log.jetstream import is_nats_location
 from . import metrics
+from .node import DEFAULT_MAX_LAG
 from .procs import writer_socket_path
 from .tokens import DEFAULT_TOKEN_TTL, ensure_gateway_key
 from .writer import DEFAULT_IDLE, DEFAULT_LOCK_WAIT, WriterClient
@@ -66,6 +69,12 @@ class ServeOptions:
     kill_timeout: int = 10
     access_log: bool = False
     log_level: str = "info"
+    # A NATS log (many nodes, node.py): this node's name, the writer lease's TTL, the index lag
+    # (events) within which the node is ready and may take over, and never taking the writer role.
+    node: str | None = None
+    lease_ttl: float | None = None
+    max_lag: int | None = None
+    standby_only: bool = False
 
 
 class WriterProcess:
@@ -81,12 +90,24 @@ class WriterProcess:
         self._lock = threading.Lock()  # start() and stop() never overlap
 
     def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "mykey.gateway.writer", "--data", str(self.data.root),
-            "--parent", str(os.getpid()), "--idle", str(self.options.writer_idle),
-            "--lock-wait", str(self.options.lock_wait),
-        ]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, close_fds=True)
+
+    def command(self) -> list[str]:
+        """The writer process: the plain writer, or a node process when the log is a NATS stream."""
+        options, location = self.options, log_location()
+        common = ["--data", str(self.data.root), "--parent", str(os.getpid()), "--lock-wait", str(options.lock_wait)]
+        if location is None or not is_nats_location(location):
+            return [sys.executable, "-m", "mykey.gateway.writer", *common, "--idle", str(options.writer_idle)]
+        cmd = [sys.executable, "-m", "mykey.gateway.node", *common, "--log", location]
+        if options.node:
+            cmd += ["--node", options.node]
+        if options.lease_ttl is not None:
+            cmd += ["--lease-ttl", str(options.lease_ttl)]
+        if options.max_lag is not None:
+            cmd += ["--max-lag", str(options.max_lag)]
+        if options.standby_only:
+            cmd.append("--standby-only")
+        return cmd
 
     def wait_ready(self) -> None:
         """Return once the writer answers a ping; GatewayError if it exits first."""
@@ -154,8 +175,12 @@ def serve(data_dir: str | os.PathLike[str], options: ServeOptions | None = None)
     from .app import Gateway, GatewayConfig
 
     data = DataDir(Path(data_dir).absolute())
-    if log_location() is None and not data.log.is_dir():
+    location = log_location()
+    replicated = location is not None and is_nats_location(location)
+    if location is None and not data.log.is_dir():
         raise MykeyError(f"no mykey data in {data.root}; run `mykey init` or pass --data DIR")
+    if replicated:
+        private_dir(data.root)  # a new node: its local index is made (or restored) here
     workers = options.workers or os.cpu_count() or 1
     config = GatewayConfig(
         data_dir=data.root,
@@ -165,6 +190,7 @@ def serve(data_dir: str | os.PathLike[str], options: ServeOptions | None = None)
         burst=options.burst,
         server_pid=os.getpid(),
         writer_socket=writer_socket_path(data),
+        max_lag=options.max_lag if options.max_lag is not None else (DEFAULT_MAX_LAG if replicated else 0),
     )
     metrics_dir = Path(tempfile.mkdtemp(prefix="mykey-metrics-"))
     metrics.use_directory(metrics_dir)

@@ -412,14 +412,13 @@ class Writer:
             if uid != os.getuid():
                 _log.warning("refused a connection from uid %d", uid)
                 return
-            loop = asyncio.get_running_loop()
             while not (self._stop and self._stop.is_set()):
                 try:
                     n = _message_length(await reader.readexactly(4))
                     request = decode_message(await reader.readexactly(n))
                 except asyncio.IncompleteReadError:
                     return  # the client went away
-                reply = await loop.run_in_executor(self._pool, self._reply, request)
+                reply = await self._dispatch(request)
                 writer.write(encode_message(reply))
                 await writer.drain()
         except GatewayProtocolError as exc:
@@ -428,6 +427,10 @@ class Writer:
             pass
         finally:
             writer.close()
+
+    async def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one request from the socket (a node on a replicated log may forward it: node.py)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._reply, request)
 
     def _reply(self, request: dict[str, Any]) -> dict[str, Any]:
         """The reply to one request (on the engine thread); never raises."""

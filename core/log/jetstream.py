@@ -595,6 +595,28 @@ class JetStreamLog(LogStore):
             self._last_seq = first + len(envs) - 1
         return envs
 
+    def fence(self) -> int:
+        """Append a batch of no events: every writer that knows an older end of the stream is fenced.
+
+        A standby that takes over the writer role calls it before its first command (see
+        mykey.gateway.node): a deposed writer's next append, already on its way or not,
+        then fails its condition (LogFencedError) instead of landing after the new
+        writer's view of the log. The message is one frame holding no records, so event
+        numbering, the Merkle trail and the index are unchanged; readers skip it. Its
+        Mykey-Writer header says who took over. Returns the stream sequence it landed at;
+        LogFencedError when another writer appended first (reopen and fence again).
+        """
+        if self.readonly:
+            raise LogError("this log handle is read-only; open it without readonly=True to append")
+        self._client_now()
+        with self._mutex:
+            if self._fenced:
+                raise LogFencedError(self._fenced)
+            if self._failed:
+                raise LogError(self._failed)
+            self._stream_last = self._commit([self._frames.encode_batch(self._last_seq + 1, [])])
+            return self._stream_last
+
     def _commit(self, frames: list[bytes]) -> int:
         """Store frames as one atomic batch after stream message self._stream_last; returns the new last one.
 
@@ -865,7 +887,7 @@ class JetStreamLog(LogStore):
         feed = assembler.feed if whole else assembler.feed_records
         for msg in self._messages(start, follow=follow, poll_interval=poll_interval, stop=stop):
             batch = feed(msg)
-            if batch is not None and batch[0] + len(batch[1]) > from_seq:
+            if batch is not None and batch[1] and batch[0] + len(batch[1]) > from_seq:  # a fence has no events
                 yield batch
 
     def read_raw(self, from_seq: int = 1, to_seq: int | None = None) -> Iterator[tuple[int, bytes]]:
