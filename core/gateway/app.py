@@ -2,15 +2,20 @@
 
 The server builds one ``Gateway`` before it forks the workers (nothing is opened then).
 In each worker, ``__rsgi_init__`` opens that worker's own Resolver, its
-TerminalAuthenticator (sharing DATA/auth-nonces with the other workers), a reader of the
-log (for ``/readyz``) and its metrics; ``__rsgi_del__`` closes them on a graceful stop.
+TerminalAuthenticator (sharing DATA/auth-nonces with the other workers), its share of the
+machine's challenge store (DATA/challenges), a reader of the log (for ``/readyz`` and a
+person's history) and its metrics; ``__rsgi_del__`` closes them on a graceful stop.
+Identify and the history read the index through ``Resolver.snapshot()``: LMDB allows one
+open of the index per process, so a worker never opens a second read model beside it.
 
 A request goes: route (exact paths, and ``/v1/status/`` plus the service ID), then for
 the ``/v1`` lookups the bearer token (an HMAC, tokens.py), the terminal's and its
 business's records (two LMDB reads, so revocation and deactivation act at once), the
-terminal's rate limit, and the handler. Reads are answered here; a write is sent to the
-writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes back
-as the mykey error it raised. Every refusal is an HttpProblem answered as problem JSON
+terminal's rate limit, and the handler. Reads are answered here (statuses, challenges,
+identify, a person's history); a write (a first-use link, a bulk registration) is sent to
+the writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes
+back as the mykey error it raised. The person's endpoints take no token: they are limited
+per client address (``client_address``: X-Forwarded-For only from a trusted proxy). Every refusal is an HttpProblem answered as problem JSON
 (WriterUnavailableError as 503); any other exception is logged and answered 500, so no
 request can stop a worker.
 
