@@ -75,6 +75,9 @@ class ServeOptions:
     lease_ttl: float | None = None
     max_lag: int | None = None
     standby_only: bool = False
+    people_rate: float = 1.0  # person endpoints, per client address, per worker; 0 turns the limit off
+    people_burst: float = 10.0
+    trusted_proxies: frozenset[str] = frozenset()  # proxies whose X-Forwarded-For names the client
 
 
 class WriterProcess:
@@ -191,6 +194,9 @@ def serve(data_dir: str | os.PathLike[str], options: ServeOptions | None = None)
         server_pid=os.getpid(),
         writer_socket=writer_socket_path(data),
         max_lag=options.max_lag if options.max_lag is not None else (DEFAULT_MAX_LAG if replicated else 0),
+        people_rate=options.people_rate,
+        people_burst=options.people_burst,
+        trusted_proxies=options.trusted_proxies,
     )
     metrics_dir = Path(tempfile.mkdtemp(prefix="mykey-metrics-"))
     metrics.use_directory(metrics_dir)
