@@ -27,9 +27,48 @@ from typing import Any
 
 from mykey.errors import MykeyError, WriterUnavailableError
 
-__all__ = ["CommandLoad", "NodeProcess", "audit_commands", "copy_keys", "make_node_dir", "writer_runs"]
+__all__ = [
+    "CommandLoad", "NodeProcess", "audit_commands", "copy_keys", "fail_stream_leader", "make_node_dir",
+    "start_local_cluster", "stop_all", "writer_runs",
+]
 
 BUSINESS = "A0001"
+
+
+CLUSTER_START_TRIES = 3  # fresh ports each time: another process may take a free port before a server binds it
+
+
+def start_local_cluster(directory: Path, nodes: int = 3, **kw):
+    """LocalCluster.start, tried again on fresh ports (in a fresh subdirectory) when a server could not bind."""
+    from mykey_dev.nats import LocalCluster
+
+    for attempt in range(CLUSTER_START_TRIES):
+        try:
+            return LocalCluster.start(Path(directory) / f"try{attempt}" if attempt else directory, nodes, **kw)
+        except RuntimeError as exc:
+            if "exited at start" not in str(exc) or attempt == CLUSTER_START_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def fail_stream_leader(cluster, stream: str, load: CommandLoad, *, how: str = "kill", pause: float = 5.0,
+                       timeout: float = 180.0) -> tuple[float, str]:
+    """mykey_dev.nats.fail_leader under a command load, then wait until the cluster is whole again.
+
+    Whole: a meta leader with every server current, the log stream and the writer lease's
+    bucket current on every server, and the load acknowledged again, so that the next fault
+    does not strike a cluster still catching up from this one (two of three servers down).
+    Returns (write stall, the failed server's name). Each wait is bounded by timeout (generous:
+    on a loaded shared machine whole processes were seen to stall for ~50 s).
+    """
+    from mykey.log.nats_kv import bucket_name
+    from mykey_dev.nats import fail_leader, wait_stream_everywhere
+
+    stall, leader = fail_leader(cluster, stream, load, how=how, pause=pause, timeout=timeout)
+    cluster.wait_ready(timeout)
+    wait_stream_everywhere(cluster, "KV_" + bucket_name(stream, "writer"), timeout)
+    load.wait_for_acks(time.monotonic(), 3, timeout)
+    return stall, leader
 
 
 def make_node_dir(root: Path, url: str, *, first: Path | None = None) -> Path:
@@ -73,7 +112,8 @@ class NodeProcess:
         if self.standby_only:
             cmd.append("--standby-only")
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # its own process group: signals reach it whole
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -130,14 +170,17 @@ class NodeProcess:
             time.sleep(0.05)
 
     def signal(self, sig: int) -> None:
+        """Send sig to the node's process group."""
         if self.running and self.proc is not None:
-            self.proc.send_signal(sig)
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
-        """SIGKILL (a machine that dies: the lease is not released, it runs out)."""
+        """SIGKILL the process group (a machine that dies: the lease is not released, it runs out)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
+            self.signal(signal.SIGKILL)
         if self.proc is not None:
             self.proc.wait(30)
 
@@ -145,13 +188,12 @@ class NodeProcess:
         """SIGTERM (a clean stop: the lease is released at once); SIGKILL after timeout."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.send_signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+            self.kill()
 
 
 @dataclass

@@ -39,9 +39,9 @@ def _need_nats() -> None:
 def start_cluster(directory, nodes: int, **kw):
     """A started LocalCluster, stopped at exit whatever happens (callers also stop it in a finalizer)."""
     _need_nats()
-    from mykey_dev.nats import LocalCluster
+    from mykey_dev.nodes import start_local_cluster
 
-    cluster = LocalCluster.start(directory, nodes, **kw)
+    cluster = start_local_cluster(directory, nodes, **kw)  # tried again on fresh ports after a port race
     _started.append(cluster)
     return cluster
 

@@ -18,7 +18,8 @@ opens the Engine (which catches the index up to the stream's end), appends a fen
 batch (JetStreamLog.fence: a deposed writer's next append is now refused), subscribes
 to the writer subject (queue group, so a request reaches one writer), and applies
 commands one at a time, from its own workers and forwarded from other nodes. It renews
-the lease every ``ttl / 3`` seconds; every command first checks that the lease is held.
+the lease every second (at once again when a renewal fails); every command first checks
+that the lease is held.
 
 Takeover. When the active node dies, hangs or loses the cluster, its lease runs out
 after ``ttl`` seconds (the server's clock) and a standby whose index is within
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -57,13 +59,14 @@ from ..errors import (
     LockHeldError,
     LogError,
     LogFencedError,
+    LogUnavailableError,
     MykeyError,
     WriterUnavailableError,
 )
 from ..fs import private_dir
 from ..index.store import Index
 from ..log.backend import open_log, set_log_location
-from ..log.jetstream import NatsLocation
+from ..log.jetstream import NatsLocation, _transient
 from ..log.lease import DEFAULT_TTL, Lease
 from .procs import die_with_parent
 from .writer import DEFAULT_LOCK_WAIT, Writer, decode_message, take_writer_lock
@@ -73,6 +76,9 @@ DEFAULT_MAX_LAG = 1000  # events a node's index may be behind the stream and sti
 FORWARD_TIMEOUT = 55.0  # seconds a forwarded command may take (an append rides through a failover: 30 s)
 READ_YOUR_WRITES = 5.0  # seconds a node waits for its index to hold a write it forwarded
 TICK = 0.25  # seconds between checks of the lease and the stream
+RENEW_EVERY = 1.0  # seconds between renewals of the writer lease (retried at once when one fails)
+RENEW_TIMEOUT = 2.0  # seconds one renewal may take
+TAIL_CHECK_EVERY = 5.0  # seconds between checks that no other writer appended
 QUEUE = "mykey-writer"
 _encode = msgspec.msgpack.Encoder().encode
 _log = logging.getLogger("mykey.gateway.node")
@@ -141,12 +147,15 @@ class Follower:
     def _trail(self) -> None:
         from ..audit.trail import AuditTrail
 
-        try:
-            with open_log(self.data, url=self.url, readonly=True) as log, AuditTrail.open(self.data, log) as trail:
-                while not self._stop.wait(0.5):
-                    trail.catch_up()
-        except MykeyError as exc:  # the engine catches the trail up when this node takes over
-            _log.warning("the Merkle trail is not kept in step on this standby: %s", exc)
+        while not self._stop.is_set():
+            try:
+                with open_log(self.data, url=self.url, readonly=True) as log, AuditTrail.open(self.data, log) as trail:
+                    while not self._stop.wait(0.5):
+                        trail.catch_up()
+                return
+            except MykeyError as exc:  # tried again; the engine catches the trail up if this node takes over first
+                _log.warning("keeping the Merkle trail in step: %s; retrying", exc)
+                self._stop.wait(2.0)
 
     def stop(self) -> None:
         """Stop both threads (the batch in hand is finished) and close the index and the log."""
@@ -190,6 +199,8 @@ class NodeWriter(Writer):
         self._sub = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 1
+        self._next_tail_check = 0.0
+        self._next_renew_warning = 0.0
 
     # --- engine thread: the index is the follower's or the engine's, never both -------------------
 
@@ -243,12 +254,19 @@ class NodeWriter(Writer):
         try:
             self._engine = self._open_fenced()
         except BaseException:
-            self._start_follower()
+            self._restart_follower()
             raise
+
+    def _restart_follower(self) -> None:
+        """Start following again; when the cluster does not answer, the next standby tick tries again."""
+        try:
+            self._start_follower()
+        except MykeyError as exc:
+            _log.warning("node %s cannot follow the stream now (%s); trying again", self.node, exc)
 
     def _deactivate(self) -> None:
         self.close_engine()
-        self._start_follower()
+        self._restart_follower()
 
     def _engine_now(self):
         if self.role != ACTIVE or not self._held():
@@ -272,9 +290,17 @@ class NodeWriter(Writer):
                 return super().run(op, args, actor)
             self._schedule(self._step_down("another writer took over"))
             raise WriterUnavailableError(f"node {self.node} is no longer the writer ({exc}); retry") from None
-        except LogError as exc:  # the append's outcome could not be found out in time: reopen next time
+        except LogUnavailableError as exc:  # no answer in time (opening, appending, or the audit trail after it)
+            raise WriterUnavailableError(
+                f"the log did not answer in time ({exc}); the command may or may not have been applied: read the "
+                "state back before retrying"
+            ) from None
+        except LogError as exc:  # the log handle stopped (an outcome it could not find out): reopen next time
             self.close_engine()
-            raise WriterUnavailableError(f"the log did not take the command ({exc}); retry") from None
+            raise WriterUnavailableError(
+                f"the writer had to reopen the log ({exc}); the command may or may not have been applied: read the "
+                "state back before retrying"
+            ) from None
 
     def _reply_with_seq(self, request: dict[str, Any]) -> dict[str, Any]:
         reply = self._reply(request)
@@ -342,12 +368,14 @@ class NodeWriter(Writer):
                     if self.role == STANDBY:
                         await self._standby_tick()
                     elif time.monotonic() >= next_renew:
-                        await self._active_tick()
-                        next_renew = time.monotonic() + self.lease_ttl / 3
+                        renewed = await self._active_tick()
+                        next_renew = time.monotonic() + (RENEW_EVERY if renewed else 0.0)  # failed: again at once
                 except asyncio.CancelledError:
                     raise
+                except (LogUnavailableError, *_transient()) as exc:  # a leader election: the next tick tries again
+                    _log.info("node %s: the cluster did not answer (%s)", self.node, exc or type(exc).__name__)
                 except Exception as exc:
-                    _log.warning("node %s: %s", self.node, exc)
+                    _log.warning("node %s: %s", self.node, exc, exc_info=not isinstance(exc, MykeyError))
                 await asyncio.sleep(TICK)
         finally:
             if self._sub is not None:
@@ -359,14 +387,17 @@ class NodeWriter(Writer):
             self.role = STANDBY  # commands still queued are refused; serve() closes the engine next
 
     async def _standby_tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._follower is None:  # it could not start (the cluster did not answer): try again
+            await loop.run_in_executor(self._pool, self._restart_follower)
         follower = self._follower
         if follower is None:
             return
-        loop = asyncio.get_running_loop()
         self.stream_last_seq = await loop.run_in_executor(None, follower.log.refresh)
-        if not self.may_write or follower.error is not None or self.lag() > self.max_lag:
-            return
         assert self._lease is not None
+        if not self.may_write or follower.error is not None or self.lag() > self.max_lag:
+            await self._lease.holder()  # who the writer is (a forwarded command waits only while it lives)
+            return
         if await self._lease.acquire():
             await self._take_over()
 
@@ -386,28 +417,47 @@ class NodeWriter(Writer):
         _log.info("node %s is the writer (took over in %.2f s, log at %d)", self.node, time.monotonic() - t0,
                   self._engine.log.last_seq if self._engine is not None else -1)
 
-    async def _active_tick(self) -> None:
+    async def _active_tick(self) -> bool:
+        """Renew the lease (True when that worked); step down when it is no longer ours."""
         assert self._lease is not None
         try:
-            still = await self._lease.renew()
+            renewed = await asyncio.wait_for(self._lease.renew(), RENEW_TIMEOUT)
         except Exception as exc:  # no answer: ours until it runs out here
-            _log.warning("node %s: could not renew the writer lease (%s)", self.node, exc)
-            still = self._lease.held
-        if not still:
+            if time.monotonic() >= self._next_renew_warning:
+                self._next_renew_warning = time.monotonic() + 5.0
+                _log.warning("node %s: could not renew the writer lease (%s); it stays this node's for %.1f s more",
+                             self.node, exc or type(exc).__name__, self._lease.remaining)
+            if not self._lease.held:
+                await self._step_down("the writer lease ran out while the cluster did not answer")
+            return False
+        if not renewed:
             await self._step_down("the writer lease was lost")
-            return
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._check_tail)
+            return False
+        if time.monotonic() >= self._next_tail_check:
+            self._next_tail_check = time.monotonic() + TAIL_CHECK_EVERY
+            await self._check_tail()
+        return True
 
-    def _check_tail(self) -> None:
-        """Another writer (an operator's command) appended: catch up and fence now, not at the next command."""
+    async def _check_tail(self) -> None:
+        """Another writer (an operator's command) appended: catch up and fence now, not at the next command.
+
+        The stream is asked off the engine thread (it may take seconds during an election);
+        only a stream that holds more than this writer knows makes it reopen.
+        """
+        loop = asyncio.get_running_loop()
         engine = self._engine
-        if engine is None or self.role != ACTIVE:
+        if engine is None:
             return
         try:
-            last = int((engine.log.info().get("state") or {}).get("last_seq", 0))
+            info = await loop.run_in_executor(None, engine.log.info)
         except LogError:
             return  # no answer now: the next command finds out
-        if last != engine.log.stream_last and self._held():
+        last = int((info.get("state") or {}).get("last_seq", 0))
+        if last > engine.log.stream_last:
+            await loop.run_in_executor(self._pool, self._reopen_if_behind, engine, last)
+
+    def _reopen_if_behind(self, engine, last: int) -> None:
+        if engine is self._engine and last > engine.log.stream_last and self.role == ACTIVE and self._held():
             _log.info("node %s: the stream moved to %d without this writer; catching up", self.node, last)
             self.close_engine()
             self._engine = self._open_fenced()
@@ -460,7 +510,7 @@ class NodeWriter(Writer):
                 f"the command is {len(body)} bytes, over the {self._nc.max_payload} bytes one NATS message may carry "
                 "to the writer on another node; split it, or send it to the node holding the writer role"))
         try:
-            msg = await self._nc.request(self.subject, body, timeout=FORWARD_TIMEOUT)
+            msg = await self._request_while_writer_lives(body)
         except nats.errors.NoRespondersError:
             return _error(request_id, WriterUnavailableError(
                 f"no node holds the writer role of {self.location.stream} right now (a takeover takes up to "
@@ -476,6 +526,27 @@ class NodeWriter(Writer):
         await self._wait_for_index(int(reply.get("log_seq") or 0))
         reply["id"] = request_id
         return reply
+
+    def _writer_term(self):
+        """The writer as this node last saw it (the lease holder; None: nobody, or this node)."""
+        if self.role == ACTIVE or self._lease is None or self._lease.seen is None:
+            return None
+        return self._lease.seen.term
+
+    async def _request_while_writer_lives(self, body: bytes):
+        """The writer's answer; TimeoutError as soon as the writer it went to lost the lease (it died)."""
+        term = self._writer_term()
+        task = asyncio.ensure_future(self._nc.request(self.subject, body, timeout=FORWARD_TIMEOUT))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=TICK)
+                if done:
+                    return task.result()
+                if term is not None and self._writer_term() != term:
+                    raise TimeoutError("the writer lost its lease while the command was with it")
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _wait_for_index(self, seq: int) -> None:
         """Read your writes: wait (a little) until this node's index holds event seq."""
@@ -516,8 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None, help="stop when this process (the server) dies")
     parser.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] mykey-node: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] mykey-node: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every thread's stack to the log
     if args.parent is not None:
         die_with_parent(args.parent)
     set_log_location(args.log)

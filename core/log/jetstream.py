@@ -109,6 +109,7 @@ DEFAULT_STREAM = "MYKEY_LOG"
 SCHEMES = ("nats", "tls")
 API = "$JS.API"
 REQUEST_TIMEOUT = 5.0  # one JetStream API request
+DIRECT_TIMEOUT = 1.5  # one direct read: a replica that does not answer (paused, partitioned) is asked again
 HEADER_ROOM = 4096  # of max_payload, kept for message headers
 MAX_MSG_BYTES = 8 * 1024 * 1024  # a message's data never exceeds this, whatever max_payload allows
 BATCH_LIMIT = 1000  # messages in one atomic batch (the server's limits.batch.max_msgs default)
@@ -268,8 +269,14 @@ def _status(headers: dict | None) -> str | None:
     return str(headers.get("Status")) if headers and headers.get("Status") else None
 
 
-async def _direct_batch(nc, stream: str, seq: int, batch: int, max_bytes: int) -> tuple[list[StreamMessage], int]:
-    """Up to batch messages from seq on, from any replica (DIRECT.GET); also how many follow them there."""
+async def _direct_batch(
+    nc, stream: str, seq: int, batch: int, max_bytes: int, timeout: float = DIRECT_TIMEOUT
+) -> tuple[list[StreamMessage], int]:
+    """Up to batch messages from seq on, from any replica (DIRECT.GET); also how many follow them there.
+
+    The request goes to one replica (the server picks it); if that one does not answer
+    within timeout seconds, the caller asks again and another replica may answer.
+    """
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
@@ -277,7 +284,7 @@ async def _direct_batch(nc, stream: str, seq: int, batch: int, max_bytes: int) -
         await nc.publish(f"{API}.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=inbox)
         out: list[StreamMessage] = []
         while True:
-            m = await sub.next_msg(timeout=REQUEST_TIMEOUT)
+            m = await sub.next_msg(timeout=timeout)
             status = _status(m.headers)
             if status is None:
                 h = dict(m.headers or {})
@@ -344,6 +351,7 @@ class JetStreamLog(LogStore):
         self._mutex = threading.RLock()
         self._probes: OrderedDict[int, tuple[int, int, int, int]] = OrderedDict()  # stream seq -> (first, count, k, n)
         self._probe_lock = threading.Lock()
+        self._tail_batch: tuple[int, int] | None = None  # (stream seq, first event) of the batch appended last
         self.max_msg_bytes = 0
 
     @staticmethod
@@ -591,8 +599,10 @@ class JetStreamLog(LogStore):
                     f"bytes, over JetStream's limit of {BATCH_LIMIT} messages per atomic batch; nothing was "
                     "appended. Split it, or raise the servers' max_payload"
                 )
+            start = self._stream_last + 1
             self._stream_last = self._commit(frames)
             self._last_seq = first + len(envs) - 1
+            self._tail_batch = (start, first)
         return envs
 
     def fence(self) -> int:
@@ -748,7 +758,10 @@ class JetStreamLog(LogStore):
         """Message seq: from any replica (direct), or from the leader (also when a replica lacks it yet)."""
         nc = self._client_now().nc
         if not leader:
-            msgs, _ = self._call(_direct_batch(nc, self.location.stream, seq, 1, READ_BYTES))
+            try:
+                msgs, _ = self._call(_direct_batch(nc, self.location.stream, seq, 1, READ_BYTES), DIRECT_TIMEOUT)
+            except LogUnavailableError:
+                msgs = []  # the replica asked did not answer: the leader does
             if msgs and msgs[0].stream_seq == seq:
                 return msgs[0]
         try:
@@ -792,6 +805,9 @@ class JetStreamLog(LogStore):
         stream_last, last = self._stream_last, self._last_seq
         if seq > last or stream_last == 0:
             return stream_last + 1, last + 1
+        tail = self._tail_batch
+        if batch_start and tail is not None and tail[1] <= seq <= last:
+            return tail  # the batch this writer appended last (what the audit trail reads right after)
         lo, hi = 1, stream_last
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -818,7 +834,8 @@ class JetStreamLog(LogStore):
             return self._last_seq
 
     def _fetch(self, seq: int, batch: int, max_bytes: int) -> tuple[list[StreamMessage], int]:
-        return self._call(_direct_batch(self._client_now().nc, self.location.stream, seq, batch, max_bytes))
+        return self._call(_direct_batch(self._client_now().nc, self.location.stream, seq, batch, max_bytes),
+                          DIRECT_TIMEOUT)
 
     def _messages(
         self,

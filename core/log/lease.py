@@ -1,8 +1,8 @@
 """The writer lease: which node may append to a replicated log, held in a JetStream key-value bucket.
 
 One key per log stream (bucket ``<stream>_writer``, key ``lease``). The node holding it
-is the active writer; it renews the lease every ``ttl / 3`` seconds by compare-and-set
-on the revision it holds, each write carrying a TTL of ``ttl`` seconds. When the
+is the active writer; it renews the lease every second or so by compare-and-set on the
+revision it holds, each write carrying a TTL of ``ttl`` seconds. When the
 holder's machine dies (or hangs, or loses the cluster), nothing renews it and the
 server removes the key once the TTL runs out; a standby's create-if-absent then
 succeeds, and exactly one standby wins.
@@ -33,7 +33,7 @@ from .nats_kv import KvEntry, bucket_name, ensure_bucket, kv_get, kv_put
 
 __all__ = ["DEFAULT_TTL", "Lease", "LeaseHolder"]
 
-DEFAULT_TTL = 10.0  # seconds: above a stream leader election (4-8 s measured), so a failover keeps the holder
+DEFAULT_TTL = 15.0  # seconds: well above a stream leader election (4-8 s measured), so a failover keeps the holder
 KEY = "lease"
 _RELEASED = b"{}"  # what a holder leaves on a clean stop: free at once
 
@@ -58,6 +58,11 @@ class LeaseHolder:
         except (ValueError, KeyError, TypeError):
             return None  # not a lease value: treated as free (and replaced by compare-and-set)
 
+    @property
+    def term(self) -> tuple[str, int, str, float]:
+        """What stays the same while one holder renews (the revision changes at every renewal)."""
+        return (self.node, self.pid, self.host, self.since)
+
     def describe(self) -> str:
         return f"node {self.node} (pid {self.pid} on {self.host}, since {time.strftime('%H:%M:%S', time.localtime(self.since))})"
 
@@ -74,6 +79,7 @@ class Lease:
         self.ttl = ttl
         self.replicas = replicas
         self.revision = 0  # the revision we hold; 0: not held
+        self.seen: LeaseHolder | None = None  # the holder the last acquire() or holder() found (None: nobody)
         self._valid_until = 0.0  # monotonic: we stop believing we hold it then
         self._value = json.dumps(
             {"node": node, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -87,10 +93,16 @@ class Lease:
         """Whether this node may act as the writer now (it holds the lease and it has not run out here)."""
         return self.revision > 0 and time.monotonic() < self._valid_until
 
+    @property
+    def remaining(self) -> float:
+        """Seconds this node may still act as the writer without renewing (0 when not held)."""
+        return max(0.0, self._valid_until - time.monotonic()) if self.revision else 0.0
+
     async def holder(self) -> LeaseHolder | None:
         """Who holds the lease now (None: nobody)."""
         entry = await kv_get(self.nc, self.bucket, KEY)
-        return None if entry is None else LeaseHolder.parse(entry)
+        self.seen = None if entry is None else LeaseHolder.parse(entry)
+        return self.seen
 
     async def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when this node now holds it."""
@@ -98,14 +110,16 @@ class Lease:
         rev = await kv_put(self.nc, self.bucket, KEY, self._value, last=0, ttl=self.ttl)
         if rev is None:
             entry = await kv_get(self.nc, self.bucket, KEY)
+            self.seen = None if entry is None else LeaseHolder.parse(entry)
             if entry is None:
                 return False  # it expired just now: the next attempt creates it
-            if LeaseHolder.parse(entry) is not None:
+            if self.seen is not None:
                 return False  # held by a live node (or by us under an older revision: it must run out)
             rev = await kv_put(self.nc, self.bucket, KEY, self._value, last=entry.revision, ttl=self.ttl)
             if rev is None:
                 return False
         self.revision, self._valid_until = rev, start + self.ttl
+        self.seen = None
         return True
 
     async def renew(self) -> bool:

@@ -47,6 +47,7 @@ __all__ = ["KvBucket", "KvEntry", "bucket_name", "ensure_bucket", "kv_count", "k
 
 NO_MESSAGE_FOUND = 10037
 STREAM_NAME_IN_USE = 10058
+WRONG_LAST_SEQUENCE_CONSTANT = 10164  # the same refusal, as some servers word it for a subject's sequence
 KV_OP = "KV-Operation"
 MIN_TTL = 1.0  # seconds: the server refuses a shorter per-message TTL
 _BUCKET = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
@@ -145,7 +146,7 @@ async def kv_put(
     err = resp.get("error")
     if err:
         e = _ApiError(err)
-        if e.err_code == WRONG_LAST_SEQUENCE:
+        if e.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
             return None
         raise LogError(f"key-value bucket {bucket}: writing {key}: {e}")
     return int(resp["seq"])
