@@ -51,6 +51,9 @@ def _register_demo(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     p.add_argument("--service-ids", type=lambda s: int(float(s)), default=d.service_ids, help="bulk-imported service IDs (1e6)")
     p.add_argument("--lookups", type=lambda s: int(float(s)), default=d.lookups, help="service IDs the terminal resolves")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--nats", action="store_true",
+                   help="run it on a local 3-server NATS cluster (temporary) with two gateway nodes, kill the writer "
+                   "node half-way and show the takeover; sizes are capped, --data is not used")
     p.set_defaults(func=cmd_demo)
 
 
@@ -76,8 +79,14 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
             bars.pop().close()
         out.line(f"  {phase.name:<52} {phase.count:>10,} in {phase.seconds:6.2f} s")
 
-    out.line(f"mykey demo in {args.data} (replacing any earlier demo there)")
-    res = run_demo(args.data, config, progress=progress, on_phase=on_phase)
+    if args.nats:
+        from .demo_nats import run_nats_demo
+
+        out.line("mykey demo --nats: a local NATS cluster and two gateway nodes in a temporary directory")
+        res = run_nats_demo(config, on_phase=on_phase, say=out.line)
+    else:
+        out.line(f"mykey demo in {args.data} (replacing any earlier demo there)")
+        res = run_demo(args.data, config, progress=progress, on_phase=on_phase)
     for text in format_result(res).split("\n"):
         out.line(text)
     out.result(

@@ -132,8 +132,12 @@ def run_demo(
     *,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     on_phase: Callable[[Phase], None] | None = None,
+    tour_class: type[GatewayTour] | None = None,
 ) -> DemoResult:
-    """Build the demo platform in data_dir (replacing an earlier demo) and measure each phase."""
+    """Build the demo platform in data_dir (replacing an earlier demo) and measure each phase.
+
+    tour_class: what drives the gateway at the end (default GatewayTour: one `mykey serve`).
+    """
     config = DemoConfig() if config is None else config
     rng = random.Random(config.seed)
     prepare_data_dir(data_dir)
@@ -270,7 +274,7 @@ def run_demo(
     if config.gateway:  # the engine is closed: the gateway's writer takes the log
         t0 = time.perf_counter()
         holder = next(u for u in users[config.rsa_users :] if u[0] not in unusable)
-        tour = GatewayTour(
+        tour = (tour_class or GatewayTour)(
             data_dir,
             card=_card(holder[1], inter),
             suspended_card=_card(next((u for u in victims[:-2] if u not in revoked), victims[0])[1], inter),

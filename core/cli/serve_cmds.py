@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     g = p.add_argument_group("many nodes (with --log nats://...)")
     g.add_argument("--node", default=None, help="this node's name in the writer lease (default: the host name)")
     g.add_argument("--lease-ttl", type=float, default=None, metavar="SECONDS",
-                   help="the writer lease runs out this long after its holder stops renewing it (default 10)")
+                   help="the writer lease runs out this long after its holder stops renewing it (default 15)")
     g.add_argument("--max-lag", type=int, default=None, metavar="EVENTS",
                    help="/readyz answers ready while the index is at most this far behind the log, and a standby "
                    "takes the writer role only then (default 1000 with a NATS log, 0 with the file log)")
