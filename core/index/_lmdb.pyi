@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 _Key = bytes | str
-_Method = Literal["auto", "get", "sorted"]
+_Method = Literal["auto", "get", "sorted", "cursor"]
 
 NAME: str
 """The binding's name: "native" here, "pure" in the twin."""
@@ -51,7 +51,10 @@ class Env:
         create: bool = True,
         sync: bool = True,
         metasync: bool = True,
-    ) -> None: ...
+        writemap: bool = False,
+    ) -> None:
+        """writemap: write transactions write into the memory map itself (fewer copies; no
+        protection from stray writes into the map: for scratch environments)."""
     def open_db(self, name: bytes, *, create: bool = True) -> int:
         """Open (and, in a writable env, create) the named database; return its handle."""
     def begin(self, write: bool = False) -> Txn:
@@ -64,7 +67,9 @@ class Env:
         """map_size, last_txnid, last_pgno."""
     def set_map_size(self, n: int) -> None: ...
     def sync(self, force: bool = True) -> None: ...
-    def copy(self, path: str | PathLike[str], *, compact: bool = True) -> None: ...
+    def copy(self, path: str | PathLike[str], *, compact: bool = True, repack: bool = False) -> None:
+        """Copy into an existing empty directory: compact drops free pages; repack rewrites
+        every named database in key order with appends, so that its pages are full."""
     def close(self) -> None: ...
     def __enter__(self) -> Env: ...
     def __exit__(self, *exc: object) -> None: ...
@@ -79,7 +84,13 @@ class Txn:
     def write(self) -> bool: ...
     def get(self, db: int, key: _Key) -> bytes | None: ...
     def put(self, db: int, key: _Key, value: bytes) -> None: ...
-    def put_many(self, db: int, items: Iterable[tuple[_Key, bytes]]) -> None: ...
+    def put_many(self, db: int, items: Iterable[tuple[_Key, bytes]], *, sort: bool = False) -> None:
+        """Store the pairs in order; sort=True: in key order (the last pair of a key wins),
+        appended past the database's last key, so the pages it adds are full."""
+    def put_keys(self, db: int, keys: Iterable[_Key], values: bytes | Iterable[bytes], *, sort: bool = False) -> None:
+        """put_many over keys[i] -> values[i] (or values, if it is one bytes object, for every key)."""
+    def get_many(self, db: int, keys: Iterable[_Key]) -> list[bytes | None]:
+        """The value under each key (None where absent), in input order; looked up in key order."""
     def delete(self, db: int, key: _Key) -> bool: ...
     def drop(self, db: int) -> None: ...
     def cursor(self, db: int) -> Cursor: ...
@@ -109,6 +120,8 @@ class Reader:
     def __init__(self, *args: object, **kwargs: object) -> None:
         """Raises TypeError: make one with Env.reader()."""
     def get(self, db: int, key: _Key) -> bytes | None: ...
+    def resolve_one(self, db: int, prefix: _Key, key: _Key) -> int:
+        """The first byte of the value at prefix+key, 0 if absent or empty (one key of resolve_many)."""
     def resolve_many(
         self, db: int, prefix: _Key, keys: Iterable[_Key], *, method: _Method = "auto", sort_threshold: int = 10000
     ) -> bytes:

@@ -148,13 +148,15 @@ class Snapshot:
 
     def service(self, business_id: str, service_id: str) -> k.SvcValue | None:
         """The service ID's status, link and customer ID, or None if it is not registered."""
-        raw = self._txn.get(self._dbs.svc, k.service_key(business_id, service_id))
-        return None if raw is None else k.parse_svc_value(raw)
+        skey = k.service_key(business_id, service_id)
+        record = self._txn.get(self._dbs.svcrec, skey)
+        return None if record is None else k.parse_svc_value(self._txn.get(self._dbs.svc, skey) or b"", record)
 
     def registered(self, business_id: str, service_ids: Iterable[str]) -> list[bool]:
         """For each (ASCII) service ID of the business, in order: is it registered?"""
-        get, db, prefix = self._txn.get, self._dbs.svc, business_id.encode("ascii")
-        return [get(db, prefix + sid.encode("ascii")) is not None for sid in service_ids]
+        prefix = business_id.encode("ascii")
+        keys = [prefix + sid.encode("ascii") for sid in service_ids]
+        return [v is not None for v in self._txn.get_many(self._dbs.svc, keys)]
 
     # --- linked systems ---------------------------------------------------------------------
 
