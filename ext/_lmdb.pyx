@@ -1175,6 +1175,7 @@ cdef class Env:
     cdef dict _dbis          # name -> dbi
     cdef dict _names         # dbi -> name
     cdef set _handles        # dbis handed out
+    cdef uint64_t _handle_bits  # the same, as bits (for dbis below 64)
     cdef object _children    # WeakSet of live Txn and Reader objects
     cdef object _dbi_lock
     cdef int _active         # open transactions (see above)
@@ -1270,6 +1271,11 @@ cdef class Env:
         return 0
 
     cdef MDB_dbi _dbi(self, object db) except? 0:
+        cdef unsigned int d
+        if type(db) is int and 0 <= db < 64:  # LMDB numbers databases from 2 up: the usual case
+            d = db
+            if (self._handle_bits >> d) & 1:
+                return d
         if db not in self._handles:
             raise LmdbError(f"unknown database handle {db!r}; use a handle returned by open_db on this Env")
         return <MDB_dbi>db
@@ -1401,6 +1407,8 @@ cdef class Env:
             self._dbis[name] = dbi
             self._names[dbi] = bname
             self._handles.add(dbi)
+            if dbi < 64:
+                self._handle_bits |= (<uint64_t>1) << dbi
             return dbi
 
     def begin(self, bint write=False):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from ..datadir import DataDir
 from ..domain.status import MyKeyState
-from ..errors import IndexError_, NoIndexError
+from ..errors import IndexError_, IndexSchemaError, NoIndexError
 from . import keys as k
 from .projection import Dbs, get_business, get_mykey, get_terminal, scan
 from .store import open_live_readonly, read_meta_last_seq
@@ -183,6 +183,8 @@ class ReadModel:
         data = data if isinstance(data, DataDir) else DataDir(Path(data))
         try:
             env, dbs, _gen = open_live_readonly(data, binding)
+        except IndexSchemaError:
+            raise  # an index, but of an older layout: say so (`mykey rebuild`), not "no index"
         except NoIndexError:
             return None
         return cls(env, dbs, owns_env=True)

@@ -52,12 +52,13 @@ _log = logging.getLogger("mykey.resolver")
 class _View:
     """One index generation as this resolver sees it: env, its database handles and a reader."""
 
-    __slots__ = ("env", "dbs", "svc", "reader", "generation")
+    __slots__ = ("env", "dbs", "svc", "reader", "resolve_one", "generation")
 
     def __init__(self, env, dbs: Dbs, generation: Path | None) -> None:
         self.env, self.dbs, self.generation = env, dbs, generation
         self.svc = dbs.svc
         self.reader = env.reader()
+        self.resolve_one = self.reader.resolve_one
 
 
 class Resolver:
@@ -107,10 +108,13 @@ class Resolver:
 
     def resolve(self, business_id: str, service_id: str) -> Status:
         """Status of one service ID of this business."""
-        prefix = _business_prefix(business_id)
+        # The common case first, inline: a business ID seen before (see _business_prefix).
+        prefix = _PREFIXES.get(business_id) if type(business_id) is str else None
+        if prefix is None:
+            prefix = _business_prefix(business_id)
         view = self._view
         try:
-            return _BY_CODE[view.reader.resolve_one(view.svc, prefix, service_id)] if service_id else Status.UNKNOWN
+            return _BY_CODE[view.resolve_one(view.svc, prefix, service_id)] if service_id else Status.UNKNOWN
         except UnicodeEncodeError:
             return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
 

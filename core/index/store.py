@@ -20,7 +20,7 @@ import msgspec
 
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
-from ..errors import IndexError_, IndexGapError, IndexLockedError, NoIndexError
+from ..errors import IndexGapError, IndexLockedError, IndexSchemaError, NoIndexError
 from ..fs import OwnerLock, fsync_dir, fsync_path
 from ..log.store import LogStore
 from . import keys as k
@@ -33,7 +33,7 @@ GENERATION_PREFIX = "index-"
 
 def open_dbs(env, *, create: bool) -> Dbs:
     """Open every named database of the index in env, once its schema is known to be this
-    mykey's (IndexError_ saying to run `mykey rebuild` if not; a new index gets it)."""
+    mykey's (IndexSchemaError saying to run `mykey rebuild` if not; a new index gets it)."""
     meta = env.open_db(b"meta", create=create)
     _check_schema(env, meta, write=create and not env.readonly)
     return Dbs(**{name.decode(): env.open_db(name, create=create) for name in k.DB_NAMES})
@@ -257,13 +257,13 @@ def _take_index_lock(data: DataDir) -> OwnerLock:
 
 
 def _check_schema(env, meta: int, *, write: bool) -> None:
-    """IndexError_ unless the index's layout is INDEX_SCHEMA; with write, a new index gets it."""
+    """IndexSchemaError unless the index's layout is INDEX_SCHEMA; with write, a new index gets it."""
     with env.begin(write=write) as txn:
         raw = txn.get(meta, b"schema")
         if raw is None and write:
             txn.put(meta, b"schema", k.u64(k.INDEX_SCHEMA))
         elif raw is not None and k.parse_u64(raw) != k.INDEX_SCHEMA:
-            raise IndexError_(
+            raise IndexSchemaError(
                 f"index schema {k.parse_u64(raw)} is not {k.INDEX_SCHEMA} (this mykey's layout); "
                 "run `mykey rebuild` to rebuild it from the log"
             )
