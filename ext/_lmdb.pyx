@@ -234,6 +234,9 @@ cdef extern from *:
         size_t bl[MKW_MAXDEPTH], s, ks, klen, idx, prev = 0, dsize;
         unsigned L, l, l0, lo, hi, mid, f, j;
         int started = 0;
+        /* Lines to prefetch per key: enough to stay pf_leaves ahead however densely the keys
+           fall, from pf_lines up to a whole page per key (keys far apart: one leaf each). */
+        size_t page_lines = t->psize / 64, lines = t->pf_lines, leaves = 0;
         /* The prefetch stream: child pf_ci of the leaves' parent, read from pf_p + pf_o on. */
         const char *pf_p = NULL;
         unsigned pf_ci = 0;
@@ -294,6 +297,12 @@ cdef extern from *:
                 pg[l + 1] = mkw_page(t, mkw_child(nd), l + 1 == L, &n[l + 1]);
                 if (pg[l + 1] == NULL) return 1;
                 ci[l + 1] = 0;
+                if (l + 1 == L) {
+                    leaves++;
+                    lines = 2 * page_lines * leaves / (s + 1);
+                    if (lines < t->pf_lines) lines = t->pf_lines;
+                    if (lines > page_lines) lines = page_lines;
+                }
                 if (l + 1 == L && t->prefetch && (pf_p == NULL || l0 < l || pf_ci <= ci[l])) {
                     pf_ci = ci[l];  /* (re)start the stream after this leaf */
                     pf_o = t->psize;
@@ -302,7 +311,7 @@ cdef extern from *:
             }
             /* Prefetch a few lines of the next leaves for every key, so that their
                loads overlap with the work instead of queueing up at once. */
-            for (j = 0; j < t->pf_lines && pf_p != NULL; j++) {
+            for (j = 0; j < lines && pf_p != NULL; j++) {
                 if (pf_o >= t->psize) {
                     pf_ci++;
                     pf_p = NULL;
@@ -397,8 +406,9 @@ _MAX_READERS = 126  # reader slots of an environment (py-lmdb's default, which t
 # How long a thread waits for this process's other transactions to finish before it
 # gives up adopting a map that another process grew (MDB_MAP_RESIZED).
 _RESIZE_WAIT_S = 2.0
-# resolve_many(method="auto") sorts batches of at least this many keys.
-_SORT_THRESHOLD = 10_000
+# resolve_many(method="auto") sorts batches of at least this many keys (measured: below it,
+# one mdb_get per key is as fast as sorting and walking the pages).
+_SORT_THRESHOLD = 16
 # Largest scratch block a Reader keeps between resolve_many calls (about 600,000 keys).
 cdef size_t _SCRATCH_MAX = 32 << 20
 # Scratch sets a Reader keeps (one per thread calling resolve_many at the same time).

@@ -123,7 +123,7 @@ class Reader:
     def resolve_one(self, db: int, prefix: _Key, key: _Key) -> int:
         """The first byte of the value at prefix+key, 0 if absent or empty (one key of resolve_many)."""
     def resolve_many(
-        self, db: int, prefix: _Key, keys: Iterable[_Key], *, method: _Method = "auto", sort_threshold: int = 10000
+        self, db: int, prefix: _Key, keys: Iterable[_Key], *, method: _Method = "auto", sort_threshold: int = 16
     ) -> bytes:
         """One byte per key, in input order: the first byte of the value at prefix+key, 0 if absent or empty."""
     def close(self) -> None: ...

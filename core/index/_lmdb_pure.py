@@ -42,7 +42,7 @@ NAME = "pure"
 LMDB_VERSION: tuple[int, int, int] = tuple(lmdb.version())  # type: ignore[assignment]
 
 _METHODS = ("auto", "get", "sorted", "cursor")
-_SORT_THRESHOLD = 10_000  # resolve_many(method="auto") sorts batches of at least this many keys (native)
+_SORT_THRESHOLD = 16  # resolve_many(method="auto") sorts batches of at least this many keys (native)
 # New environments in LMDB 0.9 format, which the C library (0.9) reads, even when
 # LMDB_DEFAULT_LIB_VERSION asks py-lmdb for 1.0; py-lmdb before 3.0 knows only 0.9.
 _FORMAT_0_9: dict[str, int] = {"lib_version": 0} if hasattr(lmdb.Environment, "lib_version") else {}
