@@ -75,7 +75,6 @@ cdef extern from "lmdb.h" nogil:
     enum:
         MDB_NOSYNC
         MDB_NOMETASYNC
-        MDB_WRITEMAP
         MDB_CP_COMPACT
         MDB_RDONLY
         MDB_NOTLS
@@ -1200,8 +1199,7 @@ cdef class Env:
         self._nogil._count = &self._inflight
 
     def __init__(self, path, *, bint readonly=False, size_t map_size=64 << 30, unsigned int max_dbs=16,
-                 bint nordahead=False, bint create=True, bint sync=True, bint metasync=True,
-                 bint writemap=False):
+                 bint nordahead=False, bint create=True, bint sync=True, bint metasync=True):
         cdef MDB_env *env = NULL
         cdef unsigned int flags = MDB_NOTLS
         cdef int rc
@@ -1241,8 +1239,6 @@ cdef class Env:
                 flags |= MDB_NOSYNC
             if not metasync:
                 flags |= MDB_NOMETASYNC
-            if writemap and not readonly:
-                flags |= MDB_WRITEMAP
             bpath = os.fsencode(path)
             cpath = bpath
             with nogil:

@@ -122,10 +122,10 @@ def test_env_accepts_every_keyword_of_the_stub(name, tmp_path):
     binding = binding_by_name(name)
     params = inspect.signature(_stub_module().Env.__init__).parameters
     assert [p for p in params if p not in ("self", "path")] == [
-        "readonly", "map_size", "max_dbs", "nordahead", "create", "sync", "metasync", "writemap"
+        "readonly", "map_size", "max_dbs", "nordahead", "create", "sync", "metasync"
     ]
     kw = {"readonly": False, "map_size": 2 << 20, "max_dbs": 3, "nordahead": True, "create": True,
-          "sync": False, "metasync": False, "writemap": True}
+          "sync": False, "metasync": False}
     with binding.Env(tmp_path / "env", **kw) as env:
         assert env.path == str(tmp_path / "env") and env.readonly is False
         assert env.info()["map_size"] == 2 << 20

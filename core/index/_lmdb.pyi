@@ -51,10 +51,7 @@ class Env:
         create: bool = True,
         sync: bool = True,
         metasync: bool = True,
-        writemap: bool = False,
-    ) -> None:
-        """writemap: write transactions write into the memory map itself (fewer copies; no
-        protection from stray writes into the map: for scratch environments)."""
+    ) -> None: ...
     def open_db(self, name: bytes, *, create: bool = True) -> int:
         """Open (and, in a writable env, create) the named database; return its handle."""
     def begin(self, write: bool = False) -> Txn:

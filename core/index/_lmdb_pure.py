@@ -84,7 +84,7 @@ class Env:
 
     def __init__(self, path: str, *, readonly: bool = False, map_size: int = 64 << 30, max_dbs: int = 16,
                  nordahead: bool = False, create: bool = True, sync: bool = True,
-                 metasync: bool = True, writemap: bool = False) -> None:
+                 metasync: bool = True) -> None:
         self._env: lmdb.Environment | None = None
         self._key: tuple[int, int, int] | None = None
         path = os.path.abspath(os.fspath(path))
@@ -104,7 +104,6 @@ class Env:
             # child frees its copy of the Environment, which releases the parent's reader slot.
             env = lmdb.open(path, subdir=True, readonly=self.readonly, map_size=map_size, max_dbs=max_dbs,
                             readahead=not nordahead, sync=sync, metasync=metasync, lock=True, create=create,
-                            writemap=bool(writemap) and not self.readonly,
                             max_readers=126, max_spare_txns=0, **_FORMAT_0_9)
         except lmdb.Error as exc:
             release(key)

@@ -22,10 +22,10 @@ from .keys import Dbs
 
 Handler = Callable[[Any, Dbs, ev.Envelope, Any], None]
 HANDLERS: dict[type, Handler] = {}
-# Optional fast paths for runs of consecutive events of one type (bulk imports, rebuilds):
-# each leaves the index exactly as HANDLERS[type] applied to every event of the run in
-# turn would (tests/test_projection.py checks), but reads in one sorted pass and writes
-# every database's items in key order (appended past its end, so pages fill up).
+# Optional fast paths for runs of consecutive events that share a run handler (bulk imports,
+# rebuilds): each leaves the index exactly as HANDLERS[type] applied to every event of the
+# run in turn would (tests/test_index_runs.py checks), but reads in one sorted pass and
+# writes every database's items in key order (appended past its end, so pages fill up).
 RunHandler = Callable[[Any, Dbs, list[ev.Envelope]], None]
 RUN_HANDLERS: dict[type, RunHandler] = {}
 
@@ -46,9 +46,12 @@ def handles(etype: type) -> Callable[[Handler], Handler]:
     return register
 
 
-def handles_runs(etype: type) -> Callable[[RunHandler], RunHandler]:
+def handles_runs(*etypes: type) -> Callable[[RunHandler], RunHandler]:
+    """Register a run handler for runs of events of any of these types."""
+
     def register(fn: RunHandler) -> RunHandler:
-        RUN_HANDLERS[etype] = fn
+        for etype in etypes:
+            RUN_HANDLERS[etype] = fn
         return fn
 
     return register
@@ -57,27 +60,28 @@ def handles_runs(etype: type) -> Callable[[RunHandler], RunHandler]:
 def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope], *, runs: bool = True) -> int:
     """Apply envelopes in order inside txn; returns the last seq applied (0 if none).
 
-    Consecutive events of a type with a run handler go through it together (runs=False:
-    one handler call per event, the reference the run handlers are tested against).
+    Consecutive events with the same run handler go through it together (runs=False: one
+    handler call per event, the reference the run handlers are tested against).
     """
     last = 0
     run: list[ev.Envelope] = []
-    run_type: type | None = None
+    run_handler: RunHandler | None = None
     run_handlers = RUN_HANDLERS if runs else {}
     for env in envs:
         etype = type(env.body)
-        if etype is not run_type:
+        handler = run_handlers.get(etype)
+        if handler is not run_handler:
             if run:
-                run_handlers[run_type](txn, dbs, run)  # type: ignore[index]
+                run_handler(txn, dbs, run)  # type: ignore[misc]
                 run = []
-            run_type = etype if etype in run_handlers else None
-        if run_type is None:
+            run_handler = handler
+        if handler is None:
             HANDLERS[etype](txn, dbs, env, env.body)
         else:
             run.append(env)
         last = env.seq
     if run:
-        run_handlers[run_type](txn, dbs, run)  # type: ignore[index]
+        run_handler(txn, dbs, run)  # type: ignore[misc]
     return last
 
 
@@ -145,20 +149,28 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
 
-# The state each event leaves comes from the one table in mykey.domain.transitions.
+# The state each event leaves comes from the one table in mykey.domain.transitions; with
+# the reason and the CRL flag, it is all of the record such an event changes.
+_STATE_CHANGE: dict[type, Callable[[Any], tuple[MyKeyState, str, bool]]] = {
+    ev.MyKeySuspended: lambda b: (STATE_AFTER[ev.MyKeySuspended], b.reason, b.by_crl),
+    ev.MyKeyResumed: lambda b: (STATE_AFTER[ev.MyKeyResumed], "", False),
+    ev.MyKeyInvalidated: lambda b: (STATE_AFTER[ev.MyKeyInvalidated], b.reason, False),
+}
+
+
 @handles(ev.MyKeySuspended)
 def _suspended(txn, dbs, env, b: ev.MyKeySuspended) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeySuspended], b.reason, b.by_crl)
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeySuspended](b))
 
 
 @handles(ev.MyKeyResumed)
 def _resumed(txn, dbs, env, b: ev.MyKeyResumed) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyResumed], "")
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeyResumed](b))
 
 
 @handles(ev.MyKeyInvalidated)
 def _invalidated(txn, dbs, env, b: ev.MyKeyInvalidated) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyInvalidated], b.reason)
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeyInvalidated](b))
 
 
 @handles(ev.CertificateRenewed)
@@ -364,6 +376,42 @@ def _created_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     certs += [k.cert_serial_key(e.body.cert_issuer, e.body.cert_serial) for e in envs]
     txn.put_keys(dbs.cert, certs, mks + mks, sort=True)
     txn.put_keys(dbs.mkevents, [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)], b"", sort=True)
+
+
+@handles_runs(ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated)
+def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
+    # Each of these events sets a MyKey ID's state, reason and CRL flag outright: the last
+    # one about a MyKey ID decides its record and the answers of its linked service IDs.
+    ids = list(dict.fromkeys(e.body.mykey_id for e in envs))
+    raws = dict(zip(ids, txn.get_many(dbs.mykey, [m.encode("ascii") for m in ids]), strict=True))
+    for e in envs:
+        if raws[e.body.mykey_id] is None:
+            raise _lacks(e, f"changes MyKey ID {e.body.mykey_id}")
+    last = {e.body.mykey_id: _STATE_CHANGE[type(e.body)](e.body) for e in envs}
+    decode_record, encode, u64 = k.decoder(k.MyKeyRecord), k.encode, k.u64
+    mks = {m: m.encode("ascii") for m in ids}
+    txn.put_keys(dbs.mykey, list(mks.values()), [
+        encode(replace(decode_record(raws[m]), state=st, reason=why, suspended_by_crl=crl))
+        for m, (st, why, crl) in last.items()], sort=True)
+    txn.put_keys(dbs.mkevents, [mks[e.body.mykey_id] + u64(e.seq) for e in envs], b"", sort=True)
+    # Denormalised answers: every linked service key (that is registered) answers the new state.
+    # A service key linked to two MyKey IDs answers as the later event says: go through the
+    # MyKey IDs in the order of their last events, so that of equal keys the later one wins.
+    at = {e.body.mykey_id: i for i, e in enumerate(envs)}
+    skeys, values = [], []
+    cur = txn.cursor(dbs.mksvc)
+    try:
+        for m in sorted(ids, key=at.__getitem__):
+            prefix = mks[m]
+            value = k.STATUS_VALUES[last[m][0]]
+            for key, _ in cur.iter_from(prefix, prefix):
+                skeys.append(key[len(prefix):])
+                values.append(value)
+    finally:
+        cur.close()
+    registered = txn.get_many(dbs.svc, skeys)
+    txn.put_keys(dbs.svc, [s for s, r in zip(skeys, registered, strict=True) if r is not None],
+                 [v for v, r in zip(values, registered, strict=True) if r is not None], sort=True)
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

@@ -277,7 +277,7 @@ def build_generation(
     into: Path | None = None,
     binding: ModuleType | None = None,
     progress: Callable[[int], None] | None = None,
-    batch_events: int = 100_000,
+    batch_events: int = 50_000,
 ) -> Path:
     """Replay the log (up to to_seq, at a batch boundary at or before it) into a fresh env directory."""
     binding = binding or default_binding()
@@ -285,8 +285,7 @@ def build_generation(
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    # A scratch environment (the repacked copy is what stays), so written through the map.
-    env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False, writemap=True)
+    env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
         for chunk in envelope_chunks(log, 1, batch_events, to_seq):
