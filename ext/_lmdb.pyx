@@ -1676,12 +1676,7 @@ cdef class Txn:
                 if type(item) is not tuple or kb is not k:
                     keep.append(kb)
                     keep.append(vb)
-                keys[i].mv_size = PyBytes_GET_SIZE(kb)
-                if keys[i].mv_size == 0 or keys[i].mv_size > self.env._maxkey:
-                    raise key_size_error(f"put_many item {i}", keys[i].mv_size)
-                keys[i].mv_data = PyBytes_AS_STRING(kb)
-                vals[i].mv_size = PyBytes_GET_SIZE(vb)
-                vals[i].mv_data = PyBytes_AS_STRING(vb)
+                self._pair(keys, vals, i, kb, vb, "put_many item")
             self._write(dbi, keys, vals, <size_t>n, sort)
         finally:
             free(keys)
@@ -1718,16 +1713,21 @@ cdef class Txn:
                 vb = values if one_value else _val_arg(value_list[i])
                 if kb is not k:
                     keep.append(kb)
-                ks[i].mv_size = PyBytes_GET_SIZE(kb)
-                if ks[i].mv_size == 0 or ks[i].mv_size > self.env._maxkey:
-                    raise key_size_error(f"put_keys key {i}", ks[i].mv_size)
-                ks[i].mv_data = PyBytes_AS_STRING(kb)
-                vs[i].mv_size = PyBytes_GET_SIZE(vb)
-                vs[i].mv_data = PyBytes_AS_STRING(vb)
+                self._pair(ks, vs, i, kb, vb, "put_keys key")
             self._write(dbi, ks, vs, <size_t>n, sort)
         finally:
             free(ks)
             free(vs)
+
+    cdef int _pair(self, MDB_val *keys, MDB_val *vals, Py_ssize_t i, bytes kb, bytes vb, str what) except -1:
+        """Point pair i at kb and vb, once kb is known to be a storable key."""
+        keys[i].mv_size = PyBytes_GET_SIZE(kb)
+        if keys[i].mv_size == 0 or keys[i].mv_size > self.env._maxkey:
+            raise key_size_error(f"{what} {i}", keys[i].mv_size)
+        keys[i].mv_data = PyBytes_AS_STRING(kb)
+        vals[i].mv_size = PyBytes_GET_SIZE(vb)
+        vals[i].mv_data = PyBytes_AS_STRING(vb)
+        return 0
 
     cdef int _write(self, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size_t n, bint sort) except -1:
         """Write checked pairs without the GIL: in order, or sorted (see put_many)."""

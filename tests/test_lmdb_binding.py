@@ -5,6 +5,7 @@ tmp_path; the hypothesis test checks that they answer resolve_many byte-identica
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -335,6 +336,23 @@ def fill(binding, path: str, data: dict[bytes, bytes]):
     return e, db
 
 
+@contextlib.contextmanager
+def in_both_bindings(data: dict[bytes, bytes]):
+    """The prefixed items stored through each binding, in its own environment:
+    yields (native reader, its db, pure reader, its db)."""
+    native = lmdbenv.binding_by_name("native")
+    pure = lmdbenv.binding_by_name("pure")
+    with tempfile.TemporaryDirectory() as tmp:
+        full = {PREFIX + k: v for k, v in data.items()}
+        en, dbn = fill(native, os.path.join(tmp, "native"), full)
+        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
+        try:
+            yield en.reader(), dbn, ep.reader(), dbp
+        finally:
+            en.close()
+            ep.close()
+
+
 def test_resolve_many_basic(env):
     db = env.open_db(b"ids")
     with env.begin(write=True) as txn:
@@ -371,27 +389,17 @@ values = st.one_of(st.binary(min_size=0, max_size=3), st.just(b""), st.just(b"\0
     threshold=st.integers(0, 50),
 )
 def test_resolve_many_native_equals_pure(data, extra, seed, threshold):
-    native = lmdbenv.binding_by_name("native")
-    pure = lmdbenv.binding_by_name("pure")
     rnd = random.Random(seed)
     present = list(data)
     batch = present + extra + [rnd.choice(present) for _ in range(len(present) // 2)] if present else extra
     rnd.shuffle(batch)
     expect = bytes((data[k][0] if data.get(k) else 0) if k in data else 0 for k in batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        full = {PREFIX + k: v for k, v in data.items()}
-        en, dbn = fill(native, os.path.join(tmp, "native"), full)
-        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
-        try:
-            rn, rp = en.reader(), ep.reader()
-            for method in ("get", "sorted", "auto"):
-                a = rn.resolve_many(dbn, PREFIX, batch, method=method, sort_threshold=threshold)
-                b = rp.resolve_many(dbp, PREFIX, batch, method=method, sort_threshold=threshold)
-                assert a == b == expect, method
-            assert rn.resolve_many(dbn, PREFIX, []) == rp.resolve_many(dbp, PREFIX, []) == b""
-        finally:
-            en.close()
-            ep.close()
+    with in_both_bindings(data) as (rn, dbn, rp, dbp):
+        for method in ("get", "sorted", "cursor", "auto"):
+            a = rn.resolve_many(dbn, PREFIX, batch, method=method, sort_threshold=threshold)
+            b = rp.resolve_many(dbp, PREFIX, batch, method=method, sort_threshold=threshold)
+            assert a == b == expect, method
+        assert rn.resolve_many(dbn, PREFIX, []) == rp.resolve_many(dbp, PREFIX, []) == b""
 
 
 @pytest.mark.parametrize("shape", ["random", "shared12", "dups", "short"])
@@ -851,8 +859,6 @@ def test_page_walk_answers_as_lmdb_does(key_len, n, seed, big_values):
     """The sorted path walks LMDB's pages itself: on trees of one to several levels, with
     keys of every length, repeated and absent keys and values on overflow pages, its answers
     are LMDB's (the cursor, mdb_get, and py-lmdb in the pure twin), and it never gives up."""
-    native = lmdbenv.binding_by_name("native")
-    pure = lmdbenv.binding_by_name("pure")
     rnd = random.Random(seed)
 
     def key() -> bytes:
@@ -868,24 +874,16 @@ def test_page_walk_answers_as_lmdb_does(key_len, n, seed, big_values):
     batch += [key() for _ in range(len(batch) // 5 + 3)] + [b"", b"\xff" * 510]
     rnd.shuffle(batch)
     expect = bytes((stored[k][0] if stored.get(k) else 0) if k in stored else 0 for k in batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        full = {PREFIX + k: v for k, v in stored.items()}
-        en, dbn = fill(native, os.path.join(tmp, "native"), full)
-        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
-        try:
-            rn, rp = en.reader(), ep.reader()
-            walks, fallbacks = walk_counts()
-            assert rn.resolve_many(dbn, PREFIX, batch, method="sorted") == expect
-            assert walk_counts() == (walks + 1, fallbacks)
-            assert rn.resolve_many(dbn, PREFIX, batch, method="cursor") == expect
-            assert rn.resolve_many(dbn, PREFIX, batch, method="get") == expect
-            assert rp.resolve_many(dbp, PREFIX, batch) == expect
-            for k in batch[:20]:
-                assert rn.resolve_one(dbn, PREFIX, k) == rp.resolve_one(dbp, PREFIX, k) == (
-                    stored[k][0] if stored.get(k) else 0)
-        finally:
-            en.close()
-            ep.close()
+    with in_both_bindings(stored) as (rn, dbn, rp, dbp):
+        walks, fallbacks = walk_counts()
+        assert rn.resolve_many(dbn, PREFIX, batch, method="sorted") == expect
+        assert walk_counts() == (walks + 1, fallbacks)
+        assert rn.resolve_many(dbn, PREFIX, batch, method="cursor") == expect
+        assert rn.resolve_many(dbn, PREFIX, batch, method="get") == expect
+        assert rp.resolve_many(dbp, PREFIX, batch) == expect
+        for k in batch[:20]:
+            assert rn.resolve_one(dbn, PREFIX, k) == rp.resolve_one(dbp, PREFIX, k) == (
+                stored[k][0] if stored.get(k) else 0)
 
 
 @needs_native
