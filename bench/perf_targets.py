@@ -376,13 +376,20 @@ def _walks() -> tuple[int, int]:
 def two_threads(resolver, blobs: list[bytes], expected: list[bytes], rounds: int, problems: list[str],
                 label: str) -> dict:
     """Wall time of 2 batches in one thread, then of 1 batch in each of two threads, in turns."""
-    one, two = [], []
+    import resource
+
+    one, two, busy, waits = [], [], [], 0
 
     def work(ids: list[bytes], want: bytes, bad: list[str], go: threading.Barrier | None = None) -> None:
+        nonlocal waits
         if go is not None:
             go.wait()
+        u0, c0, t0 = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time_ns(), time.perf_counter_ns()
         if resolver.resolve_many(BUSINESS, ids) != want:
             bad.append(f"{label}: resolve_many in a thread answered differently from the truth")
+        if go is not None:  # how much of its time each thread ran, and how often it waited (the GIL)
+            busy.append((time.thread_time_ns() - c0) / max(1, time.perf_counter_ns() - t0))
+            waits += resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - u0.ru_nvcsw
 
     for r in range(rounds + 1):
         a, b = r % len(blobs), (r + 1) % len(blobs)
@@ -407,7 +414,8 @@ def two_threads(resolver, blobs: list[bytes], expected: list[bytes], rounds: int
             one.append(t1 - t0)
             two.append(t2 - start)
     return {"one_thread_ns": statistics.median(one), "two_threads_ns": statistics.median(two),
-            "speedup": statistics.median(one) / statistics.median(two), "rounds": rounds}
+            "speedup": statistics.median(one) / statistics.median(two), "rounds": rounds,
+            "cpu_share": statistics.median(busy), "waits_per_call": waits / len(busy)}
 
 
 def page_model(sz: dict, batch: int) -> dict:
@@ -582,7 +590,9 @@ def report(doc: dict) -> str:
         lines += table(["peer", "ns/key (CPU)", "ns/key (wall)", "÷ resolve_many"], rows)
         th = rd["threads"]
         lines += ["", f"Two threads: {th['two_threads_ns'] / 1e6:,.1f} ms for two batches against "
-                  f"{th['one_thread_ns'] / 1e6:,.1f} ms in one thread (×{th['speedup']:.2f}, wall time).",
+                  f"{th['one_thread_ns'] / 1e6:,.1f} ms in one thread (×{th['speedup']:.2f}, wall time); each "
+                  f"thread ran {100 * th['cpu_share']:.0f}% of its time, and waited {th['waits_per_call']:.1f} "
+                  "times per call (for the GIL, or I/O): below 100% and few waits, other processes had the cores.",
                   f"Page walks {rd['walks'][0]:,}, walks given up for LMDB's cursor {rd['walks'][1]:,}."]
         pm = res["page_model"]
         lines += ["", f"Page visits per key (batches of {rd['batch']:,}, model from page counts: "

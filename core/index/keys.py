@@ -47,6 +47,7 @@ class Dbs:
     feed: int  # consumer -> u64 BE position
     meta: int  # b"last_seq" -> u64 BE, b"schema" -> u64 BE
     svcrec: int  # business_id + service_id -> ServiceRecord (the rest of what svc's key carries)
+    mkstate: int  # mykey_id -> state (1 byte) + ref (u64 BE): what a link reads of the MyKey record
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -59,6 +60,7 @@ MAX_DBS = len(DB_NAMES) + 2
 INDEX_SCHEMA = 2
 
 _U64 = struct.Struct(">Q")
+_STATE_REF = struct.Struct(">BQ")
 #: svc's value for each Status: one byte.
 STATUS_VALUES: tuple[bytes, ...] = tuple(bytes([s]) for s in Status)
 
@@ -143,11 +145,28 @@ def revoked_key(issuer: str, serial_hex: str) -> bytes:
     return issuer_digest(issuer) + serial_hex.encode("ascii")
 
 
-class MyKeyHead(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """The first fields of a MyKeyRecord (decoding a record into it skips the rest)."""
+def mykey_state(state: MyKeyState, ref: int) -> bytes:
+    """mkstate's value: a MyKey ID's state and reference, the part of its record a link needs
+    (a small database beside the records, so that linking reads pages full of them)."""
+    return _STATE_REF.pack(state, ref)
 
-    state: MyKeyState
-    ref: int
+
+_MYKEY_STATES = {int(s): s for s in MyKeyState}  # a dict lookup: MyKeyState(n) costs ten times more
+
+
+def parse_mykey_state(value: bytes) -> tuple[MyKeyState, int]:
+    state, ref = _STATE_REF.unpack(value)
+    return _MYKEY_STATES[state], ref
+
+
+def mykey_state_status(value: bytes) -> int:
+    """The state byte of an mkstate value (a Status code: MyKeyState's values are Status's)."""
+    return value[0]
+
+
+def mykey_state_ref(value: bytes) -> int:
+    """The ref of an mkstate value."""
+    return int.from_bytes(value[1:9], "big")
 
 
 class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):

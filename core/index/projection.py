@@ -100,7 +100,10 @@ def get_mykey(txn: Any, dbs: Dbs, mykey_id: str) -> k.MyKeyRecord | None:
 
 
 def _put_mykey(txn: Any, dbs: Dbs, mykey_id: str, rec: k.MyKeyRecord) -> None:
-    txn.put(dbs.mykey, mykey_id.encode("ascii"), k.encode(rec))
+    """Store a MyKey ID's record, and its state and ref in mkstate (write records only through here)."""
+    mk = mykey_id.encode("ascii")
+    txn.put(dbs.mykey, mk, k.encode(rec))
+    txn.put(dbs.mkstate, mk, k.mykey_state(rec.state, rec.ref))
 
 
 def _note_event(txn: Any, dbs: Dbs, mykey_id: str, seq: int) -> None:
@@ -293,13 +296,14 @@ def _service_of(txn: Any, dbs: Dbs, skey: bytes) -> k.ServiceRecord | None:
 def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
     skey = k.service_key(b.business_id, b.service_id)
     old = _service_of(txn, dbs, skey)
-    rec = get_mykey(txn, dbs, b.mykey_id)
+    raw = txn.get(dbs.mkstate, b.mykey_id.encode("ascii"))
     if old is None:
         raise _lacks(env, f"links service ID {b.business_id}/{b.service_id}")
-    if rec is None:
+    if raw is None:
         raise _lacks(env, f"links to MyKey ID {b.mykey_id}")
-    txn.put(dbs.svc, skey, k.STATUS_VALUES[rec.state.status])
-    txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=rec.ref)))
+    state, ref = k.parse_mykey_state(raw)
+    txn.put(dbs.svc, skey, k.STATUS_VALUES[state])
+    txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=ref)))
     txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
     _note_event(txn, dbs, b.mykey_id, old.reg_seq)  # the registration is about them too
     _note_event(txn, dbs, b.mykey_id, env.seq)
@@ -341,21 +345,21 @@ def _svc_linked_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     skeys = [(b.business_id + b.service_id).encode("ascii") for b in bodies]
     raw_services = txn.get_many(dbs.svcrec, skeys)
     mk_keys = {b.mykey_id: b.mykey_id.encode("ascii") for b in bodies}
-    raw_heads = dict(zip(mk_keys, txn.get_many(dbs.mykey, list(mk_keys.values())), strict=True))
-    if None in raw_services or None in raw_heads.values():
+    raw_states = dict(zip(mk_keys, txn.get_many(dbs.mkstate, list(mk_keys.values())), strict=True))
+    if None in raw_services or None in raw_states.values():
         for e, raw in zip(envs, raw_services, strict=True):
             if raw is None:
                 raise _lacks(e, f"links service ID {e.body.business_id}/{e.body.service_id}")
-            if raw_heads[e.body.mykey_id] is None:
+            if raw_states[e.body.mykey_id] is None:
                 raise _lacks(e, f"links to MyKey ID {e.body.mykey_id}")
-    decode_head = k.decoder(k.MyKeyHead)
-    by_id = {mk: decode_head(raw) for mk, raw in raw_heads.items()}
-    heads = [by_id[b.mykey_id] for b in bodies]
+    # Lists of bytes and ints, no tuples: a run holds millions of them, and the cyclic GC
+    # would walk every tracked one again and again.
+    states = [raw_states[b.mykey_id] for b in bodies]
     olds = list(map(k.decoder(k.ServiceRecord), raw_services))
     mks = [mk_keys[b.mykey_id] for b in bodies]
-    u64, encode, status = k.u64, k.encode, k.STATUS_VALUES
-    txn.put_keys(dbs.svc, skeys, [status[h.state] for h in heads], sort=True)
-    txn.put_keys(dbs.svcrec, skeys, [encode(replace(o, ref=h.ref)) for o, h in zip(olds, heads, strict=True)],
+    u64, encode, status, ref_of = k.u64, k.encode, k.STATUS_VALUES, k.mykey_state_ref
+    txn.put_keys(dbs.svc, skeys, [status[k.mykey_state_status(st)] for st in states], sort=True)
+    txn.put_keys(dbs.svcrec, skeys, [encode(replace(o, ref=ref_of(st))) for o, st in zip(olds, states, strict=True)],
                  sort=True)
     txn.put_keys(dbs.mksvc, [mk + skey for mk, skey in zip(mks, skeys, strict=True)], b"", sort=True)
     # The registration is about the MyKey ID too, as the link is.
@@ -369,6 +373,7 @@ def _created_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     u64, encode = k.u64, k.encode
     mks = [e.body.mykey_id.encode("ascii") for e in envs]
     txn.put_keys(dbs.mykey, mks, [encode(_created_record(e, e.body)) for e in envs], sort=True)
+    txn.put_keys(dbs.mkstate, mks, [k.mykey_state(MyKeyState.VALID, e.seq) for e in envs], sort=True)
     txn.put_keys(dbs.mkref, [u64(e.seq) for e in envs], mks, sort=True)
     # Of two keys that are equal, the later event's still wins: fingerprint and serial
     # keys never equal each other, and each kind stays in event order.
@@ -390,9 +395,11 @@ def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     last = {e.body.mykey_id: _STATE_CHANGE[type(e.body)](e.body) for e in envs}
     decode_record, encode, u64 = k.decoder(k.MyKeyRecord), k.encode, k.u64
     mks = {m: m.encode("ascii") for m in ids}
-    txn.put_keys(dbs.mykey, list(mks.values()), [
-        encode(replace(decode_record(raws[m]), state=st, reason=why, suspended_by_crl=crl))
-        for m, (st, why, crl) in last.items()], sort=True)
+    records = {m: replace(decode_record(raws[m]), state=st, reason=why, suspended_by_crl=crl)
+               for m, (st, why, crl) in last.items()}
+    txn.put_keys(dbs.mykey, [mks[m] for m in records], [encode(r) for r in records.values()], sort=True)
+    txn.put_keys(dbs.mkstate, [mks[m] for m in records], [k.mykey_state(r.state, r.ref) for r in records.values()],
+                 sort=True)
     txn.put_keys(dbs.mkevents, [mks[e.body.mykey_id] + u64(e.seq) for e in envs], b"", sort=True)
     # Denormalised answers: every linked service key (that is registered) answers the new state.
     # A service key linked to two MyKey IDs answers as the later event says: go through the
