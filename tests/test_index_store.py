@@ -109,7 +109,7 @@ def test_projector_reads_the_log_the_data_directory_is_configured_with(tmp_path,
 
 
 def test_an_index_of_the_previous_layout_is_refused_until_rebuilt(tmp_path, binding, monkeypatch, capsys):
-    """Schema 1 kept MyKey links and registration seqs in svc's values: such an index is
+    """Older layouts kept MyKey links and registration seqs in svc's values: such an index is
     refused (writer and readers alike) with the way out, and `mykey rebuild` is that way."""
     from mykey.cli import main
     from mykey.errors import IndexError_
@@ -122,12 +122,12 @@ def test_an_index_of_the_previous_layout_is_refused_until_rebuilt(tmp_path, bind
     env = binding.Env(str(old), max_dbs=k.MAX_DBS)
     meta, svc = env.open_db(b"meta"), env.open_db(b"svc")
     with env.begin(write=True) as txn:
-        txn.put(meta, b"schema", k.u64(1))
+        txn.put(meta, b"schema", k.u64(k.INDEX_SCHEMA - 1))
         txn.put(meta, b"last_seq", k.u64(4))
         txn.put(svc, b"A0001S0", b"\x04" + bytes(16))
     env.close()
     os.symlink(old.name, tmp_path / "index")
-    with pytest.raises(IndexError_, match=r"index schema 1 is not 2 .*run `mykey rebuild`"):
+    with pytest.raises(IndexError_, match=rf"index schema {k.INDEX_SCHEMA - 1} is not {k.INDEX_SCHEMA} .*run `mykey rebuild`"):
         Index.open(data, binding=binding)
     with pytest.raises(IndexError_, match="run `mykey rebuild`"):
         Resolver.open(data.root, binding=binding)

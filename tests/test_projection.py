@@ -17,6 +17,7 @@ from mykey.domain import events as ev
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
 from mykey.errors import EnvAlreadyOpenError
+from mykey.index import keys as k
 from mykey.index.binding import binding_by_name
 from mykey.index.resolver import Resolver
 from mykey.index.store import (
@@ -30,7 +31,7 @@ from mykey.index.store import (
 )
 from mykey.log.filelog import FileLog
 
-from .conftest import create_user
+from .conftest import create_user, link_card
 
 OP = ev.Actor("operator", "test")
 
@@ -59,7 +60,11 @@ def random_workload(engine: Engine, pki, rng: random.Random, steps: int = 120) -
                 b = rng.choice(bids)
                 sid = rng.choice(sids[b]) if sids[b] and rng.random() < 0.7 else f"U{n}"
                 n += 1
-                engine.link_service_id(b, sid, rng.choice(mykeys))
+                i = rng.randrange(len(mykeys))
+                if rng.random() < 0.5:
+                    link_card(engine, pki, creds[i], b, sid)
+                else:
+                    engine.link_in_person(b, sid, mykeys[i], "checked in person")
             elif op == "unlink":
                 b = rng.choice(bids)
                 if sids[b]:
@@ -93,7 +98,7 @@ def test_replay_equals_incremental(tmp_path, binding, pki):
         random_workload(e, pki, random.Random(5))
         log = FileLog.open(data.log, readonly=True)
         replay_dir = build_generation(data, log, into=tmp_path / "replay", binding=binding)
-        with binding.Env(str(replay_dir), readonly=True, create=False, max_dbs=16) as env:
+        with binding.Env(str(replay_dir), readonly=True, create=False, max_dbs=k.MAX_DBS) as env:
             diffs = diff_indexes(e.index.env, e.index.dbs, env, open_dbs(env, create=False))
     assert diffs == []
 
@@ -175,7 +180,7 @@ def test_projector_killed_at_random_moments(tmp_path, impl):
     b = binding_by_name(impl)
     log = FileLog.open(data.log, readonly=True)
     fresh = build_generation(data, log, into=tmp_path / "fresh", binding=b)
-    with Index.open(data, binding=b) as idx, b.Env(str(fresh), readonly=True, create=False, max_dbs=16) as env:
+    with Index.open(data, binding=b) as idx, b.Env(str(fresh), readonly=True, create=False, max_dbs=k.MAX_DBS) as env:
         assert idx.last_seq == log.last_seq
         assert diff_indexes(idx.env, idx.dbs, env, open_dbs(env, create=False)) == []
 
@@ -294,8 +299,8 @@ def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
         e.add_trust_anchor(pki.root.cert_pem())
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         bid = e.register_business("Lib", "131016")
-        mk, _ = create_user(e, pki)
-        e.link_service_id(bid, "S1", mk)
+        mk, cred = create_user(e, pki)
+        link_card(e, pki, cred, bid, "S1")
     gateway = Resolver.open(data.root, binding=binding_by_name("native"))
     assert gateway.resolve(bid, "S1") == Status.VALID
     log = FileLog.open(data.log)

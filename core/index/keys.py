@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ..domain.events import CertRef
 from ..domain.status import MyKeyState, Status
 
 
@@ -40,12 +41,21 @@ class Dbs:
     # b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
     cert: int
     revoked: int  # issuer digest + serial -> RevokedRecord
+    # crl also holds b"t" + issuer digest + CA key id -> CrlFreshness (that CA key's latest applied CRL)
     crl: int  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
     business: int  # business_id -> BusinessRecord
     terminal: int  # terminal_id -> TerminalRecord
     trust: int  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
     feed: int  # consumer -> u64 BE position
     meta: int  # b"last_seq" -> u64 BE, b"schema" -> u64 BE
+    # Certificate paths and CA facts: b"m" + mykey_id -> its current recorded path (CertRef tuple);
+    # b"s" + issuer digest + serial + b"/" + mykey_id and b"f" + CA fingerprint + mykey_id -> b""
+    # (a CA certificate on that MyKey ID's current path); b"x" + CA fingerprint -> b"" (trust removed);
+    # b"n" + len + old CA key id + new CA key id -> b"" (a designated successor CA)
+    cas: int
+    consumer: int  # feed consumer name -> ConsumerRecord
+    # municipality (5 digits) + seq (u64 BE) -> FeedEntry: what that municipality's consumers see
+    mfeed: int
     svcrec: int  # business_id + service_id -> ServiceRecord (the rest of what svc's key carries)
     mkstate: int  # mykey_id -> state (1 byte) + ref (u64 BE): what a link reads of the MyKey record
 
@@ -56,8 +66,10 @@ DB_NAMES: tuple[bytes, ...] = tuple(f.name.encode("ascii") for f in fields(Dbs))
 MAX_DBS = len(DB_NAMES) + 2
 
 #: Version of the index layout; an index of another version is refused ("run `mykey rebuild`").
-#: 2: svc holds only the status byte; ref, registration seq and customer ID moved to svcrec.
-INDEX_SCHEMA = 2
+#: 2: feed consumers and the per-municipality feed.
+#: 3: svc holds only the status byte; ref, registration seq and customer ID moved to svcrec;
+#:    mkstate beside the MyKey records.
+INDEX_SCHEMA = 3
 
 _U64 = struct.Struct(">Q")
 _STATE_REF = struct.Struct(">BQ")
@@ -169,6 +181,43 @@ def mykey_state_ref(value: bytes) -> int:
     return int.from_bytes(value[1:9], "big")
 
 
+RecordedPath = tuple[CertRef, ...]  # the value under path_key: leaf first, trust anchor last
+
+
+def path_key(mykey_id: str) -> bytes:
+    return b"m" + mykey_id.encode("ascii")
+
+
+def ca_serial_prefix(issuer: str, serial_hex: str) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate (issuer, serial)."""
+    return b"s" + issuer_digest(issuer) + serial_hex.encode("ascii") + b"/"
+
+
+def ca_fp_prefix(fingerprint: bytes) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate with this fingerprint."""
+    return b"f" + fingerprint
+
+
+def untrusted_key(fingerprint: bytes) -> bytes:
+    return b"x" + fingerprint
+
+
+def successor_prefix(old_key_id: bytes) -> bytes:
+    return b"n" + bytes([len(old_key_id)]) + old_key_id
+
+
+def crl_fresh_key(issuer: str, key_id: bytes) -> bytes:
+    """crl database: the latest applied CRL of one CA key (issuer digest + its key identifier)."""
+    return b"t" + issuer_digest(issuer) + key_id
+
+
+class CrlFreshness(msgspec.Struct, array_like=True, frozen=True):
+    """The latest applied CRL of one CA key: its thisUpdate and nextUpdate (0: none), unix seconds."""
+
+    this_update: int
+    next_update: int
+
+
 class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):
     """A MyKey ID's current state and certificate (no names)."""
 
@@ -191,12 +240,14 @@ class BusinessRecord(msgspec.Struct, array_like=True, frozen=True):
     numeric_service_ids: bool
     active: bool
     terminals: int  # how many terminals were ever enrolled (numbers the next one)
+    first_use_registration: bool = True  # may a person's link register a new service ID
 
 
 class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):
     business_id: str
     public_key: bytes
     active: bool
+    can_register: bool = False  # may bulk-register its business's service IDs
 
 
 class RevokedRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -222,3 +273,28 @@ def decoder(cls: type) -> Callable[[bytes], Any]:
 
 def decode(cls: type, data: bytes):
     return decoder(cls)(data)
+
+
+class ConsumerRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A registered sync-feed consumer: the municipality whose people it sees."""
+
+    municipality_code: str
+    registered_seq: int
+
+
+class FeedEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One change a municipality's feed consumers see (the MyKey ID becomes a pseudonym when read)."""
+
+    ts: int  # the event's time, µs since the epoch
+    change: str  # joined | left | suspended | resumed | invalidated | renewed
+    mykey_id: str
+    state: MyKeyState | None  # the state after the change; None when it does not tell one
+
+
+def municipality_prefix(code: str) -> bytes:
+    """The feed key prefix of a local government code: its 5 digits (a 6th is only a check digit)."""
+    return code[:5].encode("ascii")
+
+
+def feed_entry_key(code: str, seq: int) -> bytes:
+    return municipality_prefix(code) + u64(seq)

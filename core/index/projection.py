@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from ..domain import events as ev
 from ..domain.status import MyKeyState, Status
-from ..domain.transitions import STATE_AFTER
+from ..domain.transitions import STATE_AFTER, feed_change
 from ..errors import ProjectionError
 from . import keys as k
 from .keys import Dbs
@@ -77,6 +77,8 @@ def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope], *, runs: bo
             run_handler = handler
         if handler is None:
             HANDLERS[etype](txn, dbs, env, env.body)
+            if etype in FEED_SCOPED:
+                _scoped_feed(txn, dbs, env, env.body)
         else:
             run.append(env)
         last = env.seq
@@ -150,6 +152,7 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.cert_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.cert_issuer, b.cert_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 # The state each event leaves comes from the one table in mykey.domain.transitions; with
@@ -202,6 +205,7 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.new_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.new_issuer, b.new_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 @handles(ev.CertificateRevoked)
@@ -221,16 +225,18 @@ def _crl(txn, dbs, env, b: ev.CrlApplied) -> None:
     old = txn.get(dbs.crl, ikey)
     if old is None or k.parse_u64(old) < b.number:
         txn.put(dbs.crl, ikey, k.u64(b.number))
+    _note_crl_freshness(txn, dbs, b)
 
 
 @handles(ev.TrustAnchorAdded)
 def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
     txn.put(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint, b.der)
+    txn.delete(dbs.cas, k.untrusted_key(b.fingerprint))  # trusted again
 
 
 @handles(ev.BusinessRegistered)
 def _business(txn, dbs, env, b: ev.BusinessRegistered) -> None:
-    rec = k.BusinessRecord(b.name, b.municipality_code, b.numeric_service_ids, True, 0)
+    rec = k.BusinessRecord(b.name, b.municipality_code, b.numeric_service_ids, True, 0, b.first_use_registration)
     txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(rec))
 
 
@@ -249,7 +255,8 @@ def _business_off(txn, dbs, env, b: ev.BusinessDeactivated) -> None:
 
 @handles(ev.TerminalEnrolled)
 def _terminal(txn, dbs, env, b: ev.TerminalEnrolled) -> None:
-    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(k.TerminalRecord(b.business_id, b.public_key, True)))
+    term = k.TerminalRecord(b.business_id, b.public_key, True, b.can_register)
+    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(term))
     rec = get_business(txn, dbs, b.business_id)
     if rec is not None:
         txn.put(
@@ -325,6 +332,108 @@ def _feed(txn, dbs, env, b: ev.FeedAcked) -> None:
     txn.put(dbs.feed, b.consumer.encode("ascii"), k.u64(b.seq))
 
 
+def _record_path(txn: Any, dbs: Dbs, mykey_id: str, path: k.RecordedPath) -> None:
+    """Make path the MyKey ID's current certificate path, indexed by each CA certificate on it."""
+    mk = mykey_id.encode("ascii")
+    old = txn.get(dbs.cas, k.path_key(mykey_id))
+    if old is not None:
+        for c in k.decode(k.RecordedPath, old)[1:]:
+            txn.delete(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk)
+            txn.delete(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk)
+        txn.delete(dbs.cas, k.path_key(mykey_id))
+    if not path:
+        return  # recorded before v3 of the events: no path known
+    txn.put(dbs.cas, k.path_key(mykey_id), k.encode(path))
+    for c in path[1:]:
+        txn.put(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk, b"")
+        txn.put(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk, b"")
+
+
+def _note_crl_freshness(txn: Any, dbs: Dbs, b: ev.CrlApplied) -> None:
+    """Remember the newest CRL applied for the CA key that signed it (for the freshness policy)."""
+    if not b.issuer_key_id:
+        return  # applied before v2 of the event: its nextUpdate was not recorded
+    key = k.crl_fresh_key(b.issuer, b.issuer_key_id)
+    old = txn.get(dbs.crl, key)
+    if old is None or k.decode(k.CrlFreshness, old).this_update <= b.this_update:
+        txn.put(dbs.crl, key, k.encode(k.CrlFreshness(b.this_update, b.next_update)))
+
+
+@handles(ev.TrustAnchorRemoved)
+def _trust_removed(txn, dbs, env, b: ev.TrustAnchorRemoved) -> None:
+    txn.delete(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint)
+    txn.put(dbs.cas, k.untrusted_key(b.fingerprint), b"")
+
+
+@handles(ev.CaSuccessorDesignated)
+def _successor(txn, dbs, env, b: ev.CaSuccessorDesignated) -> None:
+    txn.put(dbs.cas, k.successor_prefix(b.old_key_id) + b.new_key_id, b"")
+
+
+@handles(ev.ConsumerRegistered)
+def _consumer(txn, dbs, env, b: ev.ConsumerRegistered) -> None:
+    txn.put(dbs.consumer, b.consumer.encode("ascii"), k.encode(k.ConsumerRecord(b.municipality_code, env.seq)))
+
+
+# --- the municipality-scoped sync feed (see mykey.engine.feed) -----------------------------
+# After its handler, each of these events adds an entry to the feed of every municipality
+# that sees the MyKey ID: one where it has a linked service ID at a business.
+FEED_SCOPED = frozenset(
+    {ev.ServiceIdLinked, ev.ServiceIdUnlinked, ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated,
+     ev.CertificateRenewed}
+)
+
+
+def _municipality(txn: Any, dbs: Dbs, where: dict[bytes, str], bid: bytes) -> str:
+    """The municipality (5 digits) of business bid, "" if it is not registered; where caches them."""
+    m = where.get(bid)
+    if m is None:
+        rec = get_business(txn, dbs, bid.decode("ascii"))
+        m = where[bid] = "" if rec is None else k.municipality_prefix(rec.municipality_code).decode("ascii")
+    return m
+
+
+def _linked_keys(txn: Any, dbs: Dbs, mykey_id: str) -> list[bytes]:
+    """The service keys linked to the MyKey ID (business ID first: its 5 characters)."""
+    prefix = mykey_id.encode("ascii")
+    return [key[len(prefix) :] for key, _ in scan(txn, dbs.mksvc, prefix, prefix)]
+
+
+def _links_by_municipality(
+    txn: Any, dbs: Dbs, mykey_id: str, where: dict[bytes, str] | None = None, skeys: Iterable[bytes] | None = None
+) -> dict[str, int]:
+    """How many linked service IDs the MyKey ID has at the businesses of each municipality (5 digits)."""
+    where = {} if where is None else where
+    counts: dict[str, int] = {}
+    for skey in _linked_keys(txn, dbs, mykey_id) if skeys is None else skeys:
+        m = _municipality(txn, dbs, where, skey[:5])
+        counts[m] = counts.get(m, 0) + 1
+    counts.pop("", None)
+    return counts
+
+
+def _scoped_feed(txn: Any, dbs: Dbs, env: ev.Envelope, body: Any) -> None:
+    def add(municipality: str, change: str, state: MyKeyState | None) -> None:
+        entry = k.FeedEntry(env.ts, change, body.mykey_id, state)
+        txn.put(dbs.mfeed, k.feed_entry_key(municipality, env.seq), k.encode(entry))
+
+    links = _links_by_municipality(txn, dbs, body.mykey_id)
+    if type(body) in (ev.ServiceIdLinked, ev.ServiceIdUnlinked):
+        rec = get_business(txn, dbs, body.business_id)
+        if rec is None:
+            return
+        municipality = k.municipality_prefix(rec.municipality_code).decode("ascii")
+        if type(body) is ev.ServiceIdUnlinked and municipality not in links:
+            add(municipality, "left", None)  # its last link there is gone
+        elif type(body) is ev.ServiceIdLinked and links.get(municipality) == 1:
+            mk = get_mykey(txn, dbs, body.mykey_id)
+            add(municipality, "joined", None if mk is None else mk.state)  # its first link there
+        return
+    change = feed_change(body)
+    for municipality in links:
+        add(municipality, change.change, change.state)
+
+
 # --- run handlers (see RUN_HANDLERS) -----------------------------------------------------
 # Written as list comprehensions over the run and put_keys (lists of bytes, no pairs): the
 # per-event Python work is what bounds a rebuild's speed.
@@ -361,11 +470,33 @@ def _svc_linked_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     txn.put_keys(dbs.svc, skeys, [status[k.mykey_state_status(st)] for st in states], sort=True)
     txn.put_keys(dbs.svcrec, skeys, [encode(replace(o, ref=ref_of(st))) for o, st in zip(olds, states, strict=True)],
                  sort=True)
+    _linked_feed_run(txn, dbs, envs, skeys, raw_states)
     txn.put_keys(dbs.mksvc, [mk + skey for mk, skey in zip(mks, skeys, strict=True)], b"", sort=True)
     # The registration is about the MyKey ID too, as the link is.
     events = [mk + u64(o.reg_seq) for mk, o in zip(mks, olds, strict=True)]
     events += [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)]
     txn.put_keys(dbs.mkevents, events, b"", sort=True)
+
+
+def _linked_feed_run(txn, dbs, envs: list[ev.Envelope], skeys: list[bytes], raw_states: dict) -> None:
+    """The feed entries of a run of links, as _scoped_feed would write them one event at a time
+    (read before the run's own links are stored: each MyKey ID's links are followed through it)."""
+    where: dict[bytes, str] = {}
+    linked: dict[str, set[bytes]] = {}
+    keys, values = [], []
+    for e, skey in zip(envs, skeys, strict=True):
+        b = e.body
+        have = linked.get(b.mykey_id)
+        if have is None:
+            have = linked[b.mykey_id] = set(_linked_keys(txn, dbs, b.mykey_id))
+        have.add(skey)
+        municipality = _municipality(txn, dbs, where, skey[:5])
+        if municipality and _links_by_municipality(txn, dbs, b.mykey_id, where, have).get(municipality) == 1:
+            state = k.parse_mykey_state(raw_states[b.mykey_id])[0]  # its first link there
+            keys.append(k.feed_entry_key(municipality, e.seq))
+            values.append(k.encode(k.FeedEntry(e.ts, "joined", b.mykey_id, state)))
+    if keys:
+        txn.put_keys(dbs.mfeed, keys, values, sort=True)
 
 
 @handles_runs(ev.MyKeyCreated)
@@ -381,6 +512,8 @@ def _created_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     certs += [k.cert_serial_key(e.body.cert_issuer, e.body.cert_serial) for e in envs]
     txn.put_keys(dbs.cert, certs, mks + mks, sort=True)
     txn.put_keys(dbs.mkevents, [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)], b"", sort=True)
+    for e in envs:
+        _record_path(txn, dbs, e.body.mykey_id, e.body.path)
 
 
 @handles_runs(ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated)
@@ -419,6 +552,18 @@ def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     registered = txn.get_many(dbs.svc, skeys)
     txn.put_keys(dbs.svc, [s for s, r in zip(skeys, registered, strict=True) if r is not None],
                  [v for v, r in zip(values, registered, strict=True) if r is not None], sort=True)
+    # The feed: links do not change in this run, so each MyKey ID's municipalities are read once.
+    where: dict[bytes, str] = {}
+    links = {m: _links_by_municipality(txn, dbs, m, where) for m in ids}
+    keys, entries = [], []
+    for e in envs:
+        change = feed_change(e.body)
+        entry = k.encode(k.FeedEntry(e.ts, change.change, e.body.mykey_id, change.state))
+        for municipality in links[e.body.mykey_id]:
+            keys.append(k.feed_entry_key(municipality, e.seq))
+            entries.append(entry)
+    if keys:
+        txn.put_keys(dbs.mfeed, keys, entries, sort=True)
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

@@ -21,7 +21,14 @@ import msgspec
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
 from ..errors import IndexGapError, IndexLockedError, IndexSchemaError, NoIndexError
-from ..fs import OwnerLock, fsync_dir, fsync_path
+from ..fs import (
+    LMDB_FILES,
+    OwnerLock,
+    check_private_dir,
+    fsync_dir,
+    fsync_path,
+    private_dir,
+)
 from ..log.store import LogStore
 from . import keys as k
 from .binding import binding as default_binding
@@ -82,6 +89,7 @@ def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nord
     gen = current_generation(data)
     if gen is None or not gen.is_dir():
         raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
+    check_private_dir(data.root)
     env, dbs = open_readonly(gen, binding, nordahead=nordahead)
     return env, dbs, gen
 
@@ -169,13 +177,13 @@ class Index:
     def open(cls, data: DataDir, *, binding: ModuleType | None = None, sync: bool = True) -> Index:
         """Open (creating if needed) the live index for writing; takes the index lock."""
         binding = binding or default_binding()
-        data.root.mkdir(parents=True, exist_ok=True)
+        private_dir(data.root)
         lock = _take_index_lock(data)
         try:
             gen = current_generation(data)
             if gen is None or not gen.is_dir():
                 gen = _next_generation(data)
-                gen.mkdir()
+                private_dir(gen, files=LMDB_FILES)
                 _point_index_at(data, gen)
             # No meta-page fsync: an OS crash may undo the last commit, never corrupt the env;
             # the log is the source of truth and reopening replays what the index lacks.
@@ -253,7 +261,8 @@ def _take_index_lock(data: DataDir) -> OwnerLock:
             "stop it first (an engine, projector or rebuild), or use a read-only Resolver"
         )
 
-    return OwnerLock.acquire(data.root / "index.lock", held_by=held_by, mode=0o644)
+    check_private_dir(data.root, tighten=True)  # refuse a directory others may write; make it owner-only
+    return OwnerLock.acquire(data.root / "index.lock", held_by=held_by)
 
 
 def _check_schema(env, meta: int, *, write: bool) -> None:
@@ -284,7 +293,7 @@ def build_generation(
     target = into or _next_generation(data).with_suffix(".building")
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
+    private_dir(target, files=LMDB_FILES)
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
@@ -298,7 +307,7 @@ def build_generation(
         compact = target.with_name(target.name + ".compact")
         if compact.exists():
             shutil.rmtree(compact)
-        compact.mkdir()
+        private_dir(compact, files=LMDB_FILES)  # the repacked environment opens them as they are
         env.copy(str(compact), repack=True)
     finally:
         env.close()
