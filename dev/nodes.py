@@ -13,7 +13,6 @@ a deposed writer never appended after its successor's fence.
 
 from __future__ import annotations
 
-import bisect
 import os
 import shutil
 import signal
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from mykey.errors import MykeyError, WriterUnavailableError
+
+from .nats import AppendLoad
 
 __all__ = [
     "CommandLoad", "NodeProcess", "audit_commands", "copy_keys", "fail_stream_leader", "make_node_dir",
@@ -259,25 +260,9 @@ class CommandLoad:
             if self._thread.is_alive():
                 raise TimeoutError("the command load did not stop")
 
-    def wait_for_acks(self, after: float, count: int = 1, timeout: float = 60.0) -> float:
-        """Wait until count commands were acknowledged after ``after`` (monotonic); seconds to the first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            i = bisect.bisect_right(self.acked, after, key=lambda a: a[2])
-            if len(self.acked) - i >= count:
-                return self.acked[i][2] - after
-            if self.error is not None:
-                raise RuntimeError(f"the command load stopped: {self.error!r}") from self.error
-            time.sleep(0.01)
-        raise TimeoutError(f"no acknowledged command within {timeout:.0f} s")
-
-    def longest_gap(self, around: float, count: int = 5, timeout: float = 60.0) -> float:
-        """The longest wait between acknowledged commands from the last one before ``around`` to the
-        count-th after it: the write stall a fault at monotonic time ``around`` caused."""
-        self.wait_for_acks(around, count, timeout)
-        i = bisect.bisect_right(self.acked, around, key=lambda a: a[2])
-        times = [around if i == 0 else self.acked[i - 1][2]] + [a[2] for a in self.acked[i : i + count]]
-        return max(b - a for a, b in zip(times, times[1:]))
+    # the same bookkeeping as the log-level drill's load (acked: (first, count, monotonic time))
+    wait_for_acks = AppendLoad.wait_for_acks
+    longest_gap = AppendLoad.longest_gap
 
 
 def audit_commands(log, loads: list[CommandLoad]) -> dict:

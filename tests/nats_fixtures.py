@@ -46,6 +46,19 @@ def start_cluster(directory, nodes: int, **kw):
     return cluster
 
 
+def all_running(cluster):
+    """Every node of cluster running (resumed or restarted: a failed test may have left one down) and ready."""
+    import signal
+
+    for node in cluster.nodes:
+        if node.running:
+            node.signal(signal.SIGCONT)
+        else:
+            node.start()
+    cluster.wait_ready(60)
+    return cluster
+
+
 def unique_stream(prefix: str = "T") -> str:
     """A stream name no other test uses."""
     return f"{prefix}{next(_names)}_{uuid.uuid4().hex[:6]}"

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from .nats_fixtures import start_cluster, unique_stream
+from .nats_fixtures import all_running, start_cluster, unique_stream
 
 KILLS = int(os.environ.get("MYKEY_NATS_KILLS", "2"))  # stream leader kills here (bench/nats_failover.py: >= 20)
 TTL = 2.0  # the writer lease (short here: takeovers within seconds)
@@ -36,13 +36,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def healthy(cluster):
-    for node in cluster.nodes:
-        if node.running:
-            node.signal(signal.SIGCONT)
-        else:
-            node.start()
-    cluster.wait_ready(60)
-    return cluster
+    return all_running(cluster)
 
 
 @pytest.fixture

@@ -74,6 +74,8 @@ from .writer import DEFAULT_LOCK_WAIT, Writer, decode_message, take_writer_lock
 STANDBY, ACTIVE = "standby", "active"
 DEFAULT_MAX_LAG = 1000  # events a node's index may be behind the stream and still be ready (and take over)
 FORWARD_TIMEOUT = 55.0  # seconds a forwarded command may take (an append rides through a failover: 30 s)
+HEARTBEAT = 1.0  # seconds between the writer's "still working on it" messages for a forwarded command
+SILENCE = 5.0  # seconds without a word from the writer after which a forwarded command counts as lost
 READ_YOUR_WRITES = 5.0  # seconds a node waits for its index to hold a write it forwarded
 TICK = 0.25  # seconds between checks of the lease and the stream
 RENEW_EVERY = 1.0  # seconds between renewals of the writer lease (retried at once when one fails)
@@ -200,6 +202,7 @@ class NodeWriter(Writer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_id = 1
         self._next_tail_check = 0.0
+        self._forwarded_tasks: set[asyncio.Task] = set()
         self._next_renew_warning = 0.0
 
     # --- engine thread: the index is the follower's or the engine's, never both -------------------
@@ -534,19 +537,40 @@ class NodeWriter(Writer):
         return self._lease.seen.term
 
     async def _request_while_writer_lives(self, body: bytes):
-        """The writer's answer; TimeoutError as soon as the writer it went to lost the lease (it died)."""
+        """The writer's answer to a forwarded command.
+
+        The writer says "still working" every HEARTBEAT seconds until it answers; TimeoutError
+        as soon as it has been silent for SILENCE seconds (the request or the answer was lost
+        with a server or a connection that died), or the writer lost its lease (it died),
+        or after FORWARD_TIMEOUT in all. NoRespondersError when no writer listens.
+        """
+        import nats.errors
+
         term = self._writer_term()
-        task = asyncio.ensure_future(self._nc.request(self.subject, body, timeout=FORWARD_TIMEOUT))
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
         try:
+            await self._nc.publish(self.subject, body, reply=inbox)
+            deadline = time.monotonic() + FORWARD_TIMEOUT
+            heard = time.monotonic()
             while True:
-                done, _ = await asyncio.wait({task}, timeout=TICK)
-                if done:
-                    return task.result()
-                if term is not None and self._writer_term() != term:
-                    raise TimeoutError("the writer lost its lease while the command was with it")
+                try:
+                    msg = await sub.next_msg(timeout=TICK)
+                except nats.errors.TimeoutError:
+                    now = time.monotonic()
+                    if term is not None and self._writer_term() != term:
+                        raise TimeoutError("the writer lost its lease while the command was with it") from None
+                    if now - heard > SILENCE or now > deadline:
+                        raise TimeoutError(f"the writer was silent for {now - heard:.1f} s") from None
+                    continue
+                heard = time.monotonic()
+                status = (msg.headers or {}).get("Status")
+                if status == "503":
+                    raise nats.errors.NoRespondersError
+                if msg.data:  # an empty message: still working on it
+                    return msg
         finally:
-            if not task.done():
-                task.cancel()
+            await sub.unsubscribe()
 
     async def _wait_for_index(self, seq: int) -> None:
         """Read your writes: wait (a little) until this node's index holds event seq."""
@@ -558,7 +582,28 @@ class NodeWriter(Writer):
             await asyncio.sleep(0.005)
 
     async def _on_forwarded(self, msg) -> None:
-        """A command another node forwarded to this, the active writer."""
+        """A command another node forwarded to this, the active writer: queued for the engine thread at
+        once (commands run one at a time, in order), the asking node told "still working" meanwhile."""
+        task = asyncio.ensure_future(self._forwarded(msg))
+        self._forwarded_tasks.add(task)
+        task.add_done_callback(self._forwarded_tasks.discard)
+
+    async def _forwarded(self, msg) -> None:
+        beat = asyncio.ensure_future(self._heartbeat(msg.reply))
+        try:
+            await self._answer_forwarded(msg)
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, reply: str) -> None:
+        while True:
+            try:
+                await self._nc.publish(reply, b"")
+            except Exception:  # the connection is being re-established: the asking node may give up
+                pass
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _answer_forwarded(self, msg) -> None:
         try:
             request = decode_message(msg.data)
         except GatewayProtocolError as exc:

@@ -872,7 +872,15 @@ class JetStreamLog(LogStore):
                 patience = time.monotonic() + self.location.timeout
                 if pending > 0:
                     continue
-            if seq <= known:  # the replica that answered lags behind what this handle knows: ask again
+            if seq <= known:  # the replica that answered lags behind what this handle knows: the leader has it
+                try:
+                    m = self._get(seq, leader=True)
+                except LogUnavailableError:
+                    m = None
+                if m is not None and m.stream_seq == seq:
+                    yield m
+                    seq += 1
+                    continue
                 if not follow and time.monotonic() > patience:
                     raise LogUnavailableError(f"{self.where}: no replica serves messages {seq}..{known} yet")
                 time.sleep(0.01)
