@@ -386,3 +386,40 @@ def test_stale_lists_are_served_within_refresh_and_rebuilt_after(engine):
     other = StatusListStore(engine.data, engine.read_model, engine.log, refresh=60, clock=lambda: clock[0])
     assert other.token(bid).token == second.token and other.token(bid).etag == second.etag
 
+
+
+# --- the terminal's offline check (files only, no gateway) -------------------------------------
+
+
+def test_the_offline_check_refuses_expired_forged_and_inflating_lists(tmp_path):
+    from mykey.client import statuslist as client
+    from mykey.errors import ValidationError
+
+    key, now = _key(), int(time.time())
+    path = tmp_path / "list.jwt"
+    array = sl.pack(sl.MIN_ENTRIES, [(9, 2), (10, 3)])
+    client.save(path, _token(key, now=now, array=array).encode(), _jwks(key), "A0001", {"S9": 9, "S10": 10, "X": None})
+    verified, answers = client.check(path, ["S9", "S10", "S11", "Z=9"], now=now)
+    assert [(a.service_id, a.idx, a.status) for a in answers] == [
+        ("S9", 9, "suspended"), ("S10", 10, "unlinked"), ("S11", None, "unknown"), ("Z", 9, "suspended")]
+    with pytest.raises(StatusListExpiredError):
+        client.check(path, ["S9"], now=now + 7200)
+    other = tmp_path / "other.jwks.json"
+    other.write_text(json.dumps(_jwks(_key())))
+    with pytest.raises(StatusListSignatureError):
+        client.check(path, ["S9"], jwks_path=other, now=now)
+    with pytest.raises(ValidationError):
+        client.check(path, ["S9=x"], now=now)
+    # a list of another business than the terminal's map is refused (sub)
+    client.save(tmp_path / "b.jwt", _token(key, now=now).encode(), _jwks(key), "B0002", {})
+    with pytest.raises(StatusListFormatError, match="expected"):
+        client.check(tmp_path / "b.jwt", ["S9"], now=now)
+    # a correctly signed list that inflates to more than the bound (a zip bomb) is refused
+    from joserfc import jwt
+
+    claims = {"sub": sl.list_uri("A0001"), "iat": now, "exp": now + 60,
+              "status_list": {"bits": 2, "lst": sl.b64u(zlib.compress(bytes(sl.MAX_LIST_BYTES + 1), 9))}}
+    bomb = jwt.encode({"alg": "Ed25519", "typ": sl.TYP, "kid": "k1"}, claims, key, algorithms=["Ed25519"])
+    path.write_text(bomb)
+    with pytest.raises(StatusListFormatError, match="more than"):
+        client.check(path, ["S9"], now=now)
