@@ -37,6 +37,9 @@ GROUPS += [serve_cmds, client_cmds]
 from . import node_cmds  # noqa: E402  (snapshot and restore: bootstrapping a node)
 
 GROUPS += [node_cmds]
+from . import statuslist_cmds  # noqa: E402
+
+GROUPS += [statuslist_cmds]
 DEV_PACKAGE = "mykey_dev"
 
 
