@@ -6,8 +6,9 @@ here, so the rules are written once:
 - ``write_atomic``: readers see the old content or the new, never a mix; the new
   content is on disk (file and directory entry) when it returns.
 - ``write_exclusive``: create a new file and never replace one (keys, proofs);
-  symlinks are not followed.
-- ``fsync_dir`` / ``fsync_path``: make a rename, create or unlink durable.
+  symlinks are not followed; after a power cut the file is whole or absent.
+- ``fsync_dir`` / ``fsync_path``: make a rename, create or unlink durable;
+  ``make_dirs``: create directories that stay after a power cut.
 - ``OwnerLock``: an exclusive ``flock`` that records the holder's pid, so a second
   writer is told which process to stop. Only "somebody holds it" errors become
   ``LockHeldError``; any other failure (permissions, a full disk) is raised as it is.
@@ -45,6 +46,29 @@ def fsync_dir(path: StrPath) -> None:
     fsync_path(path)
 
 
+def make_dirs(path: StrPath, mode: int = 0o777) -> None:
+    """``mkdir -p`` whose result survives a power cut: each directory it creates is fsynced into its parent.
+
+    A new directory's entry lives in its parent; until the parent is fsynced a power cut
+    may take the directory away with every file in it, fsynced or not.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue  # made by another process meanwhile: it syncs its own
+        fsync_dir(d.parent)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -52,13 +76,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def write_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
-    """Create path with data; FileExistsError if anything (a file, a symlink) is there already.
+def _create_synced(path: Path, data: bytes, mode: int, sync: bool) -> None:
+    """Create path (O_EXCL, never through a symlink) with exactly mode and data; fsync it with sync.
 
-    The file gets exactly ``mode`` whatever the umask; on any failure the partly written
-    file is removed. With sync (the default) file and directory are fsynced.
+    On any failure the partly written file is removed.
     """
-    path = Path(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
@@ -70,6 +92,32 @@ def write_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600, sync: bool
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
+    """Create path with data; FileExistsError if anything (a file, a symlink) is there already.
+
+    The file gets exactly ``mode`` whatever the umask. It appears whole or not at all, even
+    across a power cut: the data is written and fsynced under a temporary name first, then
+    hard-linked to path (which fails if anything is there); the file system cannot show a
+    new name whose data never reached the disk. With sync (the default) file and directory
+    are fsynced. Where hard links are not supported, path is created and written in place.
+    """
+    path = Path(path)
+    tmp = _temp_beside(path)
+    _create_synced(tmp, data, mode, sync)
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        _create_synced(path, data, mode, sync)  # no hard links here: the best we can do
+    finally:
+        tmp.unlink(missing_ok=True)
     if sync:
         fsync_dir(path.parent)
 
@@ -77,8 +125,8 @@ def write_exclusive(path: StrPath, data: bytes, *, mode: int = 0o600, sync: bool
 def write_atomic(path: StrPath, data: bytes, *, mode: int = 0o600, sync: bool = True) -> None:
     """Replace path's content atomically: a temporary file beside it, fsynced, renamed over it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    write_exclusive(tmp, data, mode=mode, sync=sync)
+    tmp = _temp_beside(path)
+    _create_synced(tmp, data, mode, sync)
     try:
         os.replace(tmp, path)
     except BaseException:

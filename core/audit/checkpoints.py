@@ -97,7 +97,7 @@ def latest_checkpoint(data: DataDir) -> str:
 
 def store_checkpoint(data: DataDir, size: int, note: str) -> Path:
     """Store the signed note for tree size ``size`` (atomically, durably; notes are public: 0644)."""
-    data.checkpoints.mkdir(parents=True, exist_ok=True)
+    fs.make_dirs(data.checkpoints)
     path = checkpoint_path(data, size)
     fs.write_atomic(path, note.encode("utf-8"), mode=0o644)
     return path

@@ -18,7 +18,7 @@ from types import ModuleType
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
 from ..errors import IndexError_, IndexGapError, IndexLockedError, NoIndexError
-from ..fs import OwnerLock, fsync_dir, fsync_path
+from ..fs import OwnerLock, fsync_dir, fsync_path, make_dirs
 from ..log.store import LogStore
 from . import keys as k
 from .binding import binding as default_binding
@@ -135,7 +135,7 @@ class Index:
     def open(cls, data: DataDir, *, binding: ModuleType | None = None, sync: bool = True) -> Index:
         """Open (creating if needed) the live index for writing; takes the index lock."""
         binding = binding or default_binding()
-        data.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(data.root)
         lock = _take_index_lock(data)
         try:
             gen = current_generation(data)
@@ -250,6 +250,18 @@ def build_generation(
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
+    try:
+        _fill_generation(target, log, binding, to_seq, progress, batch_events)
+    except BaseException:
+        # A failed build (a full disk, say) leaves nothing behind to take the space freed for the next try.
+        shutil.rmtree(target.with_name(target.name + ".compact"), ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return target
+
+
+def _fill_generation(target: Path, log: LogStore, binding: ModuleType, to_seq: int | None,
+                     progress: Callable[[int], None] | None, batch_events: int) -> None:
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
@@ -272,7 +284,13 @@ def build_generation(
     shutil.rmtree(target)
     os.rename(compact, target)
     fsync_dir(target.parent)
-    return target
+
+
+def _remove_unfinished_builds(data: DataDir) -> None:
+    """Generations a killed rebuild left half built (only the index lock holder may call this)."""
+    for p in data.root.glob(GENERATION_PREFIX + "*"):
+        if p.is_dir() and not p.is_symlink() and p.name.endswith((".building", ".compact")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
@@ -283,6 +301,7 @@ def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
     """
     lock = _take_index_lock(data)
     try:
+        _remove_unfinished_builds(data)
         building = build_generation(data, log, binding=binding, progress=progress)
         final = building.with_suffix("")
         os.rename(building, final)

@@ -48,7 +48,7 @@ from ..errors import (
     LogLockedError,
     ValidationError,
 )
-from ..fs import OwnerLock, fsync_dir, fsync_path, write_atomic
+from ..fs import OwnerLock, fsync_dir, fsync_path, make_dirs, write_atomic
 from . import framing
 from .accel import framing_module
 from .recovery import RecoveryReport, recover_tail
@@ -168,7 +168,7 @@ class FileLog(LogStore):
         if not d.is_dir():
             if not create:
                 raise LogError(f"no log at {d}; pass create=True or run `mykey init`")
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d)
         try:
             self._take_lock()
             self._open_writer(cut_damaged_tail, keep_through)
