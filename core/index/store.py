@@ -17,7 +17,13 @@ from types import ModuleType
 
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
-from ..errors import IndexError_, IndexGapError, IndexLockedError, NoIndexError
+from ..errors import (
+    EnvNotFoundError,
+    IndexError_,
+    IndexGapError,
+    IndexLockedError,
+    NoIndexError,
+)
 from ..fs import OwnerLock, fsync_dir, fsync_path, make_dirs
 from ..log.store import LogStore
 from . import keys as k
@@ -76,7 +82,10 @@ def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nord
     gen = current_generation(data)
     if gen is None or not gen.is_dir():
         raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
-    env, dbs = open_readonly(gen, binding, nordahead=nordahead)
+    try:
+        env, dbs = open_readonly(gen, binding, nordahead=nordahead)
+    except EnvNotFoundError:  # a crash while an older version created it: nothing was applied
+        raise NoIndexError(f"the index {gen} is empty; open the engine once (or run `mykey rebuild`)") from None
     return env, dbs, gen
 
 
@@ -140,9 +149,7 @@ class Index:
         try:
             gen = current_generation(data)
             if gen is None or not gen.is_dir():
-                gen = _next_generation(data)
-                gen.mkdir()
-                _point_index_at(data, gen)
+                gen = _first_generation(data, binding)
             # No meta-page fsync: an OS crash may undo the last commit, never corrupt the env;
             # the log is the source of truth and reopening replays what the index lacks.
             env = binding.Env(str(gen), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=sync, metasync=False)
@@ -209,6 +216,28 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _first_generation(data: DataDir, binding: ModuleType) -> Path:
+    """Make an empty index (its schema recorded, durably) and only then point DATA/index at it.
+
+    A reader that finds DATA/index finds an environment in it, even after a crash or a
+    power cut during the creation (which leaves only an unfinished build, removed here next time).
+    """
+    _remove_unfinished_builds(data)
+    target = _next_generation(data).with_suffix(".building")
+    target.mkdir()
+    env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS)
+    try:
+        _check_schema(env, open_dbs(env, create=True))
+    finally:
+        env.close()
+    fsync_path(target / "data.mdb")
+    fsync_dir(target)
+    final = target.with_suffix("")
+    os.rename(target, final)
+    _point_index_at(data, final)
+    return final
 
 
 def _take_index_lock(data: DataDir) -> OwnerLock:

@@ -33,7 +33,7 @@ from mykey.errors import MykeyError
 
 from .checks import AckBook, check_acked, cli, verify_commands
 from .osmodel import Fault, Recorder, cut_states
-from .powerloss import lock_file
+from .powerloss import lmdb_file, lock_file
 from .workload import Pki, Workload
 
 
@@ -102,12 +102,13 @@ class FaultStats:
     by_error: dict[str, int] | None = None
     acknowledged: int = 0  # acknowledged records checked after reopening
     power_states: int = 0
-    lost_acknowledged: int = 0
 
-    def count(self, exc: BaseException) -> None:
+    def count(self, what: BaseException | str) -> None:
+        """One clean failure: the exception, or a description of a refused command."""
+        name = what if isinstance(what, str) else type(what).__name__
         self.failures += 1
         self.by_error = self.by_error or {}
-        self.by_error[type(exc).__name__] = self.by_error.get(type(exc).__name__, 0) + 1
+        self.by_error[name] = self.by_error.get(name, 0) + 1
 
     def add(self, other: FaultStats) -> None:
         self.rounds += other.rounds
@@ -161,7 +162,7 @@ def full_disk_round(pki: Pki, seed: int, phase: str, *, size_kb: int = 6144) -> 
                         return stats  # it fitted: nothing to check here
                     assert rc == 1 and "Traceback" not in out, out
                     assert not list(mnt.glob("data/index-*.building*")), "a failed rebuild left its files behind"
-                    stats.count(MykeyError("rebuild refused"))
+                    stats.count("`mykey rebuild` refused")
                     release(mnt)
                     verify_commands(data, vkey)  # the live index is untouched
                     rc, out = cli("--data", str(data), "rebuild")
@@ -223,7 +224,7 @@ def io_error_round(pki: Pki, seed: int, workdir: Path, *, target: int | None = N
     root = workdir / f"io-{seed}"
     scratch = workdir / f"io-{seed}-scratch"
     scratch.mkdir(parents=True)
-    rec = Recorder(root, external=_external)
+    rec = Recorder(root, external=lmdb_file)
     acks = AckBook()
     with rec.installed():
         from mykey.log.filelog import FileLog
@@ -274,14 +275,10 @@ def io_error_round(pki: Pki, seed: int, workdir: Path, *, target: int | None = N
             stats.power_states += 1
     # And the writer, restarted after the error, has everything acknowledged and goes on.
     _reopen_and_check(root, acks, pki, rng, scratch, vkey, stats)
+    shutil.rmtree(workdir / f"io-{seed}-cut", ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
     return stats
-
-
-def _external(rel: str) -> bool:
-    first, sep, _ = rel.partition("/")
-    return bool(sep) and first.startswith("index-")
 
 
 def _marking(rec: Recorder, on_ack):

@@ -49,7 +49,6 @@ class KillStats:
     kills: int = 0
     acknowledged: int = 0  # acknowledged records (or applied batches, answers) checked after the kills
     commands: int = 0  # acknowledged calls the killed children made
-    lost_acknowledged: int = 0
     seconds: float = 0.0
 
     def add(self, other: KillStats) -> None:
@@ -256,7 +255,6 @@ def projector_kills(pki: Pki, workdir: Path, kills: int, seed: int, *, template_
     """SIGKILL `mykey project --follow` while the parent appends (see the module docstring)."""
     from mykey.datadir import DataDir
     from mykey.index.projector import run_projector
-    from mykey.index.store import open_live_readonly, read_meta_last_seq
     from mykey.log.filelog import FileLog
 
     rng = random.Random(seed)
@@ -268,16 +266,7 @@ def projector_kills(pki: Pki, workdir: Path, kills: int, seed: int, *, template_
     applied_acked = 0
 
     def body(w: int) -> None:
-        from mykey.errors import NoIndexError
-
-        try:
-            env, dbs, _ = open_live_readonly(data)
-        except NoIndexError:
-            start = 0
-        else:
-            with env.begin() as txn:
-                start = read_meta_last_seq(txn, dbs)
-            env.close()
+        start = _applied(data) or 0
         applied = start
         _send(w, f"ready {start}")
 
@@ -322,20 +311,31 @@ def projector_kills(pki: Pki, workdir: Path, kills: int, seed: int, *, template_
             last = log.last_seq
         reported = [int(x.split()[1]) for x in lines if x.startswith(("applied ", "ready "))]
         applied_acked = max([applied_acked, *reported])
-        env, dbs, _ = open_live_readonly(data)
-        try:
-            with env.begin() as txn:
-                index_at = read_meta_last_seq(txn, dbs)
-        finally:
-            env.close()
-        assert applied_acked <= index_at <= last, f"the projector reported {applied_acked}, the index is at " \
-            f"{index_at}, the log at {last}"
+        index_at = _applied(data)
+        assert applied_acked <= (index_at or 0) <= last, (
+            f"the projector reported {applied_acked}, the index is at {index_at}, the log at {last}")
         stats.acknowledged += 1
         stats.commands += len(reported)
-        verify_commands(data.root)
+        verify_commands(data.root, diff=index_at is not None)  # killed before it made the index: no diff
         cursor = _resync(template, data, cursor)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _applied(data) -> int | None:
+    """The live index's last applied sequence number (None: there is no index yet)."""
+    from mykey.errors import NoIndexError
+    from mykey.index.store import open_live_readonly, read_meta_last_seq
+
+    try:
+        env, dbs, _ = open_live_readonly(data)
+    except NoIndexError:
+        return None
+    try:
+        with env.begin() as txn:
+            return read_meta_last_seq(txn, dbs)
+    finally:
+        env.close()
 
 
 def _resync(template: list, data, cursor: int) -> int:

@@ -42,11 +42,17 @@ from .checks import Truth, check_engine_state, verify_commands
 from .osmodel import DiskModel, Recorder, cut_states
 from .workload import Pki, Workload
 
+LMDB_DIRS = ("challenges", "auth-nonces")  # single-use stores: LMDB environments beside the index
 
-def _external(rel: str) -> bool:
-    """LMDB's own files, inside an index generation directory: modelled by snapshots, not by the shim."""
+
+def lmdb_file(rel: str) -> bool:
+    """LMDB's own files (an index generation, the single-use stores): written by C, not seen by the shim.
+
+    The index's are modelled by snapshots; the single-use stores hold nothing that must
+    survive (challenges and nonces expire in minutes), so the model drops them.
+    """
     first, sep, _ = rel.partition("/")
-    return bool(sep) and first.startswith("index-")
+    return bool(sep) and (first.startswith("index-") or first in LMDB_DIRS)
 
 
 @dataclass
@@ -98,7 +104,7 @@ def record_run(root: Path, scratch: Path, pki: Pki, seed: int, commands: int, *,
                big_imports: bool = False) -> Recording:
     """Run the workload on an empty root under the recorder (fsync="always"); returns the recording."""
     rng = random.Random(seed)
-    rec = Recorder(root, external=_external)
+    rec = Recorder(root, external=lmdb_file)
     lmdb: dict[int, bytes] = {}
     data = DataDir(root)
     kinds: list[str] = []
@@ -138,7 +144,6 @@ class Stats:
     states: int = 0  # distinct disk states reopened and checked
     exhaustive_cuts: int = 0  # cuts whose every allowed state was checked
     second_cuts: int = 0
-    lost_acknowledged: int = 0
     seconds: float = 0.0
 
     def add(self, other: Stats) -> None:
@@ -218,7 +223,7 @@ def _second_cut(target: Path, workdir: Path, rng: random.Random) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     store: dict[int, bytes] = {}
-    r2 = Recorder(staging, external=_external)
+    r2 = Recorder(staging, external=lmdb_file)
     _adopt(r2, target, store)
     with r2.installed():
         engine = Engine.open(staging)
@@ -261,7 +266,7 @@ def _adopt(rec: Recorder, source: Path, store: dict[int, bytes]) -> None:
                     continue
                 content = Path(src).read_bytes()
                 relfile = os.path.relpath(os.path.join(dest, name), rec.root)
-                if _external(relfile):
+                if lmdb_file(relfile):
                     with open(src, "rb") as f:
                         blob = f.read()
                     vid = len(store)

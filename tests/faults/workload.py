@@ -183,7 +183,9 @@ class Workload:
             return self._create()
         free = sorted(k for k, v in self.fold.services.items() if v is None)
         bid, sid = self.rng.choice(free) if free and self.rng.random() < 0.7 else (self._business(), self._sid())
-        link_service_id(self.engine, bid, sid, mykey_id)
+        state, serial = self.fold.mykeys[mykey_id]
+        cred = self.pki.creds.get(serial) if state == "valid" and self.rng.random() < 0.5 else None
+        link_service_id(self.engine, bid, sid, mykey_id, cred, self.pki.chain(cred) if cred is not None else b"")
 
     def _unlink(self):
         linked = sorted(k for k, v in self.fold.services.items() if v is not None)
@@ -237,9 +239,17 @@ class Workload:
         self.engine.register_business(f"Business {len(self.fold.businesses)}", "131016")
 
 
-def link_service_id(engine, business_id: str, service_id: str, mykey_id: str) -> None:
-    """The one place a link is made (its signature is changing: adapt here)."""
-    engine.link_service_id(business_id, service_id, mykey_id)
+def link_service_id(engine, business_id: str, service_id: str, mykey_id: str, cred=None, chain: bytes = b"") -> None:
+    """The one place a link is made: with the person's card where the API asks for it and the card is at
+    hand (cred, chain: its certificate bundle), else in person on an operator's decision; the older
+    API took the MyKey ID alone."""
+    if not hasattr(engine, "link_in_person"):
+        engine.link_service_id(business_id, service_id, mykey_id)
+    elif cred is not None:
+        challenge = engine.link_challenge(business_id, service_id)
+        engine.link_with_card(business_id, service_id, chain, cred.sign(challenge), challenge)
+    else:
+        engine.link_in_person(business_id, service_id, mykey_id, "identity card checked at the counter")
 
 
 def record_digest(payload: bytes) -> int:

@@ -1,0 +1,37 @@
+"""Fuzzing the decoders of untrusted bytes (`make torture`: over a million inputs, with atheris when installed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import fuzz
+
+
+@pytest.mark.parametrize("target", sorted(fuzz.TARGETS))
+def test_the_corpus_and_its_mutations_raise_only_documented_errors(target):
+    stats = fuzz.mutate(target, 4000, seed=20261130)
+    assert stats.inputs[target] > 4000
+
+
+def test_the_corpus_is_small_and_covers_every_target():
+    for target in fuzz.TARGETS:
+        files = list((fuzz.CORPUS / target).iterdir())
+        assert files, f"no seeds for {target}"
+        assert all(p.stat().st_size <= fuzz.MAX_LEN for p in files)
+    total = sum(p.stat().st_size for p in fuzz.CORPUS.rglob("*") if p.is_file())
+    assert total < 512 * 1024
+
+
+def test_a_crash_is_reported_with_its_input(monkeypatch):
+    def broken(data: bytes) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setitem(fuzz.TARGETS, "envelope", broken)
+    with pytest.raises(fuzz.Crash, match="KeyError.*boom.*on input b'abc'"):
+        fuzz.run_one("envelope", b"abc")
+
+
+def test_atheris_runs_a_target_when_it_is_installed(tmp_path):
+    pytest.importorskip("atheris")
+    stats = fuzz.run_atheris("framing", 3000, tmp_path)
+    assert stats.inputs["framing"] == 3000 and stats.engine == "atheris"
