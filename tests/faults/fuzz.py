@@ -329,8 +329,18 @@ class FuzzStats:
         self.seconds += other.seconds
 
 
+def _quiet_deprecations() -> None:
+    """cryptography warns (once per input) about certificates it will refuse one day: noise here."""
+    import warnings
+
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+
+
 def mutate(target: str, n: int, seed: int) -> FuzzStats:
     """Run the corpus, then n mutated inputs, through target; raises Crash on the first crash."""
+    _quiet_deprecations()
     started = time.monotonic()
     seeds = corpus(target)
     for data in seeds:
@@ -382,6 +392,8 @@ def run_atheris(target: str, runs: int, workdir: Path, *, timeout: float = 3600)
 def _atheris_main(target: str, argv: list[str]) -> None:
     import atheris
 
+    _quiet_deprecations()
+
     with atheris.instrument_imports(include=["mykey"]):
         import mykey.audit.proofs  # noqa: F401
         import mykey.domain.certs  # noqa: F401
@@ -409,7 +421,7 @@ def write_seeds() -> None:
     from mykey.log.filelog import FileLog
     from mykey_dev.pki import ThrowawayCA
 
-    from .workload import link_service_id
+    from .workload import enrol_terminal, link_service_id
 
     now = AT - timedelta(days=1)
     root = ThrowawayCA.create("fuzz root", now=now)
@@ -460,7 +472,7 @@ def write_seeds() -> None:
             link_service_id(engine, bid, "s1", mk, u, u.cert_pem() + inter.cert_pem())
             engine.suspend(mk, "lost")
             engine.resume(mk)
-            engine.enrol_terminal(bid)
+            enrol_terminal(engine, bid)
             engine.trail.checkpoint()
             first_size = engine.log.last_seq
             engine.unlink_service_id(bid, "s1")

@@ -226,6 +226,14 @@ class Recorder:
             self.trace.append(("chmod", ino, mode & 0o7777))
         return r
 
+    def _chmod(self, path, mode, *, dir_fd=None, follow_symlinks=True):
+        rel = self._rel(path, dir_fd)
+        r = _REAL["chmod"](path, mode, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+        ino = self._names.get(rel) if rel is not None else None
+        if ino is not None:
+            self.trace.append(("chmod", ino, mode & 0o7777))
+        return r
+
     def _path_op(self, name: str, kind: str):
         def op(path, *args, dir_fd=None, **kw):
             rel = self._rel(path, dir_fd)
@@ -316,7 +324,7 @@ class Recorder:
             "symlink": self._symlink,
             "fchmod": self._fchmod,
             "truncate": self._guard("truncate"),
-            "chmod": self._guard("chmod"),
+            "chmod": self._chmod,
             "link": self._link,
         }
         saved = {name: getattr(os, name) for name in patches}
