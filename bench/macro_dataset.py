@@ -31,6 +31,7 @@ SUSPENDED_PCT = 5
 INVALID_PCT = 2
 ISSUER = "CN=JPKI User Authentication CA (bench),O=mykey-bench,C=JP"
 ACTOR = ev.Actor("operator", "bench")
+LINK_REASON = "bench data: checked in person"  # an operator's link (a card link needs a card per person)
 BUILD_BATCH = 10_000
 ABSENT_PCT = 10
 
@@ -171,13 +172,13 @@ class Spec:
                     yield flush()
         if batch:
             yield flush()
-        # Users link their MyKey IDs.
+        # The MyKey IDs get linked (in person, by the operator: the data has no cards).
         for b, (start, size) in enumerate(blocks):
             bid = business_id(b)
             for i in range(start, start + size):
                 j = self.linked_to(i)
                 if j is not None:
-                    batch.append(ev.ServiceIdLinked(bid, service_id(i), mykey_id(j)))
+                    batch.append(ev.ServiceIdLinked(bid, service_id(i), mykey_id(j), False, "in-person", LINK_REASON))
                     if len(batch) >= BUILD_BATCH:
                         yield flush()
         if batch:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import KeyFileError
-from .fs import write_exclusive
+from .fs import ensure_secret
 
 DEFAULT_DATA = "./mykey-data"
 
@@ -45,28 +44,25 @@ class DataDir:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
-    @property
-    def terminal_keys(self) -> Path:
-        return self.root / "terminal-keys"
-
 
 SUBJECT_KEY_BYTES = 32
 
 
-def ensure_subject_key(data: DataDir) -> bytes:
-    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once."""
-    path = data.keys / "subject.key"
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        data.keys.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(SUBJECT_KEY_BYTES)
-        try:
-            write_exclusive(path, key)
-        except FileExistsError:  # another process made it first: use theirs
-            key = path.read_bytes()
-    if len(key) != SUBJECT_KEY_BYTES:
+def subject_key_path(data: DataDir) -> Path:
+    return data.keys / "subject.key"
+
+
+def ensure_subject_key(data: DataDir, *, in_use: bool = False) -> bytes:
+    """The platform's secret for keyed subject digests (DATA/keys/subject.key, mode 0600); made once.
+
+    in_use: records already hold digests made with the key (the log has MyKey events), so
+    a missing key is an error: a new one would silently make every renewal fail.
+    """
+    path = subject_key_path(data)
+    if in_use and not path.exists():
         raise KeyFileError(
-            f"{path} is damaged (not {SUBJECT_KEY_BYTES} bytes); restore it from your backup of DATA/keys"
+            f"{path} is missing, but the log holds MyKey IDs whose holders were recorded with it; "
+            "without it no renewal can be matched to its holder. Restore DATA/keys/subject.key from "
+            "your backup of DATA/keys (mykey makes a new one only while no MyKey ID exists)"
         )
-    return key
+    return ensure_secret(path, SUBJECT_KEY_BYTES, what="the subject digest key")

@@ -37,6 +37,14 @@ class ConcurrencyError(LogError):
     """An append expected a different last sequence number (someone else wrote)."""
 
 
+class LogFencedError(ConcurrencyError, LockHeldError):
+    """Another writer appended to a shared log: this handle stopped appending, so two writers never interleave."""
+
+
+class LogUnavailableError(LogError):
+    """The log's servers did not answer in time (an append's outcome is then found out on reopen)."""
+
+
 class IndexError_(MykeyError):
     """Base of LMDB index errors (named with a trailing _ to not shadow IndexError)."""
 
@@ -98,6 +106,14 @@ class NoTrustAnchorError(CommandRefused):
 
 class FeedPositionError(CommandRefused):
     """A feed acknowledgement would move the consumer's position backwards."""
+
+
+class SuspendedMyKeyError(CommandRefused):
+    """The MyKey ID of the card presented is suspended: its card authorises nothing until it is valid again."""
+
+
+class UnknownCardError(NotFoundError):
+    """No live MyKey ID holds the certificate presented as its current one (none made, invalidated, or renewed away)."""
 
 
 class KeyFileError(MykeyError):
@@ -169,6 +185,14 @@ class NonceReusedError(MykeyError):
     """The authentication message was already accepted once (a replay)."""
 
 
+class ReplayProtectionError(TerminalAuthError):
+    """Authentication refused: the shared record of accepted nonces cannot be written (fail closed)."""
+
+
+class TerminalKeyError(MykeyError):
+    """A terminal's key file could not be made (it exists already) or read (not an Ed25519 private key)."""
+
+
 # --- certificates and CRLs -------------------------------------------------
 
 
@@ -206,6 +230,14 @@ class ChallengeSignatureError(CertificateError):
 
 class CrlError(CertificateError):
     """A CRL is malformed, from an untrusted issuer, badly signed, or out of date."""
+
+
+class CertificateBundleError(UntrustedCertificateError):
+    """A presented certificate bundle is too large or carries too many CA certificates."""
+
+
+class StaleRevocationError(CertificateError):
+    """A CA's latest applied CRL is past its nextUpdate (or too old): revocation cannot be checked."""
 
 
 # --- audit trail -----------------------------------------------------------
@@ -253,6 +285,70 @@ class MerkleStoreCorruptError(MerkleStoreError):
 
 class ReplayError(MykeyError):
     """A replay could not be made (target directory in use, no live index, the index kept moving)."""
+
+
+# --- command line ------------------------------------------------------------
+
+
+class InputFileError(MykeyError):
+    """A file named on the command line cannot be used: too large, encrypted, or not what it should hold."""
+
+
+class OutputFileError(MykeyError):
+    """An output file would replace a file, follow a symlink, or land inside the data directory."""
+
+
+# --- data directory permissions (mykey.fs) ------------------------------------------
+
+
+class InsecurePermissionsError(MykeyError):
+    """A data directory may be written by users other than its owner; make it owner-only (chmod 700)."""
+
+
+# --- terminal gateway (the HTTP server, its single writer, the reference client) ---
+
+
+class GatewayError(MykeyError):
+    """Base of the terminal gateway's errors (server side and reference client)."""
+
+
+class HttpProblem(GatewayError):
+    """An HTTP request is refused: answered as RFC 9457 problem JSON with this status and problem type."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        extra: dict | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind  # the problem type's short name (also the refusal reason in the metrics)
+        self.detail = detail
+        self.headers = headers  # extra response headers (Retry-After, WWW-Authenticate, Allow)
+        self.extra = extra or {}  # extension members of the problem JSON
+
+
+class WriterUnavailableError(GatewayError):
+    """The gateway's writer process cannot be reached, or an operator command holds the log; retry shortly."""
+
+
+class GatewayProtocolError(GatewayError):
+    """A message between gateway processes, or a gateway response, did not have the expected shape."""
+
+
+class GatewayRefusedError(GatewayError):
+    """The gateway answered a client's request with an error (its problem JSON says why)."""
+
+    def __init__(self, status: int, problem: dict) -> None:
+        title = problem.get("title") or f"HTTP {status}"
+        detail = problem.get("detail") or ""
+        super().__init__(f"the gateway refused ({status} {title}): {detail}".rstrip(": "))
+        self.status = status
+        self.problem = problem
 
 
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

@@ -1,4 +1,4 @@
-"""The development commands of the `mykey` CLI: `mykey demo` and `mykey bench`.
+"""The development commands of the `mykey` CLI: `mykey demo`, `mykey bench` and `mykey nats`.
 
 The runtime CLI (mykey.cli) adds these through ``register`` when mykey_dev is
 installed, as it is in a source checkout's ``pip install -e .``; an installation
@@ -23,15 +23,17 @@ from pathlib import Path
 from mykey.cli.output import EXIT_REFUSED, Output
 from mykey.cli.progress import bar
 
+from . import nats
 from .demo import DemoConfig, Phase, format_result, run_demo
 
 __all__ = ["find_checkout", "register"]
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Add `demo` and `bench` to the mykey command line."""
+    """Add `demo`, `bench` and `nats` to the mykey command line."""
     _register_demo(sub, common)
     _register_bench(sub)
+    nats.register(sub, common)
 
 
 # --- mykey demo -----------------------------------------------------------------------------
@@ -76,7 +78,8 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
     out.line(f"mykey demo in {args.data} (replacing any earlier demo there)")
     res = run_demo(args.data, config, progress=progress, on_phase=on_phase)
-    out.line(format_result(res))
+    for text in format_result(res).split("\n"):
+        out.line(text)
     out.result(
         f"demo done: {res.last_seq:,} events; {res.lookups_per_second:,.0f} lookups/s",
         phases=[asdict(p) | {"rate": p.rate} for p in res.phases],

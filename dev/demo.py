@@ -7,7 +7,6 @@ signatures and CSV files, so the demo exercises what production would.
 from __future__ import annotations
 
 import csv
-import os
 import random
 import shutil
 import tempfile
@@ -17,12 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from mykey.auth.terminals import (
-    TerminalAuthenticator,
-    open_nonce_store,
-    terminal_auth_message,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mykey.auth.terminals import TerminalAuthenticator, open_nonce_store
+from mykey.client import keys as terminal_keys
 from mykey.datadir import DataDir
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
@@ -33,6 +29,7 @@ from mykey.log.filelog import FileLog
 from .pki import ThrowawayCA, UserCredential
 
 MUNICIPALITIES = ["131016", "131024", "141003", "271004", "011002"]
+IN_PERSON_REASON = "membership card and photo ID checked at the counter"
 FACILITY_KINDS = ["Library", "Sports Centre", "Shopping Street", "Public Hospital", "Museum", "Community Pool"]
 
 
@@ -46,6 +43,7 @@ class DemoConfig:
     rsa_users: int = 10
     service_ids: int = 1_000_000
     links_per_user: int = 3
+    card_links_per_user: int = 1  # by the card (~2 ms each: chain + proof); the rest in person, with a reason
     suspend_fraction: float = 0.02
     revoke_fraction: float = 0.01
     lookups: int = 1_000_000
@@ -156,15 +154,15 @@ def run_demo(
         with timer("businesses and terminals", "cmd") as t:
             tick = bar("businesses", config.businesses)
             businesses: list[str] = []
-            terminals: dict[str, list[tuple[str, bytes]]] = {}
+            terminals: dict[str, list[tuple[str, Ed25519PrivateKey]]] = {}
             for i in range(config.businesses):
                 name = f"{FACILITY_KINDS[i % len(FACILITY_KINDS)]} {i // len(FACILITY_KINDS) + 1}"
                 bid = engine.register_business(name, MUNICIPALITIES[i % len(MUNICIPALITIES)])
                 businesses.append(bid)
                 terminals[bid] = []
                 for _ in range(config.terminals_per_business):
-                    cred = engine.enrol_terminal(bid)
-                    terminals[bid].append((cred.terminal_id, cred.private_key_pem))
+                    key = terminal_keys.generate()  # made on the terminal: the platform gets the public key
+                    terminals[bid].append((engine.enrol_terminal(bid, terminal_keys.public_pem(key)), key))
                 t.count += 1 + config.terminals_per_business
                 tick(1)
 
@@ -203,12 +201,15 @@ def run_demo(
             tick = bar("links", config.users * config.links_per_user)
             linked: dict[str, list[str]] = {b: [] for b in businesses}
             pools = {b: rng.sample(range(len(registered[b])), min(len(registered[b]), config.users)) for b in businesses}
-            for mykey_id, _cred in users:
-                for bid in rng.sample(businesses, min(config.links_per_user, len(businesses))):
+            for mykey_id, cred in users:
+                for n, bid in enumerate(rng.sample(businesses, min(config.links_per_user, len(businesses)))):
                     if not pools[bid]:
                         continue
                     sid = registered[bid][pools[bid].pop()]
-                    engine.link_service_id(bid, sid, mykey_id)
+                    if n < config.card_links_per_user:
+                        link_by_card(engine, bid, sid, cred, inter)
+                    else:
+                        engine.link_in_person(bid, sid, mykey_id, IN_PERSON_REASON)
                     linked[bid].append(sid)
                     t.count += 1
                     tick(1)
@@ -222,7 +223,8 @@ def run_demo(
             renewed_id, old_cred = victims[-1]
             new_cred = inter.renew(old_cred)
             challenge = engine.new_challenge("renew")
-            engine.renew_certificate(renewed_id, new_cred.cert_pem() + inter.cert_pem(), new_cred.sign(challenge), challenge)
+            engine.renew_certificate(renewed_id, new_cred.cert_pem() + inter.cert_pem(), new_cred.sign(challenge), challenge,
+                                     operator_approval="card re-issued; holder seen at the counter")
             t.count += 2
 
         with timer("CRL: verify, record revocations, suspend", "entry") as t:
@@ -233,12 +235,11 @@ def run_demo(
 
         with timer("terminal authenticates, resolves a random batch", "lookup") as t:
             bid = businesses[0]
-            terminal_id, pem = terminals[bid][0]
-            key = load_pem_private_key(pem, None)
-            message = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
+            terminal_id, key = terminals[bid][0]
+            message, signature = terminal_keys.authentication(key, terminal_id)
             with _gateway_resolver(engine) as resolver:
                 with TerminalAuthenticator(resolver, open_nonce_store(data, engine.index.binding)) as auth:
-                    business = auth.authenticate(terminal_id, message, key.sign(message))
+                    business = auth.authenticate(terminal_id, message, signature)
                 other = businesses[1] if len(businesses) > 1 else None
                 query = _lookup_mix(rng, config.lookups, registered, linked, business, other)
                 counts: Counter = Counter()
@@ -291,19 +292,26 @@ def _lookup_mix(
     return query
 
 
+def link_by_card(engine: Engine, business_id: str, service_id: str, cred: UserCredential, ca: ThrowawayCA) -> None:
+    """What a terminal does at first use: the card signs a challenge naming the business and service ID."""
+    challenge = engine.link_challenge(business_id, service_id)
+    engine.link_with_card(business_id, service_id, cred.cert_pem() + ca.cert_pem(), cred.sign(challenge), challenge)
+
+
 def design_example(engine: Engine, ca: ThrowawayCA) -> list[tuple[str, str, str, str, str]]:
     """The platform design's example table, rebuilt with real commands (needs A0001 and B2108 free)."""
     a = engine.register_business("Example Library", "131016", business_id="A0001")
     b = engine.register_business("Example Sports Centre", "131024", business_id="B2108")
-    ids = []
+    ids, creds = [], []
     for _ in range(3):
         cred = ca.issue_user()
         challenge = engine.new_challenge()
         ids.append(engine.create_mykey(cred.cert_pem() + ca.cert_pem(), cred.sign(challenge), challenge))
-    engine.link_service_id(a, "123456", ids[0])
-    engine.link_service_id(b, "578901", ids[1])
+        creds.append(cred)
+    link_by_card(engine, a, "123456", creds[0], ca)  # the person taps their card: no MyKey ID is named
+    link_by_card(engine, b, "578901", creds[1], ca)
     engine.invalidate(ids[1], "example")
-    engine.link_service_id(a, "111111", ids[2])
+    link_by_card(engine, a, "111111", creds[2], ca)
     engine.suspend(ids[2], "example")
     engine.register_service_ids(b, [("589000", None)])
     rows = []

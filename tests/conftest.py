@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 pytest.register_assert_rewrite("mykey.log.contract")
+pytest_plugins = ["tests.nats_fixtures"]  # real nats-servers for the JetStream log's tests
 
 settings.register_profile(
     "mykey", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -74,6 +75,12 @@ def create_user(engine, pki, cred=None, requested_id=None):
     cred = cred or pki.user()
     challenge = engine.new_challenge()
     return engine.create_mykey(pki.chain(cred), cred.sign(challenge), challenge, requested_id), cred
+
+
+def link_card(engine, pki, cred, business_id, service_id, **kw):
+    """Link a service ID with the holder's card, as a terminal or the CLI relays it; returns its status."""
+    challenge = engine.link_challenge(business_id, service_id)
+    return engine.link_with_card(business_id, service_id, pki.chain(cred), cred.sign(challenge), challenge, **kw)
 
 
 def engine_resolver(engine):

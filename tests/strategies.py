@@ -8,17 +8,15 @@ from mykey.domain.ids import (
     MYKEY_ALPHABET,
     MYKEY_ID_LEN,
     check_text,
+    contains_individual_number,
     individual_number_check_digit,
-    is_individual_number,
 )
 from mykey.errors import ValidationError
 
 printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 business_ids = st.from_regex(r"[A-Z][0-9]{4}", fullmatch=True)
 mykey_ids = st.text(alphabet=MYKEY_ALPHABET, min_size=MYKEY_ID_LEN, max_size=MYKEY_ID_LEN)
-opaque_ids = st.text(alphabet=printable, min_size=1, max_size=32).filter(
-    lambda s: not is_individual_number(s) and not is_individual_number(s.replace("-", ""))
-)
+opaque_ids = st.text(alphabet=printable, min_size=1, max_size=32).filter(lambda s: not contains_individual_number(s))
 terminal_numbers = st.integers(min_value=0, max_value=9999)
 digests = st.binary(min_size=32, max_size=32)
 serials = st.integers(min_value=1, max_value=(1 << 159) - 1).map(lambda n: format(n, "x"))
@@ -68,7 +66,8 @@ EVENT_STRATEGIES = {
     ),
     ev.BusinessDeactivated: st.builds(ev.BusinessDeactivated, business_ids, reasons),
     ev.TerminalEnrolled: st.builds(
-        lambda b, n, k: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k), business_ids, terminal_numbers, digests
+        lambda b, n, k, r: ev.TerminalEnrolled(f"{b}-T{n:04d}", b, k, r), business_ids, terminal_numbers, digests,
+        st.booleans(),
     ),
     ev.TerminalRevoked: st.builds(ev.TerminalRevoked, terminal_ids, reasons),
     ev.ServiceIdRegistered: st.builds(
@@ -77,6 +76,11 @@ EVENT_STRATEGIES = {
     ev.ServiceIdLinked: st.builds(ev.ServiceIdLinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.ServiceIdUnlinked: st.builds(ev.ServiceIdUnlinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.FeedAcked: st.builds(ev.FeedAcked, opaque_ids, st.integers(0, 2**62)),
+    ev.TrustAnchorRemoved: st.builds(ev.TrustAnchorRemoved, digests, st.booleans(), names),
+    ev.CaSuccessorDesignated: st.builds(
+        ev.CaSuccessorDesignated, st.binary(min_size=1, max_size=20), st.binary(min_size=1, max_size=20), names
+    ).filter(lambda e: e.old_key_id != e.new_key_id),
+    ev.ConsumerRegistered: st.builds(ev.ConsumerRegistered, opaque_ids, st.from_regex(r"[0-9]{5,6}", fullmatch=True)),
 }
 events = st.one_of(*EVENT_STRATEGIES.values())
 actors = st.builds(ev.Actor, st.sampled_from(["operator", "user", "terminal", "system"]), opaque_ids)

@@ -776,7 +776,7 @@ def test_revocation_of_a_former_certificate_is_in_the_holders_history(tmp_path, 
         mk, old = create_user(e, pki)
         new = pki.inter.renew(old)
         ch = e.new_challenge("renew")
-        e.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+        e.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, operator_approval="holder seen in person")
         e.apply_crl(pki.inter.crl([(old, "superseded")], number=77))
     history = subject_history(DataDir(data), mk)
     kinds = [ev_["type"] for ev_ in history["events"]]

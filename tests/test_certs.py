@@ -128,7 +128,7 @@ def test_two_intermediates_and_path_length(root: ThrowawayCA) -> None:
     tight = root.intermediate("level 1 pathlen 0", path_length=0, now=NOW)
     below = tight.intermediate("level 2 not allowed", now=NOW)
     u2 = below.issue_user(now=NOW)
-    with pytest.raises(UntrustedCertificateError, match="allows 0 intermediate"):
+    with pytest.raises(UntrustedCertificateError, match="path length constraint"):
         TrustStore([root.cert], [tight.cert, below.cert]).verify(u2.cert, at=NOW)
 
 
@@ -141,11 +141,14 @@ def test_root_key_rollover_same_name(root: ThrowawayCA) -> None:
         TrustStore([root.cert]).verify(u.cert, at=NOW)
 
 
-def test_ed25519_root_and_rsa_root(rsa_root: ThrowawayCA, rsa_user: UserCredential) -> None:
+def test_ed25519_ca_refused_and_rsa_root(rsa_root: ThrowawayCA, rsa_user: UserCredential) -> None:
+    # The path validator verifies RSA and ECDSA issuers only: an Ed25519 CA is refused when configured.
     ed_root = ThrowawayCA.create("ed root", key_type="ed25519", now=NOW)
-    ed_inter = ed_root.intermediate("ec under ed", now=NOW)
-    u = ed_inter.issue_user(now=NOW)
-    assert TrustStore([ed_root.cert], [ed_inter.cert]).verify(u.cert, at=NOW).key_type == "ec-p256"
+    with pytest.raises(CertificateError, match="unsupported key"):
+        TrustStore([ed_root.cert])
+    ed_inter = ThrowawayCA.create("rsa", key_type="rsa", now=NOW).intermediate("ed under rsa", key_type="ed25519", now=NOW)
+    with pytest.raises(CertificateError, match="unsupported key"):
+        TrustStore([rsa_root.cert], [ed_inter.cert])
     info = TrustStore([rsa_root.cert]).verify(rsa_user.cert, at=NOW)
     assert info.key_type == "rsa"
 
@@ -222,7 +225,7 @@ def test_signature_bit_string_malleability_rejected(rsa_root: ThrowawayCA) -> No
 def test_leaf_signed_by_non_ca(root: ThrowawayCA, user: UserCredential) -> None:
     fake_ca = ThrowawayCA(user.cert, user.key)
     victim = fake_ca.issue_user(now=NOW)
-    with pytest.raises(UntrustedCertificateError, match="not a CA"):
+    with pytest.raises(UntrustedCertificateError, match="cA must be asserted"):
         TrustStore([root.cert]).verify(victim.cert, at=NOW, extra_intermediates=[user.cert])
 
 

@@ -80,7 +80,9 @@ def test_a_whole_session(tmp_path, capsys, pki):
     csv.write_text("service_id,customer_id\n123456,\n111111,C-7\n")
     code, out, _ = run(capsys, "service", "import", *d, "A0001", str(csv))
     assert code == 0 and "registered 2 service IDs" in out
-    assert run(capsys, "service", "link", *d, "A0001", "123456", "ABCDEFGH")[0] == 0
+    code, out, _ = run(capsys, "service", "link", *d, "A0001", "123456", "--cert", str(user_cert),
+                       "--card-key", str(user_key))
+    assert (code, out.strip()) == (0, "linked A0001 service ID 123456 to the card's holder (valid)")
     code, out, _ = run(capsys, "resolve", *d, "A0001", "123456", "111111", "999")
     assert out.split("\n")[:3] == ["123456 valid", "111111 unlinked", "999 unknown"]
     code, out, _ = run(capsys, "--json", "resolve", *d, "A0001", "123456")
@@ -94,15 +96,18 @@ def test_a_whole_session(tmp_path, capsys, pki):
     assert run(capsys, "resolve", *d, "A0001", "123456")[1].strip() == "123456 suspended"
     assert run(capsys, "resume", *d, "ABCDEFGH")[0] == 0
 
-    code, out, _ = run(capsys, "terminal", "enrol", *d, "A0001")
-    key_file = tmp_path / "data" / "terminal-keys" / "A0001-T0001.key"
-    assert code == 0 and str(key_file) in out
-    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    key_file = tmp_path / "terminal" / "t.key"  # on the terminal's machine
+    key_file.parent.mkdir()
+    code, out, _ = run(capsys, "terminal", "keygen", "--out", str(key_file))
+    assert code == 0 and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    code, out, _ = run(capsys, "terminal", "enrol", *d, "A0001", "--public-key", f"{key_file}.pub")
+    assert (code, out.strip()) == (0, "enrolled terminal A0001-T0001")
     assert run(capsys, "terminal", "revoke", *d, "A0001-T0001")[0] == 0
 
     new = pki.inter.renew(user)
     new_cert, new_key = new.write(tmp_path, "new")
-    code, out, _ = run(capsys, "renew", *d, "ABCDEFGH", "--cert", str(new_cert), "--key", str(new_key))
+    code, out, _ = run(capsys, "renew", *d, "ABCDEFGH", "--cert", str(new_cert), "--key", str(new_key),
+                       "--approved-by-operator", "--reason", "holder seen in person")
     assert code == 0 and "renewed" in out
     crl = tmp_path / "crl.der"
     crl.write_bytes(pki.inter.crl([(user, "superseded")], number=5))
@@ -111,8 +116,12 @@ def test_a_whole_session(tmp_path, capsys, pki):
     code, out, _ = run(capsys, "crl", "apply", *d, str(crl))
     assert "already applied" in out
 
+    code, _, err = run(capsys, "feed", *d, "points")
+    assert code == 1 and "consumer add" in err  # not registered
+    assert run(capsys, "consumer", "add", *d, "points", "--municipality", "131016")[0] == 0
     code, out, _ = run(capsys, "feed", *d, "points", "--ack")
-    assert [line.split()[2] for line in out.splitlines()[:-1]] == ["created", "suspended", "resumed", "renewed"]
+    assert [line.split()[2] for line in out.splitlines()[:-1]] == ["joined", "suspended", "resumed", "renewed"]
+    assert "ABCDEFGH" not in out  # a pseudonym instead
     code, out, _ = run(capsys, "feed", *d, "points")
     assert out == ""
     code, out, _ = run(capsys, "--json", "show", *d, "ABCDEFGH")
@@ -177,16 +186,10 @@ def test_cli_refuses_cleanly(tmp_path, capsys):
 
 
 def test_terminal_keys_are_never_overwritten(tmp_path, capsys):
-    keys = tmp_path / "keys"
-    paths = []
-    for name in ("one", "two"):  # two platforms enrolling into one key directory
-        d = ["--data", str(tmp_path / name)]
-        assert main(["init", *d]) == 0
-        assert main(["business", "add", *d, "--name", "Lib", "--municipality", "131016"]) == 0
-        capsys.readouterr()
-        code, out, _ = run(capsys, "--json", "terminal", "enrol", *d, "A0001", "--out", str(keys))
-        assert code == 0
-        paths.append(json.loads(out)["key_file"])
-    assert paths[0] != paths[1]
-    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in paths)
-    assert open(paths[0], "rb").read() != open(paths[1], "rb").read()
+    key = tmp_path / "terminal.key"
+    code, out, _ = run(capsys, "--json", "terminal", "keygen", "--out", str(key))
+    assert code == 0 and json.loads(out)["public_key_file"] == f"{key}.pub"
+    before = key.read_bytes(), (tmp_path / "terminal.key.pub").read_bytes()
+    code, _, err = run(capsys, "terminal", "keygen", "--out", str(key))
+    assert code == 1 and "never replaced" in err
+    assert (key.read_bytes(), (tmp_path / "terminal.key.pub").read_bytes()) == before

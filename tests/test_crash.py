@@ -29,7 +29,7 @@ WRITER = textwrap.dedent(
         # Mostly small batches; now and then a large import-sized one.
         n = rng.choice([1, 3, 17, 100, 500, 500, 5000])
         batch += 1
-        envs = log.append([ev.ServiceIdRegistered("A0001", f"b{batch}-{i}-{n}") for i in range(n)])
+        envs = log.append([ev.ServiceIdRegistered("A0001", f"b{batch}x{i}x{n}") for i in range(n)])
         sys.stdout.write(f"{envs[-1].seq}\\n")
         sys.stdout.flush()
     """
@@ -90,7 +90,7 @@ def test_sigkill_never_loses_an_acknowledged_batch(tmp_path, impl):
             assert seq == expected
             expected += 1
         for env in log.read(max(1, acked - 50_000)):
-            batch, i, n = env.body.service_id[1:].split("-")
+            batch, i, n = env.body.service_id[1:].split("x")
             got = counts.setdefault(batch, [int(i), int(n)])  # the window may start mid-batch
             assert got[0] == int(i)
             got[0] += 1

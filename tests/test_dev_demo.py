@@ -59,6 +59,7 @@ def test_mykey_demo_command(tmp_path, capsys):
     assert out.startswith(f"mykey demo in {data}") and "terminal authenticates, resolves a random batch" in out
     assert "the design's example table, built with real commands:" in out
     assert out.rstrip().splitlines()[-1].startswith("demo done: ")
+    assert "\\u000a" not in out and "\nthe design's example table" in out  # real lines, not escaped ones
     assert main([*args, "--json"]) == 0  # a second run replaces the first demo's directory
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and [p["name"] for p in doc["phases"]] == PHASES

@@ -7,8 +7,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from mykey.auth.terminals import terminal_auth_message
+from mykey.client import keys as terminal_keys
 from mykey.domain import certs
 from mykey.domain import events as ev
 from mykey.domain.status import MyKeyState, Status
@@ -28,7 +28,10 @@ from mykey.errors import (
 )
 from mykey_dev.demo import design_example
 
-from .conftest import create_user, engine_authenticator, engine_resolver
+from .conftest import create_user, engine_authenticator, engine_resolver, link_card
+
+# An operator's approval: what a renewal needs while the current certificate is still usable.
+APPROVED = {"operator_approval": "card re-issued, holder seen at the counter"}
 
 
 class appends_nothing:
@@ -186,54 +189,52 @@ def test_terminals_enrol_authenticate_revoke(engine):
     resolver = engine_resolver(engine)
     auth = engine_authenticator(engine, resolver)
     bid = engine.register_business("Library", "131016")
-    t1 = engine.enrol_terminal(bid)
-    t2 = engine.enrol_terminal(bid)
-    assert (t1.terminal_id, t2.terminal_id) == (f"{bid}-T0001", f"{bid}-T0002")
-    key = load_pem_private_key(t1.private_key_pem, None)
-    key2 = load_pem_private_key(t2.private_key_pem, None)
+    key, key2 = terminal_keys.generate(), terminal_keys.generate()  # made on the terminals
+    t1 = engine.enrol_terminal(bid, terminal_keys.public_pem(key))
+    t2 = engine.enrol_terminal(bid, terminal_keys.public_pem(key2), can_register=True)
+    assert (t1, t2) == (f"{bid}-T0001", f"{bid}-T0002")
+    with engine.read_model.snapshot() as state:
+        assert [state.terminal(t).can_register for t in (t1, t2)] == [False, True]
 
-    def msg(tid=t1.terminal_id, ts=None):
+    def msg(tid=t1, ts=None):
         return terminal_auth_message(tid, int(time.time()) if ts is None else ts, os.urandom(16))
 
     m = msg()
-    assert auth.authenticate(t1.terminal_id, m, key.sign(m)) == bid
+    assert auth.authenticate(t1, m, key.sign(m)) == bid
     with pytest.raises(TerminalAuthError, match="already used"):
-        auth.authenticate(t1.terminal_id, m, key.sign(m))  # a replay
-    # The platform keeps only the public key.
-    enrolled = [e.body for e in engine.log.read() if isinstance(e.body, ev.TerminalEnrolled)]
-    assert all(len(b.public_key) == 32 for b in enrolled)
-    assert not any(t1.private_key_pem in e for _, e in engine.log.read_raw())
+        auth.authenticate(t1, m, key.sign(m))  # a replay
     m = msg()
     with pytest.raises(TerminalAuthError, match="failed"):
-        auth.authenticate(t1.terminal_id, m, key.sign(m + b"x"))
-    m = msg(t2.terminal_id)
+        auth.authenticate(t1, m, key.sign(m + b"x"))
+    m = msg(t2)
     with pytest.raises(TerminalAuthError, match="failed"):
-        auth.authenticate(t2.terminal_id, m, key.sign(m))  # t1's key is not t2's
+        auth.authenticate(t2, m, key.sign(m))  # t1's key is not t2's
     m = msg()
     with pytest.raises(TerminalAuthError, match="not a mykey terminal authentication message"):
-        auth.authenticate(t2.terminal_id, m, key2.sign(m))  # signed for another terminal
+        auth.authenticate(t2, m, key2.sign(m))  # signed for another terminal
     m = msg(ts=int(time.time()) - 3600)
-    with pytest.raises(TerminalAuthError, match="old"):
-        auth.authenticate(t1.terminal_id, m, key.sign(m))
+    with pytest.raises(TerminalAuthError, match="time window") as stale:
+        auth.authenticate(t1, m, key.sign(m))
+    assert "3600" not in str(stale.value) and "old" not in str(stale.value)  # our clock is not told
     with pytest.raises(TerminalAuthError):
-        auth.authenticate(t1.terminal_id, b"lookup request 42", key.sign(b"lookup request 42"))
-    engine.revoke_terminal(t1.terminal_id)
+        auth.authenticate(t1, b"lookup request 42", key.sign(b"lookup request 42"))
+    engine.revoke_terminal(t1)
     m = msg()
     with pytest.raises(TerminalAuthError, match="revoked"):
-        auth.authenticate(t1.terminal_id, m, key.sign(m))
+        auth.authenticate(t1, m, key.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
-        engine.revoke_terminal(t1.terminal_id)
+        engine.revoke_terminal(t1)
     m = msg(f"{bid}-T0099")
     with pytest.raises(TerminalAuthError, match="failed"):  # unknown: no hint to an unauthenticated caller
         auth.authenticate(f"{bid}-T0099", m, key.sign(m))
     engine.deactivate_business(bid, "closed")
-    m = msg(t2.terminal_id)
+    m = msg(t2)
     with pytest.raises(TerminalAuthError, match="deactivated"):
-        auth.authenticate(t2.terminal_id, m, key2.sign(m))
+        auth.authenticate(t2, m, key2.sign(m))
     with appends_nothing(engine), pytest.raises(InactiveError):
-        engine.enrol_terminal(bid)
+        engine.enrol_terminal(bid, terminal_keys.public_pem(key))
     with appends_nothing(engine), pytest.raises(NotFoundError):
-        engine.enrol_terminal("Z9999")
+        engine.enrol_terminal("Z9999", terminal_keys.public_pem(key))
     auth.close()
     resolver.close()
 
@@ -243,14 +244,14 @@ def test_terminals_enrol_authenticate_revoke(engine):
 
 def test_register_link_unlink(engine, pki):
     bid = engine.register_business("Library", "131016")
-    mk, _ = create_user(engine, pki)
+    mk, cred = create_user(engine, pki)
     assert engine.register_service_ids(bid, [("S1", None), ("S2", "C2")]) == 2
     assert status(engine, bid, "S1") == Status.UNLINKED
-    engine.link_service_id(bid, "S1", mk)
+    assert link_card(engine, pki, cred, bid, "S1") == Status.VALID
     assert status(engine, bid, "S1") == Status.VALID
     with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="already linked"):
-        engine.link_service_id(bid, "S1", mk)
-    engine.link_service_id(bid, "NEW-AT-FIRST-USE", mk)  # registered by the user at first use
+        engine.link_in_person(bid, "S1", mk, "checked the card at the desk")
+    link_card(engine, pki, cred, bid, "NEW-AT-FIRST-USE")  # registered by the user at first use
     assert status(engine, bid, "NEW-AT-FIRST-USE") == Status.VALID
     assert engine.mykey(mk).businesses == [bid]
     engine.unlink_service_id(bid, "S1")
@@ -261,7 +262,7 @@ def test_register_link_unlink(engine, pki):
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.unlink_service_id(bid, "nope")
     with appends_nothing(engine), pytest.raises(NotFoundError):
-        engine.link_service_id(bid, "S2", "ABCDEFGH")
+        engine.link_in_person(bid, "S2", "ABCDEFGH", "checked the card at the desk")
 
 
 def test_registration_is_all_or_nothing(engine):
@@ -286,8 +287,8 @@ def test_numeric_service_ids_need_a_declaration(engine, pki):
     with appends_nothing(engine), pytest.raises(IndividualNumberError):
         engine.register_service_ids(plain, [("123456789018", None)])
     engine.register_service_ids(numeric, [("123456789018", None)])
-    mk, _ = create_user(engine, pki)
-    engine.link_service_id(numeric, "123456789018", mk)
+    _mk, cred = create_user(engine, pki)
+    link_card(engine, pki, cred, numeric, "123456789018")
     assert status(engine, numeric, "123456789018") == Status.VALID
     reg = [e for e in engine.log.read() if isinstance(e.body, ev.BusinessRegistered)]
     assert [e.body.numeric_service_ids for e in reg] == [False, True]
@@ -339,7 +340,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
     bid = engine.register_business("Library", "131016")
     mk, _ = create_user(engine, pki)
     for i in range(50):
-        engine.link_service_id(bid, f"S{i}", mk)
+        engine.link_in_person(bid, f"S{i}", mk, "bulk migration, checked in person")
     r = engine_resolver(engine)
     sids = [f"S{i}" for i in range(50)]
     assert set(r.resolve_many(bid, sids)) == {Status.VALID}
@@ -357,7 +358,7 @@ def test_transitions_and_denormalised_answers(engine, pki):
         with appends_nothing(engine), pytest.raises(IllegalTransitionError, match="final"):
             action()
     with appends_nothing(engine), pytest.raises(CommandRefused, match="invalid"):
-        engine.link_service_id(bid, "S-new", mk)
+        engine.link_in_person(bid, "S-new", mk, "checked in person")
     with appends_nothing(engine), pytest.raises(NotFoundError):
         engine.suspend("ABCDEFGH", "x")
     r.close()
@@ -369,10 +370,10 @@ def test_transitions_and_denormalised_answers(engine, pki):
 def test_renewal_keeps_the_mykey_id(engine, pki):
     bid = engine.register_business("Library", "131016")
     mk, old = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk)
+    link_card(engine, pki, old, bid, "S1")
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     view = engine.mykey(mk)
     assert view.cert_serial == format(new.serial, "x") and view.state == MyKeyState.VALID
     # The old certificate no longer resolves to the MyKey ID as its current certificate.
@@ -409,10 +410,10 @@ def test_crl_suspends_and_is_idempotent(engine, pki):
     mk1, c1 = create_user(engine, pki)
     mk2, c2 = create_user(engine, pki)
     mk3, c3 = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk1)
+    link_card(engine, pki, c1, bid, "S1")
     new3 = pki.inter.renew(c3)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch)
+    engine.renew_certificate(mk3, pki.chain(new3), new3.sign(ch), ch, **APPROVED)
     crl = pki.inter.crl([(c1, "key_compromise"), (c3, "superseded"), (pki.user(), "unspecified")], number=20)
     report = engine.apply_crl(crl)
     assert report.suspended == [mk1] and report.newly_revoked == 3 and not report.already_applied
@@ -442,23 +443,28 @@ def test_feed_and_ack_survive_restart(tmp_path, binding, pki):
     with Engine.open(data, binding=binding) as e:
         e.add_trust_anchor(pki.root.cert_pem())
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
+        e.register_consumer("points", "131016")
+        e.register_consumer("other", "131016")
         bid = e.register_business("Library", "131016")
         mk, cred = create_user(e, pki)
-        e.link_service_id(bid, "S1", mk)  # not a MyKey-level change: not in the feed
+        link_card(e, pki, cred, bid, "S1")  # the first link in the consumers' municipality
         e.suspend(mk, "x")
-        items = list(e.feed("points"))
-        assert [(i.change, i.mykey_id, i.state) for i in items] == [("created", mk, "valid"), ("suspended", mk, "suspended")]
+        items = e.feed("points")
+        me = e.feed_pseudonym("points", mk)
+        assert [(i.change, i.pseudonym, i.state) for i in items] == [("joined", me, "valid"), ("suspended", me, "suspended")]
         e.ack("points", items[0].seq)
         with pytest.raises(CommandRefused):
             e.ack("points", 0)
         with pytest.raises(ValidationError):
             e.ack("points", 10**6)
+        with appends_nothing(e), pytest.raises(NotFoundError, match="consumer add"):
+            e.ack("unregistered", 1)
     with Engine.open(data, binding=binding) as e:
         assert [i.change for i in e.feed("points")] == ["suspended"]
         e.resume(mk)
         assert [i.change for i in e.feed("points")] == ["suspended", "resumed"]
-        assert [i.change for i in e.feed("other")][:1] == ["created"]
-        assert [i.change for i in e.feed("points", after=0)][0] == "created"
+        assert [i.change for i in e.feed("other")][:1] == ["joined"]
+        assert [i.change for i in e.feed("points", after=0)][0] == "joined"
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -466,12 +472,14 @@ def test_feed_and_ack_survive_restart(tmp_path, binding, pki):
 
 def test_every_event_is_attributed(engine, pki):
     bid = engine.register_business("Library", "131016")
-    mk, _ = create_user(engine, pki)
-    engine.link_service_id(bid, "S1", mk)
+    mk, cred = create_user(engine, pki)
+    link_card(engine, pki, cred, bid, "S1")
+    engine.link_in_person(bid, "S2", mk, "passport checked at the desk")
     engine.suspend(mk, "x", actor=ev.Actor("operator", "desk-7"))
     actors = [(type(e.body).__name__, e.actor.kind, e.actor.id) for e in engine.log.read()]
     assert ("MyKeyCreated", "user", mk) in actors
-    assert ("ServiceIdLinked", "operator", engine.operator.id) in actors  # whoever called link, by default
+    assert ("ServiceIdLinked", "user", mk) in actors  # the card's proof: the person's own act
+    assert ("ServiceIdLinked", "operator", engine.operator.id) in actors  # in person: the operator's decision
     assert ("MyKeySuspended", "operator", "desk-7") in actors
     assert all(kind in ("operator", "user", "terminal", "system") and aid for _, kind, aid in actors)
 
@@ -553,15 +561,15 @@ def test_a_renewed_away_certificate_cannot_come_back(engine, pki):
     mk, old = create_user(engine, pki)
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     with appends_nothing(engine), pytest.raises(AlreadyExistsError, match="live MyKey ID"):
         create_user(engine, pki, old)  # no second live MyKey ID for the same person
     newer = pki.inter.renew(new)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(newer), newer.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(newer), newer.sign(ch), ch, **APPROVED)
     ch = engine.new_challenge("renew")
     with appends_nothing(engine), pytest.raises(CommandRefused, match="already replaced"):
-        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+        engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
 
 
 
@@ -590,7 +598,7 @@ def test_an_operator_suspension_survives_a_renewal(engine, pki):
     engine.suspend(mk, "certificate revoked (says the operator)")
     new = pki.inter.renew(old)
     ch = engine.new_challenge("renew")
-    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch)
+    engine.renew_certificate(mk, pki.chain(new), new.sign(ch), ch, **APPROVED)
     assert engine.mykey(mk).state == MyKeyState.SUSPENDED
 
 
@@ -620,9 +628,10 @@ def test_revoking_an_intermediate_ca_suspends_what_it_issued(tmp_path, binding, 
         assert [e.mykey(mk).state for mk in made if mk not in under_a] == [MyKeyState.VALID]
         with appends_nothing(e), pytest.raises(CommandRefused, match="renewing"):
             e.resume(under_a[0])
-        # Renewal onto a certificate from a sound CA restores the MyKey ID.
+        # Renewal onto a certificate from a sound CA (designated as CA A's successor) restores the MyKey ID.
         old_ca, old = made[under_a[0]]
         new = ca_b.issue_user(subject=old.cert.subject)
+        assert e.designate_successor_ca(ca_a.cert_pem(), ca_b.cert_pem(), "CA A compromised; CA B takes over")
         ch = e.new_challenge("renew")
         e.renew_certificate(under_a[0], new.cert_pem() + ca_b.cert_pem(), new.sign(ch), ch)
         assert e.mykey(under_a[0]).state == MyKeyState.VALID
@@ -636,9 +645,9 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
     data = tmp_path / "data"
     with Engine.open(data, binding=binding) as e:
         bid = e.register_business("Library", "131016")
-        cred = e.enrol_terminal(bid)
-    key = load_pem_private_key(cred.private_key_pem, None)
-    m = terminal_auth_message(cred.terminal_id, int(time.time()), os.urandom(16))
+        key = terminal_keys.generate()
+        terminal_id = e.enrol_terminal(bid, terminal_keys.public_pem(key))
+    m = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
     code = textwrap.dedent(
         f"""
         import sys
@@ -647,7 +656,7 @@ def test_a_replay_to_another_gateway_process_is_refused(tmp_path, binding):
         r = Resolver.open({str(data)!r})
         auth = TerminalAuthenticator.open({str(data)!r}, r, r.binding)
         try:
-            print(auth.authenticate({cred.terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
+            print(auth.authenticate({terminal_id!r}, bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])))
         except TerminalAuthError as exc:
             print("refused:", exc)
         auth.close()
@@ -672,9 +681,9 @@ def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
     data = tmp_path / "data"
     with Engine.open(data) as e:
         bid = e.register_business("Library", "131016")
-        cred = e.enrol_terminal(bid)
-    key = load_pem_private_key(cred.private_key_pem, None)
-    m = terminal_auth_message(cred.terminal_id, int(time.time()), os.urandom(16))
+        key = terminal_keys.generate()
+        terminal_id = e.enrol_terminal(bid, terminal_keys.public_pem(key))
+    m = terminal_auth_message(terminal_id, int(time.time()), os.urandom(16))
     a = Resolver.open(data, binding=binding_by_name("pure"))  # an index generation...
     log = FileLog.open(data / "log")
     rebuild(DataDir(data), log)
@@ -683,13 +692,13 @@ def test_every_resolver_in_a_process_shares_one_nonce_record(tmp_path):
     assert a.generation != b.generation
     auth_a = TerminalAuthenticator.open(data, a, a.binding)
     auth_b = TerminalAuthenticator.open(data, b, b.binding)
-    assert auth_a.authenticate(cred.terminal_id, m, key.sign(m)) == bid
+    assert auth_a.authenticate(terminal_id, m, key.sign(m)) == bid
     with pytest.raises(TerminalAuthError, match="replay"):
-        auth_b.authenticate(cred.terminal_id, m, key.sign(m))
+        auth_b.authenticate(terminal_id, m, key.sign(m))
     auth_a.close()
     a.close()
     with pytest.raises(TerminalAuthError, match="replay"):
-        auth_b.authenticate(cred.terminal_id, m, key.sign(m))  # still shared after a closed
+        auth_b.authenticate(terminal_id, m, key.sign(m))  # still shared after a closed
     auth_b.close()
     b.close()
 
@@ -699,13 +708,13 @@ def test_replays_are_judged_by_the_callers_clock(tmp_path):
     lagging = time.time() - 3600
     with Engine.open(data, clock=lambda: lagging) as e:
         bid = e.register_business("Library", "131016")
-        cred = e.enrol_terminal(bid)
-        key = load_pem_private_key(cred.private_key_pem, None)
-        m = terminal_auth_message(cred.terminal_id, int(lagging), os.urandom(16))
+        key = terminal_keys.generate()
+        terminal_id = e.enrol_terminal(bid, terminal_keys.public_pem(key))
+        m = terminal_auth_message(terminal_id, int(lagging), os.urandom(16))
         with engine_resolver(e) as r, engine_authenticator(e, r) as auth:
-            assert auth.authenticate(cred.terminal_id, m, key.sign(m), now=lagging) == bid
+            assert auth.authenticate(terminal_id, m, key.sign(m), now=lagging) == bid
             with pytest.raises(TerminalAuthError, match="replay"):
-                auth.authenticate(cred.terminal_id, m, key.sign(m), now=lagging)
+                auth.authenticate(terminal_id, m, key.sign(m), now=lagging)
 
 
 def test_revoking_a_rolled_over_ca_spares_certificates_of_its_successor(tmp_path, binding):

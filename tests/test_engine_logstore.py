@@ -19,7 +19,7 @@ from mykey.errors import ConcurrencyError, LogError, ValidationError
 from mykey.log.contract import LogStoreContract
 from mykey.log.store import LogStore, should_stop
 
-from .conftest import create_user, engine_resolver
+from .conftest import create_user, engine_resolver, link_card
 
 Stop = threading.Event | Callable[[], bool] | None
 
@@ -144,8 +144,9 @@ def test_the_engine_runs_on_another_log_backend(tmp_path, binding, pki):
         e.add_trust_anchor(pki.root.cert_pem())
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         bid = e.register_business("Library", "131016")
-        mk, _ = create_user(e, pki)
-        e.link_service_id(bid, "S1", mk)
+        e.register_consumer("points", "131016")
+        mk, cred = create_user(e, pki)
+        link_card(e, pki, cred, bid, "S1")
         e.suspend(mk, "lost")
         assert e.log.last_seq == log_data.last_seq == e.index.last_seq
         assert e.trail is not None and e.trail.size == log_data.last_seq  # the audit trail hashes it too
@@ -156,7 +157,7 @@ def test_the_engine_runs_on_another_log_backend(tmp_path, binding, pki):
     with Engine.open(tmp_path / "data", log=MemoryLog(log_data), binding=binding) as e:
         assert e.index.last_seq == last + 1  # replayed from the backend on open
         assert e.mykey(mk).state == MyKeyState.SUSPENDED
-        assert [i.change for i in e.feed("points")] == ["created", "suspended"]
+        assert [i.change for i in e.feed("points")] == ["joined", "suspended"]
         with engine_resolver(e) as r:
             assert r.resolve_statuses(bid, ["S1", "S2"]) == [Status.SUSPENDED, Status.UNLINKED]
 

@@ -3,8 +3,9 @@
 The model is written here, from the rules as the design states them (its own
 transition table, not the implementation's). After every step the engine's answers
 and refusals (by exact exception type) must match the model's: every service ID
-resolves to the model's status, terminals authenticate as the model says, and the
-sync feed tells each MyKey ID's state. The engine is closed and reopened, the index
+resolves to the model's status, terminals authenticate as the model says, and each
+municipality's sync feed tells exactly the MyKey IDs linked there (by pseudonym) and
+their states. The engine is closed and reopened, the index
 rebuilt from the log, and events land in the log without reaching the index (a
 crash between append and apply); at each of those and at the end, the live index
 must equal a fresh replay of the log.
@@ -19,11 +20,11 @@ import time
 from pathlib import Path
 
 import hypothesis.strategies as st
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from mykey.audit.replay import diff_live_index
 from mykey.auth.terminals import terminal_auth_message
+from mykey.client import keys as terminal_keys
 from mykey.datadir import DataDir
 from mykey.domain import events as ev
 from mykey.domain.status import Status
@@ -38,8 +39,11 @@ from mykey.errors import (
     InvalidMyKeyError,
     NotFoundError,
     NotLinkedError,
+    RenewalRefused,
     ResumeBlockedError,
+    SuspendedMyKeyError,
     TerminalAuthError,
+    UnknownCardError,
     ValidationError,
 )
 from mykey.index.binding import binding_by_name
@@ -59,7 +63,10 @@ MODEL_TRANSITIONS = {
 STATE_STATUS = {"valid": Status.VALID, "suspended": Status.SUSPENDED, "invalid": Status.INVALID}
 service_ids = st.sampled_from([f"S{i}" for i in range(12)] + ["123456789018", "bad id"])
 reasons = st.sampled_from(["lost", "request", "fraud"])
-consumers = st.sampled_from(["points", "tax"])
+municipalities = st.sampled_from(["131016", "141003"])
+# Registered feed consumers and the municipality each sees; "unknown" never is registered.
+CONSUMERS = {"points": "131016", "tax": "141003", "check-13": "131016", "check-14": "141003"}
+consumers = st.sampled_from(["points", "tax", "unknown"])
 
 
 def pki() -> Pki:
@@ -82,6 +89,7 @@ class EngineModel(RuleBasedStateMachine):
         self.engine.add_trust_anchor(pki().inter.cert_pem(), intermediate=True)
         # The model.
         self.businesses: dict[str, bool] = {}  # business id -> active
+        self.municipality: dict[str, str] = {}  # business id -> municipality code
         self.mykeys: dict[str, str] = {}  # mykey id -> state
         self.creds: dict[str, object] = {}  # mykey id -> credential
         self.services: dict[tuple[str, str], str | None] = {}  # (bid, sid) -> mykey id or None
@@ -158,11 +166,19 @@ class EngineModel(RuleBasedStateMachine):
 
     @initialize()
     def first_business(self) -> None:
-        self.businesses[self.engine.register_business("First", "131016")] = True
+        for consumer, municipality in CONSUMERS.items():
+            self.engine.register_consumer(consumer, municipality)
+        self.register_business("131016")
 
-    @rule()
-    def register_business(self) -> None:
-        self.businesses[self.engine.register_business("Another", "131016")] = True
+    @rule(municipality=municipalities)
+    def register_business(self, municipality) -> None:
+        bid = self.engine.register_business("Another", municipality)
+        self.businesses[bid] = True
+        self.municipality[bid] = municipality
+
+    @rule(consumer=st.sampled_from(sorted(CONSUMERS)), municipality=municipalities)
+    def register_a_consumer_again(self, consumer, municipality) -> None:
+        self.expect(AlreadyExistsError, lambda: self.engine.register_consumer(consumer, municipality))
 
     @rule(data=st.data())
     def deactivate_business(self, data) -> None:
@@ -213,27 +229,72 @@ class EngineModel(RuleBasedStateMachine):
             for s in sids:
                 self.services[(bid, s)] = None
 
-    @rule(sid=service_ids, data=st.data())
-    def link(self, sid, data) -> None:
+    def _card(self, mk):
+        """The holder's card as a terminal presents it: the certificate chain and a signer."""
+        cred = self.creds[mk]
+        return pki().chain(cred), cred.sign
+
+    def _card_refusal(self, mk) -> type[Exception] | None:
+        """Why the card of mk cannot speak for its holder (the verification comes first), or None."""
+        if mk in self.revoked:
+            return CertificateRevokedError
+        return {"valid": None, "suspended": SuspendedMyKeyError, "invalid": UnknownCardError}[self.mykeys[mk]]
+
+    @rule(sid=service_ids, by_card=st.booleans(), data=st.data())
+    def link(self, sid, by_card, data) -> None:
         if not self.mykeys:
             return
         bid = data.draw(st.sampled_from(sorted(self.businesses)))
         mk = data.draw(st.sampled_from(list(self.mykeys)))
+        holder = self.services.get((bid, sid))
         if not self.businesses[bid]:
             error = InactiveError
         elif sid == "bad id":
             error = ValidationError
         elif sid == "123456789018":
             error = IndividualNumberError
+        elif by_card:
+            # The card names the MyKey ID; linking again to the same person changes nothing.
+            error = self._card_refusal(mk) or (AlreadyExistsError if holder not in (None, mk) else None)
         elif self.mykeys[mk] == "invalid":
             error = InvalidMyKeyError
-        elif self.services.get((bid, sid)) is not None:
+        elif holder is not None:
             error = AlreadyExistsError
         else:
             error = None
-        self.expect(error, lambda: self.engine.link_service_id(bid, sid, mk))
+
+        def card_link():
+            chain, sign = self._card(mk)
+            ch = self.engine.link_challenge(bid, sid)
+            return self.engine.link_with_card(bid, sid, chain, sign(ch), ch)
+
+        call = card_link if by_card else lambda: self.engine.link_in_person(bid, sid, mk, "checked in person")
+        before = self.engine.log.last_seq
+        result = self.expect(error, call)
         if error is None:
+            assert result == STATE_STATUS[self.mykeys[mk]]
+            if holder == mk:
+                assert self.engine.log.last_seq == before, "a repeated card link appended events"
             self.services[(bid, sid)] = mk
+
+    @rule(data=st.data())
+    def identify(self, data) -> None:
+        """The person taps their card at a business: its service IDs linked to them, nothing else."""
+        if not self.mykeys:
+            return
+        bid = data.draw(st.sampled_from(sorted(self.businesses)))
+        mk = data.draw(st.sampled_from(list(self.mykeys)))
+        error = InactiveError if not self.businesses[bid] else self._card_refusal(mk)
+
+        def call():
+            chain, sign = self._card(mk)
+            ch = self.engine.identify_challenge(bid)
+            return self.engine.card_reader().identify(bid, chain, sign(ch), ch)
+
+        found = self.expect(error, call)
+        if error is None:
+            mine = sorted(s for (b, s), m in self.services.items() if b == bid and m == mk)
+            assert [(x.service_id, x.status) for x in found] == [(s, Status.VALID) for s in mine]
 
     @rule(data=st.data())
     def unlink(self, data) -> None:
@@ -267,16 +328,22 @@ class EngineModel(RuleBasedStateMachine):
             self.mykeys[mk] = nxt
             self.crl_suspended.discard(mk)
 
-    @rule(data=st.data())
-    def renew(self, data) -> None:
+    @rule(data=st.data(), approved=st.booleans())
+    def renew(self, data, approved) -> None:
         if not self.mykeys:
             return
         mk = data.draw(st.sampled_from(list(self.mykeys)))
         new = pki().inter.renew(self.creds[mk])
         ch = self.engine.new_challenge("renew")
-        call = lambda: self.engine.renew_certificate(mk, pki().chain(new), new.sign(ch), ch)  # noqa: E731
+        approval = "holder seen at the counter" if approved else None
+        call = lambda: self.engine.renew_certificate(  # noqa: E731
+            mk, pki().chain(new), new.sign(ch), ch, operator_approval=approval
+        )
         if self.mykeys[mk] == "invalid":
             self.expect(InvalidMyKeyError, call)
+            return
+        if not approved and mk not in self.revoked:
+            self.expect(RenewalRefused, call)  # a usable certificate is replaced only with an operator's approval
             return
         call()
         self.creds[mk] = new
@@ -289,10 +356,12 @@ class EngineModel(RuleBasedStateMachine):
     def enrol_terminal(self, data) -> None:
         bid = data.draw(st.sampled_from(sorted(self.businesses)))
         if not self.businesses[bid]:
-            self.expect(InactiveError, lambda: self.engine.enrol_terminal(bid))
+            key = terminal_keys.generate()
+            self.expect(InactiveError, lambda: self.engine.enrol_terminal(bid, terminal_keys.public_pem(key)))
             return
-        cred = self.engine.enrol_terminal(bid)
-        self.terminals[cred.terminal_id] = (bid, load_pem_private_key(cred.private_key_pem, None), True)
+        key = terminal_keys.generate()  # on the terminal: the platform gets the public key only
+        tid = self.engine.enrol_terminal(bid, terminal_keys.public_pem(key), can_register=data.draw(st.booleans()))
+        self.terminals[tid] = (bid, key, True)
 
     @rule(data=st.data())
     def revoke_terminal(self, data) -> None:
@@ -327,7 +396,9 @@ class EngineModel(RuleBasedStateMachine):
         seq = {"behind": pos - 1, "at": pos, "last": last, "beyond": last + 1}[where]
         if seq < 0:
             return
-        if seq > last:
+        if consumer not in CONSUMERS:
+            self.expect(NotFoundError, lambda: self.engine.ack(consumer, seq))
+        elif seq > last:
             self.expect(ValidationError, lambda: self.engine.ack(consumer, seq))
         elif seq < pos:
             self.expect(FeedPositionError, lambda: self.engine.ack(consumer, seq))
@@ -370,13 +441,26 @@ class EngineModel(RuleBasedStateMachine):
             assert self.engine.mykey(mk).state.label == state
 
     @invariant()
-    def feed_tells_the_model_states(self) -> None:
-        told: dict[str, str] = {}
-        for item in self.engine.feed("model-check", after=0):
-            assert item.change in ("created", "suspended", "resumed", "invalidated", "renewed")
-            if item.state is not None:
-                told[item.mykey_id] = item.state
-        assert told == self.mykeys
+    def each_feed_tells_who_is_linked_in_its_municipality(self) -> None:
+        seen_by: dict[str, set[str]] = {}
+        for consumer in ("check-13", "check-14"):
+            told: dict[str, str] = {}  # pseudonym -> state, replayed from the start
+            for item in self.engine.feed(consumer, after=0):
+                if item.change == "joined":
+                    assert item.pseudonym not in told
+                    told[item.pseudonym] = item.state
+                elif item.change == "left":
+                    del told[item.pseudonym]
+                else:  # a change about someone the consumer sees
+                    assert item.change in ("suspended", "resumed", "invalidated", "renewed")
+                    assert item.pseudonym in told
+                    if item.state is not None:
+                        told[item.pseudonym] = item.state
+            here = {mk for (bid, _), mk in self.services.items()
+                    if mk is not None and self.municipality[bid] == CONSUMERS[consumer]}
+            assert told == {self.engine.feed_pseudonym(consumer, mk): self.mykeys[mk] for mk in here}
+            seen_by[consumer] = set(told)
+        assert not seen_by["check-13"] & seen_by["check-14"]  # pseudonyms are pairwise
         for consumer, pos in self.feed_positions.items():
             assert self.engine.feed_position(consumer) == pos
 

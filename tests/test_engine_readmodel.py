@@ -9,14 +9,15 @@ from mykey.engine import Engine
 from mykey.errors import KeyFileError
 from mykey.index.readmodel import CertHolder, ReadModel
 
-from .conftest import create_user
+from .conftest import create_user, link_card
 
 
 def test_a_snapshot_answers_by_name(engine, pki):
     bid = engine.register_business("Library", "131016")
     mk, cred = create_user(engine, pki)
     engine.register_service_ids(bid, [("S1", "C1"), ("S2", None)])
-    engine.link_service_id(bid, "S1", mk)
+    link_card(engine, pki, cred, bid, "S1")
+    engine.register_consumer("points", "131016")
     engine.ack("points", 3)
     serial = format(cred.serial, "x")
     with engine.read_model.snapshot() as s:
@@ -56,6 +57,7 @@ def test_the_live_index_read_only(tmp_path, binding):
     assert ReadModel.open_live(data) is None  # no index yet
     with Engine.open(data.root, binding=binding, audit=False) as e:
         e.register_business("Library", "131016")
+        e.register_consumer("points", "131016")
         e.ack("points", 1)
     model = ReadModel.open_live(data, binding=binding)
     with model, model.snapshot() as s:

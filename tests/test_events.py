@@ -52,7 +52,7 @@ def test_v1_record_decodes_into_todays_type():
                    MyKeyCreatedV1("ABCDEFGH", "CN=Root", 0xDEADBEEF, b"\x01" * 32))
     )
     env = ev.decode_envelope(old)
-    assert env.v == ev.MyKeyCreated.VERSION == 2
+    assert env.v == ev.MyKeyCreated.VERSION == 3
     assert env.body == ev.MyKeyCreated("ABCDEFGH", "CN=Root", "deadbeef", b"\x01" * 32)
     assert env.body.subject_digest == b"" and env.body.cert_not_after == 0  # new fields get defaults
 

@@ -30,7 +30,7 @@ from mykey.index.store import (
 )
 from mykey.log.filelog import FileLog
 
-from .conftest import create_user
+from .conftest import create_user, link_card
 
 OP = ev.Actor("operator", "test")
 
@@ -59,7 +59,11 @@ def random_workload(engine: Engine, pki, rng: random.Random, steps: int = 120) -
                 b = rng.choice(bids)
                 sid = rng.choice(sids[b]) if sids[b] and rng.random() < 0.7 else f"U{n}"
                 n += 1
-                engine.link_service_id(b, sid, rng.choice(mykeys))
+                i = rng.randrange(len(mykeys))
+                if rng.random() < 0.5:
+                    link_card(engine, pki, creds[i], b, sid)
+                else:
+                    engine.link_in_person(b, sid, mykeys[i], "checked in person")
             elif op == "unlink":
                 b = rng.choice(bids)
                 if sids[b]:
@@ -294,8 +298,8 @@ def test_open_resolvers_follow_a_rebuild_by_themselves(tmp_path, pki):
         e.add_trust_anchor(pki.root.cert_pem())
         e.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         bid = e.register_business("Lib", "131016")
-        mk, _ = create_user(e, pki)
-        e.link_service_id(bid, "S1", mk)
+        mk, cred = create_user(e, pki)
+        link_card(e, pki, cred, bid, "S1")
     gateway = Resolver.open(data.root, binding=binding_by_name("native"))
     assert gateway.resolve(bid, "S1") == Status.VALID
     log = FileLog.open(data.log)

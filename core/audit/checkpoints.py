@@ -96,10 +96,10 @@ def latest_checkpoint(data: DataDir) -> str:
 
 
 def store_checkpoint(data: DataDir, size: int, note: str) -> Path:
-    """Store the signed note for tree size ``size`` (atomically, durably; notes are public: 0644)."""
-    fs.make_dirs(data.checkpoints)
+    """Store the signed note for tree size ``size`` (atomically, durably; public, but in DATA: 0600)."""
+    fs.private_dir(data.checkpoints)
     path = checkpoint_path(data, size)
-    fs.write_atomic(path, note.encode("utf-8"), mode=0o644)
+    fs.write_atomic(path, note.encode("utf-8"))
     return path
 
 

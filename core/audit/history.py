@@ -39,6 +39,8 @@ def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[
 
 
 def _actor(actor: ev.Actor, mykey_id: str) -> dict[str, str]:
+    if actor.kind == "user" and actor.id.startswith("cert:"):
+        return {"kind": "user", "id": "your certificate"}  # a renewal, attributed to the new certificate
     if actor.kind == "user" and actor.id != mykey_id:
         return {"kind": "user", "id": "(another user)"}  # never show another person's MyKey ID
     return {"kind": actor.kind, "id": "you" if actor.kind == "user" else actor.id}

@@ -38,7 +38,7 @@ VKEY_FILE = "checkpoint.vkey"
 
 
 def _write_vkey(path: Path, vkey: str) -> None:
-    fs.write_atomic(path, (vkey + "\n").encode("ascii"), mode=0o644)  # public: anyone may read it
+    fs.write_atomic(path, (vkey + "\n").encode("ascii"))  # public, but in DATA: copy it out to publish it
 
 
 def ensure_signing_key(data: DataDir, origin: str | None = None) -> None:
@@ -46,7 +46,7 @@ def ensure_signing_key(data: DataDir, origin: str | None = None) -> None:
 
     The vkey's name is the log origin (default ``mykey/<16 random hex>``).
     """
-    data.keys.mkdir(parents=True, exist_ok=True)
+    fs.private_dir(data.keys)
     key_path, vkey_path = data.keys / KEY_FILE, data.keys / VKEY_FILE
     if key_path.exists():
         key = load_private_key(key_path)

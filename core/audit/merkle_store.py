@@ -140,7 +140,7 @@ class MerkleStore:
                     )
                 store.refresh()
             else:
-                fs.make_dirs(path)
+                fs.private_dir(path)
                 store._take_lock()
                 store._recover()
         except BaseException:
@@ -157,7 +157,7 @@ class MerkleStore:
                 "writer first, or open this one with readonly=True"
             )
 
-        self._lock = fs.OwnerLock.acquire(directory / "lock", held_by=held_by, mode=0o644)
+        self._lock = fs.OwnerLock.acquire(directory / "lock", held_by=held_by)
 
     def _read_meta(self) -> tuple[int, int, bytes, bytes] | None:
         """(size, synced_size, root, synced_root) from ``meta``; None if it is absent or damaged."""
@@ -186,7 +186,7 @@ class MerkleStore:
         root = self.root(self._size)
         body = _META.pack(_MAGIC, self._size, self._synced, root, self._synced_root)
         if self._meta_fd is None:
-            self._meta_fd = os.open(self._dir / "meta", os.O_RDWR | os.O_CREAT, 0o644)
+            self._meta_fd = os.open(self._dir / "meta", os.O_RDWR | os.O_CREAT, fs.FILE_MODE)
             durable = True  # make the new file's directory entry durable too
             new_file = True
         else:
@@ -223,7 +223,7 @@ class MerkleStore:
                 if self._readonly:
                     fd = os.open(path, os.O_RDONLY)
                 else:
-                    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+                    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), fs.FILE_MODE)
             except FileNotFoundError:
                 return None
             self._fds[level] = fd

@@ -56,6 +56,7 @@ from .merkle import leaf_hash, verify_consistency, verify_inclusion
 from .trail import log_reader, open_trail_reader, read_record
 
 __all__ = [
+    "MAX_PROOF_DOC",
     "INCLUSION_KIND",
     "CONSISTENCY_KIND",
     "InclusionProofDoc",
@@ -72,6 +73,7 @@ INCLUSION_KIND = "mykey.inclusion-proof.v1"
 CONSISTENCY_KIND = "mykey.consistency-proof.v1"
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _MAX_HASHES = 128  # 2 × 64 levels is more than any real proof needs
+MAX_PROOF_DOC = 4 * 1024 * 1024  # bytes; a real document is a few KB (the leaf record dominates)
 
 
 class _ProofSource(Protocol):
@@ -122,10 +124,16 @@ def _check_kind(d: dict[str, Any], kind: str) -> None:
 
 
 def _loads(text: str | bytes) -> dict[str, Any]:
+    if len(text) > MAX_PROOF_DOC:
+        raise ProofError(f"proof document is larger than {MAX_PROOF_DOC} bytes; no valid one is")
     try:
         d = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ProofError(f"proof document is not UTF-8 JSON text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
         raise ProofError(f"proof document is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProofError("proof document is nested too deeply; no valid one nests more than two levels") from None
     if not isinstance(d, dict):
         raise ProofError("proof document must be a JSON object")
     return d

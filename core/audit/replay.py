@@ -113,13 +113,13 @@ def replay(data: DataDir, as_of: int | str, into: Path) -> int:
     log = open_log(data, readonly=True)
     try:
         seq = as_of_seq(log, as_of)
-        into.mkdir(parents=True, exist_ok=True)
+        fs.private_dir(into)
         gen = build_generation(data, log, to_seq=seq, into=into / REPLAY_GENERATION)
     finally:
         log.close()
     os.symlink(gen.name, into / "index")
     info = {"source": str(data.root.resolve()), "as_of": str(as_of), "last_seq": seq}
-    fs.write_atomic(into / REPLAY_INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"), mode=0o644)
+    fs.write_atomic(into / REPLAY_INFO, (json.dumps(info, indent=2) + "\n").encode("utf-8"))
     return seq
 
 

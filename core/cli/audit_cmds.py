@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..audit.checkpoint import peek_checkpoint
@@ -11,6 +10,7 @@ from ..audit.checkpoints import acknowledged_size
 from ..audit.history import format_history, subject_history
 from ..audit.keys import load_signer, public_key_arg
 from ..audit.proofs import (
+    MAX_PROOF_DOC,
     check_proof,
     load_proof_doc,
     prove_consistency,
@@ -20,9 +20,12 @@ from ..audit.replay import diff_live_index, replay
 from ..audit.trail import AuditTrail
 from ..audit.verify import verify_data_dir
 from ..datadir import DataDir
-from ..errors import LogLockedError
+from ..errors import InputFileError, LogLockedError
 from ..log.backend import open_log
+from .files import read_input, write_new_output
 from .output import EXIT_REFUSED, Output
+
+MAX_KEY_TEXT = 64 * 1024
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -105,13 +108,31 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def _emit_doc(args: argparse.Namespace, out: Output, doc, what: str) -> int:  # type: ignore[no-untyped-def]
     text = doc.to_json()
     if args.out is not None:
-        args.out.write_text(text, "utf-8")
+        write_new_output(args.out, text.encode("utf-8"), DataDir(args.data))  # never over a file, never into DATA
         out.result(f"wrote {what} to {args.out}", file=str(args.out))
     elif out.json_mode:
         out.result(what, proof=doc.to_dict())
     else:
-        sys.stdout.write(text)
+        out.document(text)
     return 0
+
+
+def _public_key_text(arg: str) -> str:
+    """--public-key as text: the content of the file it names (UTF-8), or the argument itself."""
+    text = arg.strip()
+    if "\n" in text or text.startswith("-----") or not Path(text).is_file():
+        return arg
+    raw = read_input(text, "verifier key", limit=MAX_KEY_TEXT)
+    try:
+        key_text = raw.decode("utf-8")
+        if "\x00" not in key_text:
+            return key_text
+    except UnicodeDecodeError:
+        pass
+    raise InputFileError(
+        f"{text} is not a verifier key (not UTF-8 text): pass the vkey text (name+id+key), a PEM public key, "
+        "or a file holding one"
+    )
 
 
 def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
@@ -136,7 +157,7 @@ def cmd_checkpoint(args: argparse.Namespace, out: Output) -> int:
         cp = peek_checkpoint(text)
         out.result(f"signed checkpoint of size {cp.size}", size=cp.size, root=cp.root_hash.hex(), note=text)
     else:
-        sys.stdout.write(text)
+        out.document(text)
     return 0
 
 
@@ -152,18 +173,19 @@ def cmd_prove_consistency(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_check_proof(args: argparse.Namespace, out: Output) -> int:
     try:
-        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+        raw = read_input(args.file, "proof document", limit=MAX_PROOF_DOC)  # "-": standard input
     except OSError as exc:
         out.refused(f"cannot read {args.file}: {exc.strerror}")
         return EXIT_REFUSED
-    key = public_key_arg(args.public_key)
-    doc = load_proof_doc(text)
+    key = public_key_arg(_public_key_text(args.public_key))
+    doc = load_proof_doc(raw)
     out.result(check_proof(doc, key), kind=doc.kind)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    report = verify_data_dir(DataDir(args.data), args.public_key)
+    key = None if args.public_key is None else _public_key_text(args.public_key)
+    report = verify_data_dir(DataDir(args.data), key)
     return out.verdict(
         report.notes,
         None if report.problem is None else f"audit failed at {report.problem}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Literal, Union
+from typing import Any, Callable, ClassVar, Literal, NamedTuple, Union
 
 import msgspec
 
@@ -72,6 +72,45 @@ def _issuer(value: str) -> None:
     ids.check_text(value, "certificate issuer", MAX_ISSUER, allow_empty=False)
 
 
+MAX_PATH = 6  # certificates in a recorded path: the leaf, at most 4 intermediates, the trust anchor
+
+
+class CertRef(NamedTuple):
+    """One certificate of a recorded path, without its subject name: who issued it (the issuer DN),
+    its serial, its key identifier (SHA-1 of its public key), the authority key identifier it
+    names (b"" if none) and its SHA-256 fingerprint. (A tuple, so it is stored as an array and
+    prints as plain JSON.)"""
+
+    issuer: str
+    serial: str
+    key_id: bytes
+    authority_key_id: bytes
+    fingerprint: bytes
+
+    def check(self) -> None:
+        _issuer(self.issuer)
+        _serial(self.serial, "path certificate serial")
+        for value in (self.key_id, self.authority_key_id, self.fingerprint):
+            if not isinstance(value, bytes):
+                raise ValidationError("path key identifiers and fingerprints must be bytes")
+        _key_id(self.key_id)
+        _key_id(self.authority_key_id)
+        _fp(self.fingerprint, "path certificate fingerprint")
+
+
+def _path(path: tuple[CertRef, ...]) -> None:
+    if not isinstance(path, tuple) or len(path) > MAX_PATH or not all(type(c) is CertRef for c in path):
+        raise ValidationError(f"a certificate path is a tuple of at most {MAX_PATH} CertRef")
+    for c in path:
+        c.check()
+
+
+# Who allowed a renewal (CertificateRenewed.authority): the old certificate was revoked by an
+# applied CRL (or a CA on its path was), it expired, a CA on its path was removed from the trust
+# store, or an operator approved it.
+RENEWAL_AUTHORITIES = ("revoked", "expired", "untrusted", "operator")
+
+
 # --- MyKey lifecycle -------------------------------------------------------
 
 
@@ -80,9 +119,10 @@ class MyKeyCreated(_Event, tag="mk.created"):
 
     v2: the serial is lower-case hex text (v1 stored an int, which overflows for
     20-octet serials); the subject is kept only as a keyed digest (HMAC-SHA256 under DATA/keys/subject.key).
+    v3: the whole verified certificate path, leaf first, trust anchor last (empty before v3).
     """
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     mykey_id: str
     cert_issuer: str
     cert_serial: str
@@ -90,9 +130,11 @@ class MyKeyCreated(_Event, tag="mk.created"):
     subject_digest: bytes = b""
     cert_not_after: int = 0  # unix seconds
     issuer_key_id: bytes = b""  # the issuing CA's key identifier (from the certificate's AKI)
+    path: tuple[CertRef, ...] = ()
 
     def check(self) -> None:
         _key_id(self.issuer_key_id)
+        _path(self.path)
         ids.check_mykey_id(self.mykey_id)
         _issuer(self.cert_issuer)
         _serial(self.cert_serial, "cert_serial")
@@ -134,8 +176,14 @@ class MyKeyInvalidated(_Event, tag="mk.invalidated"):
 
 
 class CertificateRenewed(_Event, tag="cert.renewed"):
-    """The MyKey ID moved from an old certificate to a new one (same subject)."""
+    """The MyKey ID moved from an old certificate to a new one (same subject).
 
+    v2: the new certificate's whole path, and who allowed the renewal: authority is one of
+    RENEWAL_AUTHORITIES; approved_by and approval_reason name the operator who approved it;
+    via_successor is set when the new issuing CA is a designated successor of the old one.
+    """
+
+    VERSION: ClassVar[int] = 2
     mykey_id: str
     old_fingerprint: bytes
     new_issuer: str
@@ -144,9 +192,22 @@ class CertificateRenewed(_Event, tag="cert.renewed"):
     subject_digest: bytes = b""
     new_not_after: int = 0
     issuer_key_id: bytes = b""  # the new certificate's issuing CA key identifier
+    path: tuple[CertRef, ...] = ()
+    authority: str = ""
+    approved_by: str = ""
+    approval_reason: str = ""
+    via_successor: bool = False
 
     def check(self) -> None:
         _key_id(self.issuer_key_id)
+        _path(self.path)
+        if self.authority and self.authority not in RENEWAL_AUTHORITIES:
+            raise ValidationError(f"renewal authority {self.authority!r} is not one of {', '.join(RENEWAL_AUTHORITIES)}")
+        if self.approved_by:
+            ids.check_actor_id(self.approved_by, "approving operator")
+        ids.check_text(self.approval_reason, "approval reason", MAX_REASON)
+        if (self.authority == "operator") != bool(self.approved_by and self.approval_reason.strip()):
+            raise ValidationError("an operator-approved renewal names the operator and the reason (and only it does)")
         ids.check_mykey_id(self.mykey_id)
         _fp(self.old_fingerprint, "old_fingerprint")
         _issuer(self.new_issuer)
@@ -173,16 +234,24 @@ class CertificateRevoked(_Event, tag="cert.revoked"):
 
 
 class CrlApplied(_Event, tag="crl.applied"):
-    """A verified CRL was applied (makes apply_crl idempotent and auditable)."""
+    """A verified CRL was applied (makes apply_crl idempotent and auditable).
 
+    v2: next_update (unix seconds, 0 when the CRL has none) and the key identifier of the CA
+    key that signed it, so freshness is judged per CA key (CA generations share names).
+    """
+
+    VERSION: ClassVar[int] = 2
     issuer: str
     number: int
     crl_fingerprint: bytes
     this_update: int
     entries: int
+    next_update: int = 0
+    issuer_key_id: bytes = b""
 
     def check(self) -> None:
         _issuer(self.issuer)
+        _key_id(self.issuer_key_id)
         _fp(self.crl_fingerprint, "crl_fingerprint")
 
 
@@ -197,6 +266,35 @@ class TrustAnchorAdded(_Event, tag="trust.added"):
         _fp(self.fingerprint, "fingerprint")
         if not isinstance(self.der, bytes) or not 0 < len(self.der) <= MAX_CERT_DER:
             raise ValidationError(f"trust anchor certificate must be 1-{MAX_CERT_DER} bytes of DER")
+
+
+class TrustAnchorRemoved(_Event, tag="trust.removed"):
+    """A CA certificate is no longer trusted; MyKey IDs whose path holds it are handled as under a revoked CA."""
+
+    fingerprint: bytes
+    intermediate: bool
+    reason: str
+
+    def check(self) -> None:
+        _fp(self.fingerprint, "fingerprint")
+        ids.check_text(self.reason, "reason", MAX_REASON, allow_empty=False)
+
+
+class CaSuccessorDesignated(_Event, tag="trust.successor"):
+    """An operator designated a CA (by key identifier) as the successor of another for renewals."""
+
+    old_key_id: bytes
+    new_key_id: bytes
+    reason: str
+
+    def check(self) -> None:
+        for value in (self.old_key_id, self.new_key_id):
+            if not value:
+                raise ValidationError("a CA key identifier must not be empty")
+            _key_id(value)
+        if self.old_key_id == self.new_key_id:
+            raise ValidationError("a CA cannot be its own successor")
+        ids.check_text(self.reason, "reason", MAX_REASON, allow_empty=False)
 
 
 # --- businesses and terminals ----------------------------------------------
@@ -232,11 +330,16 @@ class BusinessDeactivated(_Event, tag="biz.deactivated"):
 
 
 class TerminalEnrolled(_Event, tag="term.enrolled"):
-    """A terminal of a business was enrolled with its Ed25519 public key."""
+    """A terminal of a business was enrolled with its Ed25519 public key (made on the terminal).
 
+    v2: can_register marks a terminal allowed to bulk-register its business's service IDs.
+    """
+
+    VERSION: ClassVar[int] = 2
     terminal_id: str
     business_id: str
     public_key: bytes
+    can_register: bool = False
 
     def check(self) -> None:
         ids.check_terminal_id(self.terminal_id)
@@ -284,16 +387,53 @@ def _check_link(e: ServiceIdLinked | ServiceIdUnlinked) -> None:
     ids.check_mykey_id(e.mykey_id)
 
 
-class ServiceIdLinked(_Event, tag="svc.linked"):
-    """A service ID of a business was linked to a MyKey ID."""
+LINK_AUTHORITIES = ("card", "in-person", "unrecorded")
 
+
+class ServiceIdLinked(_Event, tag="svc.linked"):
+    """A service ID of a business was linked to a MyKey ID.
+
+    v2: what authorised the link. "card": the person's card signed a challenge naming
+    the business and the service ID (cert_fingerprint: that certificate; relayed_by:
+    the terminal or operator that passed the proof on; the event's actor is the
+    person). "in-person": an operator checked the person in person (reason says how;
+    the actor is the operator). "unrecorded": a v1 record, written before either was kept.
+    """
+
+    VERSION: ClassVar[int] = 2
     business_id: str
     service_id: str
     mykey_id: str
     numeric_declared: bool = False
+    authority: str = "unrecorded"  # one of LINK_AUTHORITIES
+    reason: str = ""
+    cert_fingerprint: bytes = b""
+    relayed_by: str = ""  # "terminal:<terminal ID>" or "operator:<name>" (card links only)
 
     def check(self) -> None:
         _check_link(self)
+        ids.check_text(self.reason, "reason", MAX_REASON)
+        if self.relayed_by:
+            kind, _, who = self.relayed_by.partition(":")
+            if kind not in ("terminal", "operator"):
+                raise ValidationError(f"relayed_by {self.relayed_by!r} must be terminal:<ID> or operator:<name>")
+            Actor(kind, who).check()
+        if self.authority == "card":
+            _fp(self.cert_fingerprint, "cert_fingerprint")
+            if self.reason:
+                raise ValidationError("a link by card carries no reason: the card's signature is the authority")
+            if not self.relayed_by:
+                raise ValidationError("a link by card names who relayed the card's proof (relayed_by)")
+        elif self.authority == "in-person":
+            if not self.reason.strip():
+                raise ValidationError("a link after an in-person check needs a reason (how the person was checked)")
+            if self.cert_fingerprint or self.relayed_by:
+                raise ValidationError("a link after an in-person check names no certificate and no relay")
+        elif self.authority == "unrecorded":
+            if self.reason or self.cert_fingerprint or self.relayed_by:
+                raise ValidationError("a link of unrecorded authority carries no reason, certificate or relay")
+        else:
+            raise ValidationError(f"link authority {self.authority!r} is not one of card, in-person, unrecorded")
 
 
 class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
@@ -323,6 +463,21 @@ class FeedAcked(_Event, tag="feed.acked"):
             raise ValidationError("feed position must be a non-negative sequence number")
 
 
+class ConsumerRegistered(_Event, tag="feed.consumer"):
+    """A linked system (e.g. a municipal points system) may read the sync feed of its municipality.
+
+    It sees only the MyKey IDs linked at a business of that municipality, each under a
+    pseudonym of its own (see mykey.engine.feed).
+    """
+
+    consumer: str
+    municipality_code: str
+
+    def check(self) -> None:
+        ids.check_actor_id(self.consumer, "consumer")
+        ids.check_municipality(self.municipality_code)
+
+
 Event = Union[
     MyKeyCreated,
     MyKeySuspended,
@@ -340,6 +495,9 @@ Event = Union[
     ServiceIdLinked,
     ServiceIdUnlinked,
     FeedAcked,
+    TrustAnchorRemoved,
+    CaSuccessorDesignated,
+    ConsumerRegistered,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
 TAGS: dict[str, type] = {t.__struct_config__.tag: t for t in EVENT_TYPES}
@@ -388,6 +546,36 @@ def _mykey_created_v1(fields: list[Any]) -> list[Any]:
     if isinstance(out[2], int):
         out[2] = format(out[2], "x")
     return out
+
+
+@upcaster("svc.linked", 1)
+def _service_id_linked_v1(fields: list[Any]) -> list[Any]:
+    # v1: [business_id, service_id, mykey_id, numeric_declared]; nobody recorded what authorised it.
+    out = list(fields)
+    if len(out) < 4:
+        out.append(False)
+    return [*out, "unrecorded", "", b"", ""]
+
+
+@upcaster("mk.created", 2)
+def _mykey_created_v2(fields: list[Any]) -> list[Any]:
+    return list(fields)  # v3 adds the path, which defaults to empty
+
+
+@upcaster("cert.renewed", 1)
+def _certificate_renewed_v1(fields: list[Any]) -> list[Any]:
+    return list(fields)  # v2 adds the path and the renewal's authority, which default to empty
+
+
+@upcaster("crl.applied", 1)
+def _crl_applied_v1(fields: list[Any]) -> list[Any]:
+    return list(fields)  # v2 adds next_update and the signer's key identifier, which default to none
+
+
+@upcaster("term.enrolled", 1)
+def _terminal_enrolled_v1(fields: list[Any]) -> list[Any]:
+    # v1: [terminal_id, business_id, public_key]; every v1 terminal may not register service IDs
+    return [*fields[:3], False]
 
 
 def now_us() -> int:
@@ -443,6 +631,8 @@ def _exact_types(annotation: Any) -> tuple[type, ...]:
     args = getattr(annotation, "__args__", None)
     if args is not None and type(annotation).__name__ in ("UnionType", "_UnionGenericAlias"):
         return tuple(t for a in args for t in _exact_types(a))
+    if args is not None and type(annotation).__name__ == "GenericAlias":
+        return (annotation.__origin__,)  # tuple[CertRef, ...]: the container here, its items in check()
     return (type(None),) if annotation is None or annotation is type(None) else (annotation,)
 
 

@@ -10,6 +10,7 @@ depend on facts the engine looks up and passes in:
 - a CRL suspends only valid MyKey IDs;
 - an invalid MyKey ID cannot be linked or renewed, and is not "live" (its certificate
   may get a new MyKey ID);
+- a card speaks for its holder (links, identification) only while the MyKey ID is valid;
 - which events the sync feed carries, under which label, and the state each leaves.
 """
 
@@ -22,6 +23,8 @@ from ..errors import (
     IllegalTransitionError,
     InvalidMyKeyError,
     ResumeBlockedError,
+    SuspendedMyKeyError,
+    UnknownCardError,
     ValidationError,
 )
 from . import events as ev
@@ -101,9 +104,27 @@ def is_live(state: MyKeyState) -> bool:
 
 
 def check_linkable(state: MyKeyState, mykey_id: str) -> None:
-    """Service IDs may be linked to valid and suspended MyKey IDs, never to an invalid one."""
+    """Service IDs may be linked to valid and suspended MyKey IDs, never to an invalid one.
+
+    What authorises a link is a separate rule: the person's card (check_card_holder), or
+    an operator's attributed decision after checking the person in person.
+    """
     if state is I:
         raise InvalidMyKeyError(f"MyKey ID {mykey_id} is invalid; it cannot be linked")
+
+
+def check_card_holder(state: MyKeyState) -> None:
+    """A card speaks for its holder only while their MyKey ID is valid (to link, or to be identified).
+
+    A suspended MyKey ID's card authorises nothing: it may be lost or revoked. The
+    refusal never names the MyKey ID (it goes back to the terminal that relayed the card).
+    """
+    if state is S:
+        raise SuspendedMyKeyError(
+            "the MyKey ID of this card is suspended; the holder must have it resumed (or the certificate renewed) first"
+        )
+    if state is I:
+        raise UnknownCardError("the MyKey ID of this card was invalidated; the holder can create a new one with the card")
 
 
 def check_renewable(state: MyKeyState, mykey_id: str) -> None:

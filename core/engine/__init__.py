@@ -5,8 +5,6 @@ from .engine import (
     Engine,
     FeedItem,
     MyKeyView,
-    TerminalCredential,
-    feed_items,
 )
 
-__all__ = ["CrlReport", "Engine", "FeedItem", "MyKeyView", "TerminalCredential", "feed_items"]
+__all__ = ["CrlReport", "Engine", "FeedItem", "MyKeyView"]

@@ -9,8 +9,8 @@ replayed first.
 
 from __future__ import annotations
 
-import getpass
-import re
+import os
+import pwd
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +21,8 @@ from typing import Self
 
 from ..datadir import DataDir, ensure_subject_key
 from ..domain import events as ev
-from ..errors import EngineHaltedError, IndexAheadError
+from ..domain.ids import check_actor_id
+from ..errors import EngineHaltedError, IndexAheadError, ValidationError
 from ..index.readmodel import ReadModel, Snapshot
 from ..index.store import Index
 from ..log.backend import open_log
@@ -29,12 +30,28 @@ from ..log.store import LogStore
 from .challenges import ChallengeBook
 
 
+def operator_for_account(uid: int, name: str | None) -> ev.Actor:
+    """The operator actor for an OS account: its name, or uid:N when the name is no valid actor id.
+
+    A name that is not 1-64 printable ASCII characters, or that spells an Individual Number,
+    is never recorded; the uid stands in for it.
+    """
+    if name is not None:
+        try:
+            return ev.Actor("operator", check_actor_id(name))
+        except ValidationError:
+            pass
+    return ev.Actor("operator", f"uid:{uid}")
+
+
 def _operator_actor() -> ev.Actor:
+    """Who runs this process, from the OS (its real uid), never from LOGNAME/USER, which any caller sets."""
+    uid = os.getuid()
     try:
-        name = re.sub(r"[^\x21-\x7e]", "_", getpass.getuser())[:64] or "operator"
-    except Exception:  # no user name in this environment
-        name = "operator"
-    return ev.Actor("operator", name)
+        name: str | None = pwd.getpwuid(uid).pw_name
+    except KeyError:  # no passwd entry (e.g. an arbitrary uid in a container)
+        name = None
+    return operator_for_account(uid, name)
 
 
 class EngineCore:
@@ -64,7 +81,13 @@ class EngineCore:
         self.challenges = ChallengeBook(lambda: self.clock())
         self._checkpoint_from: int | None = None
         self._halted: str | None = None  # set when the index could not follow the log
-        self._subject_key = ensure_subject_key(data)
+        with self.read_model.snapshot() as state:
+            records = state.mykeys()
+            try:
+                has_mykeys = next(records, None) is not None
+            finally:
+                records.close()
+        self._subject_key = ensure_subject_key(data, in_use=has_mykeys)
 
     # --- opening ---------------------------------------------------------
 

@@ -1,28 +1,55 @@
-"""Business and terminal flows (2): registration, deactivation, terminal enrolment and revocation."""
+"""Business and terminal flows (2): registration, deactivation, terminal enrolment and revocation.
+
+A terminal makes its own key pair (``mykey.client.keys``); the platform is given, and
+keeps, only the public key. No private key is ever made, seen or written here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..domain import events as ev
 from ..domain import ids
-from ..errors import AlreadyExistsError, CommandRefused, InactiveError, NotFoundError
+from ..errors import (
+    AlreadyExistsError,
+    CommandRefused,
+    InactiveError,
+    NotFoundError,
+    ValidationError,
+)
 from .base import EngineCore
 from .lookups import require_business
 
 LAST_BUSINESS_ID = "Z9999"
+ED25519_RAW_LEN = 32
 
 
-@dataclass(frozen=True)
-class TerminalCredential:
-    """A new terminal's ID and its private key (PEM); the platform keeps only the public key."""
+def terminal_public_key(data: bytes) -> bytes:
+    """The raw 32-byte Ed25519 public key in data: raw, or a SubjectPublicKeyInfo in PEM or DER.
 
-    terminal_id: str
-    business_id: str
-    private_key_pem: bytes = field(repr=False)
+    ValidationError for anything else, and for a private key (which must never leave the terminal).
+    """
+    if not isinstance(data, bytes):
+        raise ValidationError("the terminal's public key must be bytes (its FILE.pub)")
+    if len(data) == ED25519_RAW_LEN:
+        return data
+    if b"PRIVATE KEY" in data:
+        raise ValidationError(
+            "that is a private key: it never leaves the terminal. Enrol its public key (the FILE.pub "
+            "`mykey terminal keygen` wrote), and keep the private key on the terminal"
+        )
+    try:
+        key = (serialization.load_pem_public_key if data.lstrip().startswith(b"-----") else
+               serialization.load_der_public_key)(data)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValidationError(
+            "the terminal's public key must be an Ed25519 public key (PEM, DER or 32 raw bytes); "
+            "make the key pair on the terminal with `mykey terminal keygen --out FILE`"
+        )
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def next_business_id(taken: list[str]) -> str:
@@ -71,18 +98,28 @@ class BusinessCommands(EngineCore):
             require_business(state, business_id)
         self._commit([ev.BusinessDeactivated(business_id, reason)], actor or self.operator)
 
-    def enrol_terminal(self, business_id: str, *, actor: ev.Actor | None = None) -> TerminalCredential:
-        """Enrol a terminal: a new Ed25519 key pair; only the public key is stored."""
+    def enrol_terminal(
+        self,
+        business_id: str,
+        public_key: bytes,
+        *,
+        can_register: bool = False,
+        actor: ev.Actor | None = None,
+    ) -> str:
+        """Enrol a terminal by the public key it made itself; returns its terminal ID.
+
+        public_key: raw 32 bytes, or SubjectPublicKeyInfo PEM/DER (a FILE.pub of
+        `mykey terminal keygen`). can_register marks a terminal allowed to bulk-register
+        its business's service IDs.
+        """
+        raw = terminal_public_key(public_key)
+        if type(can_register) is not bool:
+            raise ValidationError("can_register must be True or False")
         with self._read() as state:
             rec = require_business(state, business_id)
         terminal_id = f"{business_id}-T{rec.terminals + 1:04d}"
-        key = Ed25519PrivateKey.generate()
-        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        self._commit([ev.TerminalEnrolled(terminal_id, business_id, public)], actor or self.operator)
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return TerminalCredential(terminal_id, business_id, pem)
+        self._commit([ev.TerminalEnrolled(terminal_id, business_id, raw, can_register)], actor or self.operator)
+        return terminal_id
 
     def revoke_terminal(self, terminal_id: str, reason: str = "revoked", *, actor: ev.Actor | None = None) -> None:
         """Revoke a terminal's credential; its next authentication fails."""

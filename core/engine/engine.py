@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from ..errors import IndexAheadError
 from .base import EngineCore
-from .businesses import BusinessCommands, TerminalCredential
-from .feed import FeedCommands, FeedItem, feed_items
+from .businesses import BusinessCommands
+from .feed import FeedCommands, FeedItem
 from .mykeys import MyKeyCommands, MyKeyView
 from .revocation import CrlReport, RevocationCommands
 from .services import ServiceCommands
@@ -30,8 +30,6 @@ __all__ = [
     "FeedItem",
     "IndexAheadError",
     "MyKeyView",
-    "TerminalCredential",
-    "feed_items",
 ]
 
 

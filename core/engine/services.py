@@ -1,4 +1,10 @@
-"""Service ID flows (3): bulk registration (rows or a CSV file), linking at first use, unlinking."""
+"""Service ID flows (3): bulk registration (rows or a CSV file), linking (by card or in person), unlinking.
+
+A link needs the person: their card's proof of possession over a challenge naming the
+business and the service ID (link_with_card, the normal path; a terminal relays it), or
+an operator's attributed decision after checking them in person (link_in_person, with a
+reason). Either registers the service ID first if the business has not (first use).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,18 @@ from pathlib import Path
 from ..domain import events as ev
 from ..domain import ids, transitions
 from ..domain.status import Status
-from ..errors import AlreadyExistsError, NotFoundError, NotLinkedError, ValidationError
+from ..errors import (
+    AlreadyExistsError,
+    InactiveError,
+    NotFoundError,
+    NotLinkedError,
+    ValidationError,
+)
+from ..index.keys import SvcValue
 from ..index.readmodel import Snapshot
 from .base import EngineCore
+from .challenges import open_challenge_store
+from .identify import CardReader, card_holder
 from .lookups import require_business, require_mykey
 from .service_csv import read_service_csv_file
 
@@ -45,6 +60,17 @@ def registration_events(
 
 
 class ServiceCommands(EngineCore):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Challenges live in the machine's shared store, so a gateway worker's are consumed once here too.
+        self.challenges = open_challenge_store(self.data, self.index.binding, lambda: self.clock())
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.challenges.close()
+
     def register_service_ids(
         self, business_id: str, rows: Iterable[tuple[str, str | None]], *, actor: ev.Actor | None = None
     ) -> int:
@@ -79,31 +105,114 @@ class ServiceCommands(EngineCore):
         rows, lines = read_service_csv_file(path, progress)
         return self._register(business_id, rows, lambda i: f"{path}: line {lines[i]}", actor)
 
-    def link_service_id(
+    # --- linking: by the person's card (the normal path), or in person by an operator ----------
+
+    def link_challenge(self, business_id: str, service_id: str, *, terminal_id: str | None = None) -> bytes:
+        """A challenge for the person's card to sign, naming this business and service ID (see link_with_card).
+
+        terminal_id: the terminal that will relay the card's proof (None: this engine's operator).
+        """
+        with self._read() as state:
+            rec = require_business(state, business_id)
+        ids.check_service_id(service_id, numeric_declared=rec.numeric_service_ids)
+        return self.challenges.issue("link", business_id=business_id, service_id=service_id, terminal_id=terminal_id)
+
+    def identify_challenge(self, business_id: str, *, terminal_id: str | None = None) -> bytes:
+        """A challenge for the person's card to sign to be identified at this business (see card_reader)."""
+        with self._read() as state:
+            require_business(state, business_id)
+        return self.challenges.issue("identify", business_id=business_id, terminal_id=terminal_id)
+
+    def link_with_card(
+        self,
+        business_id: str,
+        service_id: str,
+        certificate: bytes,
+        signature: bytes,
+        challenge: bytes,
+        *,
+        actor: ev.Actor | None = None,
+    ) -> Status:
+        """Link a service ID to the person whose card signed a challenge naming it; returns its status.
+
+        challenge: from link_challenge(business_id, service_id) (a gateway worker issues the same
+        from the machine's ChallengeStore), signed by the card; certificate: the card's certificate
+        (PEM or DER, a PEM bundle may carry intermediates), verified like creation. The MyKey ID is
+        the valid one whose current certificate the card holds: the caller names none. A service
+        ID the business has not registered yet is registered first (first use). Linking again to
+        the same person changes nothing; a service ID linked to anyone else is refused.
+
+        actor: who relayed the proof: the terminal the challenge was issued to, or (default) this
+        engine's operator. The event is the person's (actor user:<MyKey ID>) and records the
+        certificate and the relay.
+        """
+        relay = actor or self.operator
+        if relay.kind not in ("terminal", "operator"):
+            raise ValidationError(f"a card's proof is relayed by a terminal or an operator, not by a {relay.kind}")
+        with self._read() as state:
+            rec = require_business(state, business_id)
+            ids.check_service_id(service_id, numeric_declared=rec.numeric_service_ids)
+            if relay.kind == "terminal":
+                _require_terminal_of(state, relay.id, business_id)
+            self.challenges.expect(
+                challenge,
+                "link",
+                business_id=business_id,
+                service_id=service_id,
+                terminal_id=relay.id if relay.kind == "terminal" else None,
+            )
+            info = self._verify_user_cert(state, certificate, signature, challenge, "link")
+            mykey_id = card_holder(state, info)
+            svc = state.service(business_id, service_id)
+            if svc is not None and svc.linked and state.mykey_by_ref(svc.ref) == mykey_id:
+                return svc.status  # already this person's
+        numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
+        link = ev.ServiceIdLinked(
+            business_id,
+            service_id,
+            mykey_id,
+            numeric,
+            "card",
+            cert_fingerprint=info.fingerprint,
+            relayed_by=f"{relay.kind}:{relay.id}",
+        )
+        self._commit(_link_events(business_id, service_id, svc, numeric, link), ev.Actor("user", mykey_id))
+        return Status.VALID
+
+    def link_in_person(
         self,
         business_id: str,
         service_id: str,
         mykey_id: str,
+        reason: str,
         *,
-        customer_id: str | None = None,
         actor: ev.Actor | None = None,
-    ) -> None:
-        """Link a business's service ID to a MyKey ID, registering it first if it is new (first use)."""
+    ) -> Status:
+        """Link on an operator's attributed decision after checking the person in person; returns its status.
+
+        For when the card cannot do it (no card reader at hand, a helper acting for the holder
+        with their documents). reason says how the person was checked; it is recorded with the
+        operator (actor, default this engine's operator). The MyKey ID may be valid or
+        suspended, never invalid. First-use registration as in link_with_card.
+        """
+        by = actor or self.operator
+        if by.kind != "operator":
+            raise ValidationError("only an operator links in person; a terminal links with the person's card")
+        ids.check_text(reason, "reason", ev.MAX_REASON, allow_empty=False)
         with self._read() as state:
             rec = require_business(state, business_id)
             ids.check_service_id(service_id, numeric_declared=rec.numeric_service_ids)
-            numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
-            transitions.check_linkable(require_mykey(state, mykey_id).state, mykey_id)
+            holder = require_mykey(state, mykey_id)
+            transitions.check_linkable(holder.state, mykey_id)
             svc = state.service(business_id, service_id)
-        events: list[ev.Event] = []
-        if svc is None:
-            events.append(ev.ServiceIdRegistered(business_id, service_id, ids.check_customer_id(customer_id), numeric))
-        elif svc.linked:
-            raise AlreadyExistsError(
-                f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"
-            )
-        events.append(ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric))
-        self._commit(events, actor or self.operator)
+        numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
+        link = ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric, "in-person", reason)
+        self._commit(_link_events(business_id, service_id, svc, numeric, link), by)
+        return holder.state.status
+
+    def card_reader(self) -> CardReader:
+        """Identify (read side) over this engine's index and challenges: card_reader().identify(...)."""
+        return CardReader(self.read_model, self.challenges, clock=lambda: self.clock(), crl_policy=self.crl_policy)
 
     def unlink_service_id(self, business_id: str, service_id: str, *, actor: ev.Actor | None = None) -> None:
         """Unlink a service ID from its MyKey ID (it stays registered, UNLINKED)."""
@@ -125,3 +234,26 @@ class ServiceCommands(EngineCore):
         with self._read() as state:
             svc = state.service(business_id, service_id)
         return (Status.UNKNOWN, None) if svc is None else (svc.status, svc.customer_id)
+
+
+def _link_events(
+    business_id: str, service_id: str, svc: SvcValue | None, numeric: bool, link: ev.ServiceIdLinked
+) -> list[ev.Event]:
+    """The link, after the registration at first use; refused if the service ID is linked already."""
+    if svc is None:
+        return [ev.ServiceIdRegistered(business_id, service_id, None, numeric), link]
+    if svc.linked:
+        raise AlreadyExistsError(
+            f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"
+        )
+    return [link]
+
+
+def _require_terminal_of(state: Snapshot, terminal_id: str, business_id: str) -> None:
+    """The relaying terminal is enrolled at this business and not revoked."""
+    ids.check_terminal_id(terminal_id)
+    term = state.terminal(terminal_id)
+    if term is None or term.business_id != business_id:
+        raise NotFoundError(f"terminal {terminal_id} is not enrolled at business {business_id}")
+    if not term.active:
+        raise InactiveError(f"terminal {terminal_id} was revoked")

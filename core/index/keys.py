@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from ..domain.events import CertRef
 from ..domain.status import MyKeyState, Status
 
 
@@ -36,12 +37,21 @@ class Dbs:
     # b"o" + issuer digest + serial -> mykey_id (a former certificate, replaced by renewal)
     cert: int
     revoked: int  # issuer digest + serial -> RevokedRecord
+    # crl also holds b"t" + issuer digest + CA key id -> CrlFreshness (that CA key's latest applied CRL)
     crl: int  # b"f" + CRL fingerprint -> number | b"i" + issuer digest -> highest number
     business: int  # business_id -> BusinessRecord
     terminal: int  # terminal_id -> TerminalRecord
     trust: int  # b"a" (anchor) | b"i" (intermediate) + fingerprint -> certificate DER
     feed: int  # consumer -> u64 BE position
     meta: int  # b"last_seq" -> u64 BE, b"schema" -> u64 BE
+    # Certificate paths and CA facts: b"m" + mykey_id -> its current recorded path (CertRef tuple);
+    # b"s" + issuer digest + serial + b"/" + mykey_id and b"f" + CA fingerprint + mykey_id -> b""
+    # (a CA certificate on that MyKey ID's current path); b"x" + CA fingerprint -> b"" (trust removed);
+    # b"n" + len + old CA key id + new CA key id -> b"" (a designated successor CA)
+    cas: int
+    consumer: int  # feed consumer name -> ConsumerRecord
+    # municipality (5 digits) + seq (u64 BE) -> FeedEntry: what that municipality's consumers see
+    mfeed: int
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -49,7 +59,7 @@ DB_NAMES: tuple[bytes, ...] = tuple(f.name.encode("ascii") for f in fields(Dbs))
 #: max_dbs to open an index environment with (room for two more databases).
 MAX_DBS = len(DB_NAMES) + 2
 
-INDEX_SCHEMA = 1
+INDEX_SCHEMA = 2  # 2: feed consumers and the per-municipality feed
 
 _SVC = struct.Struct(">BQQ")  # status, mykey ref (0 = unlinked), seq of the registration
 _U64 = struct.Struct(">Q")
@@ -124,6 +134,43 @@ def revoked_key(issuer: str, serial_hex: str) -> bytes:
     return issuer_digest(issuer) + serial_hex.encode("ascii")
 
 
+RecordedPath = tuple[CertRef, ...]  # the value under path_key: leaf first, trust anchor last
+
+
+def path_key(mykey_id: str) -> bytes:
+    return b"m" + mykey_id.encode("ascii")
+
+
+def ca_serial_prefix(issuer: str, serial_hex: str) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate (issuer, serial)."""
+    return b"s" + issuer_digest(issuer) + serial_hex.encode("ascii") + b"/"
+
+
+def ca_fp_prefix(fingerprint: bytes) -> bytes:
+    """Prefix of the MyKey IDs whose current path holds the CA certificate with this fingerprint."""
+    return b"f" + fingerprint
+
+
+def untrusted_key(fingerprint: bytes) -> bytes:
+    return b"x" + fingerprint
+
+
+def successor_prefix(old_key_id: bytes) -> bytes:
+    return b"n" + bytes([len(old_key_id)]) + old_key_id
+
+
+def crl_fresh_key(issuer: str, key_id: bytes) -> bytes:
+    """crl database: the latest applied CRL of one CA key (issuer digest + its key identifier)."""
+    return b"t" + issuer_digest(issuer) + key_id
+
+
+class CrlFreshness(msgspec.Struct, array_like=True, frozen=True):
+    """The latest applied CRL of one CA key: its thisUpdate and nextUpdate (0: none), unix seconds."""
+
+    this_update: int
+    next_update: int
+
+
 class MyKeyRecord(msgspec.Struct, array_like=True, frozen=True):
     """A MyKey ID's current state and certificate (no names)."""
 
@@ -152,6 +199,7 @@ class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):
     business_id: str
     public_key: bytes
     active: bool
+    can_register: bool = False  # may bulk-register its business's service IDs
 
 
 class RevokedRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -172,3 +220,28 @@ def decode(cls: type, data: bytes):
     if dec is None:
         dec = _decoders[cls] = msgspec.msgpack.Decoder(cls)
     return dec.decode(data)
+
+
+class ConsumerRecord(msgspec.Struct, array_like=True, frozen=True):
+    """A registered sync-feed consumer: the municipality whose people it sees."""
+
+    municipality_code: str
+    registered_seq: int
+
+
+class FeedEntry(msgspec.Struct, array_like=True, frozen=True):
+    """One change a municipality's feed consumers see (the MyKey ID becomes a pseudonym when read)."""
+
+    ts: int  # the event's time, µs since the epoch
+    change: str  # joined | left | suspended | resumed | invalidated | renewed
+    mykey_id: str
+    state: MyKeyState | None  # the state after the change; None when it does not tell one
+
+
+def municipality_prefix(code: str) -> bytes:
+    """The feed key prefix of a local government code: its 5 digits (a 6th is only a check digit)."""
+    return code[:5].encode("ascii")
+
+
+def feed_entry_key(code: str, seq: int) -> bytes:
+    return municipality_prefix(code) + u64(seq)

@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from ..domain import events as ev
 from ..domain.status import MyKeyState, Status
-from ..domain.transitions import STATE_AFTER
+from ..domain.transitions import STATE_AFTER, feed_change
 from ..errors import ProjectionError
 from . import keys as k
 from .keys import Dbs
@@ -54,6 +54,8 @@ def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope]) -> int:
                 txn.put_many(dbs.svc, svc_run)
                 svc_run = []
             HANDLERS[type(body)](txn, dbs, env, body)
+            if type(body) in FEED_SCOPED:
+                _scoped_feed(txn, dbs, env, body)
         last = env.seq
     if svc_run:
         txn.put_many(dbs.svc, svc_run)
@@ -119,6 +121,7 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.cert_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.cert_issuer, b.cert_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 # The state each event leaves comes from the one table in mykey.domain.transitions.
@@ -163,6 +166,7 @@ def _renewed(txn, dbs, env, b: ev.CertificateRenewed) -> None:
     txn.put(dbs.cert, k.cert_fp_key(b.new_fingerprint), mk)
     txn.put(dbs.cert, k.cert_serial_key(b.new_issuer, b.new_serial), mk)
     _note_event(txn, dbs, b.mykey_id, env.seq)
+    _record_path(txn, dbs, b.mykey_id, b.path)
 
 
 @handles(ev.CertificateRevoked)
@@ -182,11 +186,13 @@ def _crl(txn, dbs, env, b: ev.CrlApplied) -> None:
     old = txn.get(dbs.crl, ikey)
     if old is None or k.parse_u64(old) < b.number:
         txn.put(dbs.crl, ikey, k.u64(b.number))
+    _note_crl_freshness(txn, dbs, b)
 
 
 @handles(ev.TrustAnchorAdded)
 def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
     txn.put(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint, b.der)
+    txn.delete(dbs.cas, k.untrusted_key(b.fingerprint))  # trusted again
 
 
 @handles(ev.BusinessRegistered)
@@ -210,7 +216,8 @@ def _business_off(txn, dbs, env, b: ev.BusinessDeactivated) -> None:
 
 @handles(ev.TerminalEnrolled)
 def _terminal(txn, dbs, env, b: ev.TerminalEnrolled) -> None:
-    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(k.TerminalRecord(b.business_id, b.public_key, True)))
+    term = k.TerminalRecord(b.business_id, b.public_key, True, b.can_register)
+    txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(term))
     rec = get_business(txn, dbs, b.business_id)
     if rec is not None:
         txn.put(
@@ -270,6 +277,95 @@ def _svc_unlinked(txn, dbs, env, b: ev.ServiceIdUnlinked) -> None:
 @handles(ev.FeedAcked)
 def _feed(txn, dbs, env, b: ev.FeedAcked) -> None:
     txn.put(dbs.feed, b.consumer.encode("ascii"), k.u64(b.seq))
+
+
+def _record_path(txn: Any, dbs: Dbs, mykey_id: str, path: k.RecordedPath) -> None:
+    """Make path the MyKey ID's current certificate path, indexed by each CA certificate on it."""
+    mk = mykey_id.encode("ascii")
+    old = txn.get(dbs.cas, k.path_key(mykey_id))
+    if old is not None:
+        for c in k.decode(k.RecordedPath, old)[1:]:
+            txn.delete(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk)
+            txn.delete(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk)
+        txn.delete(dbs.cas, k.path_key(mykey_id))
+    if not path:
+        return  # recorded before v3 of the events: no path known
+    txn.put(dbs.cas, k.path_key(mykey_id), k.encode(path))
+    for c in path[1:]:
+        txn.put(dbs.cas, k.ca_serial_prefix(c.issuer, c.serial) + mk, b"")
+        txn.put(dbs.cas, k.ca_fp_prefix(c.fingerprint) + mk, b"")
+
+
+def _note_crl_freshness(txn: Any, dbs: Dbs, b: ev.CrlApplied) -> None:
+    """Remember the newest CRL applied for the CA key that signed it (for the freshness policy)."""
+    if not b.issuer_key_id:
+        return  # applied before v2 of the event: its nextUpdate was not recorded
+    key = k.crl_fresh_key(b.issuer, b.issuer_key_id)
+    old = txn.get(dbs.crl, key)
+    if old is None or k.decode(k.CrlFreshness, old).this_update <= b.this_update:
+        txn.put(dbs.crl, key, k.encode(k.CrlFreshness(b.this_update, b.next_update)))
+
+
+@handles(ev.TrustAnchorRemoved)
+def _trust_removed(txn, dbs, env, b: ev.TrustAnchorRemoved) -> None:
+    txn.delete(dbs.trust, (b"i" if b.intermediate else b"a") + b.fingerprint)
+    txn.put(dbs.cas, k.untrusted_key(b.fingerprint), b"")
+
+
+@handles(ev.CaSuccessorDesignated)
+def _successor(txn, dbs, env, b: ev.CaSuccessorDesignated) -> None:
+    txn.put(dbs.cas, k.successor_prefix(b.old_key_id) + b.new_key_id, b"")
+
+
+@handles(ev.ConsumerRegistered)
+def _consumer(txn, dbs, env, b: ev.ConsumerRegistered) -> None:
+    txn.put(dbs.consumer, b.consumer.encode("ascii"), k.encode(k.ConsumerRecord(b.municipality_code, env.seq)))
+
+
+# --- the municipality-scoped sync feed (see mykey.engine.feed) -----------------------------
+# After its handler, each of these events adds an entry to the feed of every municipality
+# that sees the MyKey ID: one where it has a linked service ID at a business.
+FEED_SCOPED = frozenset(
+    {ev.ServiceIdLinked, ev.ServiceIdUnlinked, ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated,
+     ev.CertificateRenewed}
+)
+
+
+def _links_by_municipality(txn: Any, dbs: Dbs, mykey_id: str) -> dict[str, int]:
+    """How many linked service IDs the MyKey ID has at the businesses of each municipality (5 digits)."""
+    prefix = mykey_id.encode("ascii")
+    where: dict[bytes, str] = {}
+    counts: dict[str, int] = {}
+    for key, _ in scan(txn, dbs.mksvc, prefix, prefix):
+        bid = key[len(prefix) : len(prefix) + 5]
+        if bid not in where:
+            rec = get_business(txn, dbs, bid.decode("ascii"))
+            where[bid] = "" if rec is None else k.municipality_prefix(rec.municipality_code).decode("ascii")
+        counts[where[bid]] = counts.get(where[bid], 0) + 1
+    counts.pop("", None)
+    return counts
+
+
+def _scoped_feed(txn: Any, dbs: Dbs, env: ev.Envelope, body: Any) -> None:
+    def add(municipality: str, change: str, state: MyKeyState | None) -> None:
+        entry = k.FeedEntry(env.ts, change, body.mykey_id, state)
+        txn.put(dbs.mfeed, k.feed_entry_key(municipality, env.seq), k.encode(entry))
+
+    links = _links_by_municipality(txn, dbs, body.mykey_id)
+    if type(body) in (ev.ServiceIdLinked, ev.ServiceIdUnlinked):
+        rec = get_business(txn, dbs, body.business_id)
+        if rec is None:
+            return
+        municipality = k.municipality_prefix(rec.municipality_code).decode("ascii")
+        if type(body) is ev.ServiceIdUnlinked and municipality not in links:
+            add(municipality, "left", None)  # its last link there is gone
+        elif type(body) is ev.ServiceIdLinked and links.get(municipality) == 1:
+            mk = get_mykey(txn, dbs, body.mykey_id)
+            add(municipality, "joined", None if mk is None else mk.state)  # its first link there
+        return
+    change = feed_change(body)
+    for municipality in links:
+        add(municipality, change.change, change.state)
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

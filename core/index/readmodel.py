@@ -84,6 +84,18 @@ class Snapshot:
         # key = mykey_id + business_id (5 bytes) + service_id
         return sorted({key[len(prefix) : len(prefix) + 5].decode("ascii") for key, _ in links})
 
+    def linked_service_ids(self, mykey_id: str, business_id: str) -> list[tuple[str, k.SvcValue]]:
+        """The business's service IDs linked to the MyKey ID, with their values, in service ID order."""
+        mk = mykey_id.encode("ascii")
+        prefix = mk + business_id.encode("ascii")
+        out = []
+        for key, _ in scan(self._txn, self._dbs.mksvc, prefix, prefix):
+            skey = key[len(mk) :]  # the service key: business ID + service ID
+            raw = self._txn.get(self._dbs.svc, skey)
+            if raw is not None:
+                out.append((k.split_service_key(skey)[1], k.parse_svc_value(raw)))
+        return out
+
     # --- certificates --------------------------------------------------------------
 
     def certificate_holders(self, issuer: str, serial: str, fingerprint: bytes) -> Iterator[CertHolder]:
@@ -162,6 +174,56 @@ class Snapshot:
         """The last sequence number the feed consumer acknowledged (0 if none)."""
         raw = self._txn.get(self._dbs.feed, consumer.encode("ascii"))
         return 0 if raw is None else k.parse_u64(raw)
+
+    # --- certificate paths, CA trust and CRL freshness ---------------------------------------
+
+    def recorded_path(self, mykey_id: str) -> k.RecordedPath:
+        """The MyKey ID's current certificate path, leaf first (empty if it was recorded before paths were)."""
+        raw = self._txn.get(self._dbs.cas, k.path_key(mykey_id))
+        return () if raw is None else k.decode(k.RecordedPath, raw)
+
+    def mykeys_under_ca_serial(self, issuer: str, serial: str) -> list[str]:
+        """The MyKey IDs whose current path holds the CA certificate (issuer DN, serial in hex)."""
+        prefix = k.ca_serial_prefix(issuer, serial)
+        return [key[len(prefix) :].decode("ascii") for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def mykeys_under_ca(self, fingerprint: bytes) -> list[str]:
+        """The MyKey IDs whose current path holds the CA certificate with this SHA-256 fingerprint."""
+        prefix = k.ca_fp_prefix(fingerprint)
+        return [key[len(prefix) :].decode("ascii") for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def trust_removed(self, fingerprint: bytes) -> bool:
+        """True if the CA certificate was removed from the trust store (and not trusted again since)."""
+        return self._txn.get(self._dbs.cas, k.untrusted_key(fingerprint)) is not None
+
+    def successors(self, key_id: bytes) -> list[bytes]:
+        """Key identifiers of the CAs designated as successors of the CA with this key identifier."""
+        prefix = k.successor_prefix(key_id)
+        return [key[len(prefix) :] for key, _ in scan(self._txn, self._dbs.cas, prefix, prefix)]
+
+    def latest_crl(self, issuer: str, key_id: bytes) -> k.CrlFreshness | None:
+        """The newest CRL applied for the CA key (issuer DN, key identifier), or None if none was."""
+        raw = self._txn.get(self._dbs.crl, k.crl_fresh_key(issuer, key_id))
+        return None if raw is None else k.decode(k.CrlFreshness, raw)
+
+    def consumer(self, consumer: str) -> k.ConsumerRecord | None:
+        """The registered feed consumer's record (its municipality), or None if it is not registered."""
+        raw = self._txn.get(self._dbs.consumer, consumer.encode("ascii"))
+        return None if raw is None else k.decode(k.ConsumerRecord, raw)
+
+    def has_consumers(self) -> bool:
+        """True once any feed consumer is registered."""
+        return next(scan(self._txn, self._dbs.consumer), None) is not None
+
+    def feed_entries(
+        self, municipality_code: str, after: int, limit: int | None = None
+    ) -> Iterator[tuple[int, k.FeedEntry]]:
+        """(seq, entry) of the municipality's feed after seq `after`, in order (at most limit)."""
+        prefix = k.municipality_prefix(municipality_code)
+        for n, (key, raw) in enumerate(scan(self._txn, self._dbs.mfeed, k.feed_entry_key(municipality_code, after + 1), prefix)):
+            if limit is not None and n >= limit:
+                return
+            yield k.parse_u64(key[len(prefix) :]), k.decode(k.FeedEntry, raw)
 
 
 class ReadModel:

@@ -24,7 +24,15 @@ from ..errors import (
     IndexLockedError,
     NoIndexError,
 )
-from ..fs import OwnerLock, fsync_dir, fsync_path, make_dirs
+from ..fs import (
+    LMDB_FILES,
+    OwnerLock,
+    check_private_dir,
+    fsync_dir,
+    fsync_path,
+    make_private,
+    private_dir,
+)
 from ..log.store import LogStore
 from . import keys as k
 from .binding import binding as default_binding
@@ -82,6 +90,7 @@ def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nord
     gen = current_generation(data)
     if gen is None or not gen.is_dir():
         raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
+    check_private_dir(data.root)
     try:
         env, dbs = open_readonly(gen, binding, nordahead=nordahead)
     except EnvNotFoundError:  # a crash while an older version created it: nothing was applied
@@ -144,7 +153,7 @@ class Index:
     def open(cls, data: DataDir, *, binding: ModuleType | None = None, sync: bool = True) -> Index:
         """Open (creating if needed) the live index for writing; takes the index lock."""
         binding = binding or default_binding()
-        make_dirs(data.root)
+        private_dir(data.root)
         lock = _take_index_lock(data)
         try:
             gen = current_generation(data)
@@ -226,7 +235,7 @@ def _first_generation(data: DataDir, binding: ModuleType) -> Path:
     """
     _remove_unfinished_builds(data)
     target = _next_generation(data).with_suffix(".building")
-    target.mkdir()
+    private_dir(target, files=LMDB_FILES)
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS)
     try:
         _check_schema(env, open_dbs(env, create=True))
@@ -249,7 +258,8 @@ def _take_index_lock(data: DataDir) -> OwnerLock:
             "stop it first (an engine, projector or rebuild), or use a read-only Resolver"
         )
 
-    return OwnerLock.acquire(data.root / "index.lock", held_by=held_by, mode=0o644)
+    check_private_dir(data.root, tighten=True)  # refuse a directory others may write; make it owner-only
+    return OwnerLock.acquire(data.root / "index.lock", held_by=held_by)
 
 
 def _check_schema(env, dbs: Dbs) -> None:
@@ -278,7 +288,7 @@ def build_generation(
     target = into or _next_generation(data).with_suffix(".building")
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
+    private_dir(target, files=LMDB_FILES)
     try:
         _fill_generation(target, log, binding, to_seq, progress, batch_events)
     except BaseException:
@@ -304,8 +314,9 @@ def _fill_generation(target: Path, log: LogStore, binding: ModuleType, to_seq: i
         compact = target.with_name(target.name + ".compact")
         if compact.exists():
             shutil.rmtree(compact)
-        compact.mkdir()
+        private_dir(compact)
         env.copy(str(compact), compact=True)
+        make_private(compact / "data.mdb")  # LMDB makes the copy with its own mode
     finally:
         env.close()
     fsync_path(compact / "data.mdb")

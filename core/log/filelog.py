@@ -48,7 +48,14 @@ from ..errors import (
     LogLockedError,
     ValidationError,
 )
-from ..fs import OwnerLock, fsync_dir, fsync_path, make_dirs, write_atomic
+from ..fs import (
+    OwnerLock,
+    check_private_dir,
+    fsync_dir,
+    fsync_path,
+    private_dir,
+    write_atomic,
+)
 from . import framing
 from .accel import framing_module
 from .recovery import RecoveryReport, recover_tail
@@ -163,12 +170,14 @@ class FileLog(LogStore):
         if readonly:
             if not d.is_dir():
                 raise LogError(f"no log at {d}; create one with `mykey init` or open it as the writer")
+            check_private_dir(d, what="log directory")
             self.refresh()
             return self
         if not d.is_dir():
             if not create:
                 raise LogError(f"no log at {d}; pass create=True or run `mykey init`")
-            make_dirs(d)
+            private_dir(d)
+        check_private_dir(d, what="log directory", tighten=True)
         try:
             self._take_lock()
             self._open_writer(cut_damaged_tail, keep_through)

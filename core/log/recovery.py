@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import CorruptLogError
-from ..fs import fsync_dir, write_unique
+from ..fs import fsync_dir, private_dir, write_unique
 from . import framing
 from .damage import DAMAGED_FINAL, GAP, TORN, Damage, judge_damage
 from .segments import (
@@ -107,7 +107,7 @@ def _cut(
 ) -> RecoveryReport:
     """Save the bytes from damage.offset on under log/torn/ (durably), then truncate the segment there."""
     torn = directory / "torn"
-    torn.mkdir(exist_ok=True)
+    private_dir(torn)
     saved = write_unique(torn, f"{seg.path.stem}-{damage.offset}", ".bin", dropped, mode=SEGMENT_MODE)
     fsync_dir(directory)  # torn/ itself; the copy is durable before the original bytes go
     fd = os.open(seg.path, os.O_WRONLY)

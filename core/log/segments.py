@@ -30,7 +30,7 @@ from .damage import TORN, gap_damage, incomplete_older_segment, judge_damage
 SEGMENT_MAGIC = b"MKLOG\x00\x01\x00"  # format version 1
 SEGMENT_HEADER = struct.Struct("<8sQ")  # magic, first_seq
 SEGMENT_HEADER_SIZE = SEGMENT_HEADER.size  # 16
-SEGMENT_MODE = 0o644  # segments, indexes and cut copies: readable by reader processes of other users
+SEGMENT_MODE = 0o600  # segments, indexes and cut copies: the data directory owner's only
 IDX_ENTRY = struct.Struct("<QQ")  # first_seq of a batch, its offset
 IDX_STRIDE = 64 * 1024  # write an index entry at most every this many bytes
 TMP_SUFFIX = ".tmp"  # a segment being created: "<name>.seg.tmp", never listed

@@ -9,7 +9,7 @@ Three components are run alone under the recorder, each with its own invariants:
   root are intact, the interior nodes match the leaves, and any leaf that differs from
   what was appended lies at or after ``recovery.unsynced_from`` (the caller's promise to
   re-check those against the log is what the trail keeps);
-- ``files_run``: mykey.fs's make_dirs, write_exclusive and write_atomic: each file is
+- ``files_run``: mykey.fs's private_dir, write_exclusive and write_atomic: each file is
   absent or holds one whole version, and what returned is there.
 
 ``check_all`` walks every cut of a recording and checks every state each cut allows (a
@@ -110,11 +110,11 @@ def files_run(root: Path, seed: int) -> Run:
     rec = Recorder(root)
     versions: dict[str, list[bytes]] = {"a/b/key": [], "a/b/note": [], "a/c/d/key2": []}
     with rec.installed():
-        fs.make_dirs(root / "a" / "b")
+        fs.private_dir(root / "a" / "b")
         for name in ("a/b/key", "a/c/d/key2"):
             data = rng.randbytes(rng.randrange(1, 1500))
             versions[name].append(data)
-            fs.make_dirs((root / name).parent)
+            fs.private_dir((root / name).parent)
             fs.write_exclusive(root / name, data)
             rec.mark("ack", (name, data))
         for _ in range(3):

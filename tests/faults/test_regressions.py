@@ -147,15 +147,15 @@ def test_keys_written_exclusively_are_whole_or_absent_after_a_power_cut(fast_pat
         assert len(ensure_subject_key(DataDir(state.path))) == 32  # never "damaged, restore from a backup"
 
 
-def test_make_dirs_fsyncs_each_directory_it_creates_into_its_parent(fast_path):
+def test_private_dir_fsyncs_each_directory_it_creates_into_its_parent(fast_path):
     from mykey import fs
 
     root = fast_path / "root"
     root.mkdir()
     rec = Recorder(root)
     with rec.installed():
-        fs.make_dirs(root / "a" / "b" / "c")
-        fs.make_dirs(root / "a" / "b" / "c")  # already there: nothing to do
+        fs.private_dir(root / "a" / "b" / "c")
+        fs.private_dir(root / "a" / "b" / "c")  # already there: nothing to do
     ops = [e for e in rec.trace if e[0] in ("mkdir", "dirsync")]
     assert ops == [("mkdir", "a"), ("dirsync", ""), ("mkdir", "a/b"), ("dirsync", "a"), ("mkdir", "a/b/c"),
                    ("dirsync", "a/b")]

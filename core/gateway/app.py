@@ -1,0 +1,430 @@
+"""The RSGI application every gateway worker runs: routing, the handlers, problem JSON.
+
+The server builds one ``Gateway`` before it forks the workers (nothing is opened then).
+In each worker, ``__rsgi_init__`` opens that worker's own Resolver, its
+TerminalAuthenticator (sharing DATA/auth-nonces with the other workers), a reader of the
+log (for ``/readyz``) and its metrics; ``__rsgi_del__`` closes them on a graceful stop.
+
+A request goes: route (exact paths, and ``/v1/status/`` plus the service ID), then for
+the ``/v1`` lookups the bearer token (an HMAC, tokens.py), the terminal's and its
+business's records (two LMDB reads, so revocation and deactivation act at once), the
+terminal's rate limit, and the handler. Reads are answered here; a write is sent to the
+writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes back
+as the mykey error it raised. Every refusal is an HttpProblem answered as problem JSON
+(WriterUnavailableError as 503); any other exception is logged and answered 500, so no
+request can stop a worker.
+
+Service IDs are taken from the path as granian gives it, percent-decoded (``%2F`` is
+``/``): everything after ``/v1/status/`` is the service ID, so IDs holding ``/`` or
+``%`` work when the client percent-encodes them (the reference client does).
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..auth.terminals import TerminalAuthenticator, terminal_auth_message
+from ..datadir import DataDir
+from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
+from ..domain.status import Status
+from ..errors import (
+    HttpProblem,
+    MykeyError,
+    TerminalAuthError,
+    ValidationError,
+    WriterUnavailableError,
+)
+from ..index.resolver import Resolver
+from ..log.backend import open_log
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+from .problems import problem, problem_body
+from .procs import die_with_parent
+from .ratelimit import RateLimiter, retry_after_header
+from .tokens import TokenSigner
+from .writer import AsyncWriterClient
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+MAX_BATCH = 1000  # service IDs in one POST /v1/status
+MAX_JSON_BODY = 64 * 1024  # bytes in a JSON request body (a full batch of the longest IDs fits)
+INDEX_RETRY_SECONDS = 1.0  # how often a worker without an index tries to open it again
+_LABELS = tuple(s.label for s in Status)
+_log = logging.getLogger("mykey.gateway")
+
+JSON_HEADERS = (("content-type", "application/json"), ("cache-control", "no-store"))
+PROBLEM_HEADERS = (("content-type", PROBLEM_CONTENT_TYPE), ("cache-control", "no-store"))
+BEARER = (("www-authenticate", 'Bearer realm="mykey"'),)
+BEARER_INVALID = (("www-authenticate", 'Bearer realm="mykey", error="invalid_token"'),)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What every worker needs; built by the server before the fork (plain data, nothing open)."""
+
+    data_dir: Path
+    token_key: bytes
+    token_ttl: int = 300
+    rate: float = 50.0  # requests a second per terminal, per worker (0: no limits at all)
+    burst: float = 100.0
+    session_rate: float = 1.0  # POST /v1/sessions a second per terminal ID, per worker
+    session_burst: float = 10.0
+    server_pid: int | None = None  # workers stop when this process dies
+    writer_socket: str | None = None
+
+
+class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    terminal_id: str
+    time: int
+    nonce: str
+    signature: str
+
+
+class StatusQuery(msgspec.Struct, forbid_unknown_fields=True):
+    service_ids: list[str]
+
+
+Response = tuple[int, tuple[tuple[str, str], ...], bytes]
+Handler = Callable[["Gateway", Any, Any, str], Awaitable[Response]]
+_encode = msgspec.json.Encoder().encode
+_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def _json(status: int, obj: Any) -> Response:
+    return status, JSON_HEADERS, _encode(obj)
+
+
+def _b64(value: str, field: str) -> bytes:
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise problem("malformed-request", f"{field} is not base64 (RFC 4648, with padding)") from None
+
+
+def _check_service_id(value: str, where: str) -> None:
+    if not OPAQUE_ID_RE.match(value):
+        raise problem(
+            "malformed-request",
+            f"{where} {value[:40]!r} is not a service ID: 1-32 printable ASCII characters without spaces",
+        )
+
+
+class Gateway:
+    """The RSGI application (one instance per worker process, made before the fork)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.openapi = OPENAPI_PATH.read_bytes()
+        self.signer = TokenSigner(config.token_key, config.token_ttl)
+        self.resolver: Resolver | None = None
+        self.auth: TerminalAuthenticator | None = None
+        self.log = None
+        self.metrics: Metrics | None = None
+        self.limiter = RateLimiter(config.rate, config.burst)
+        # Sign-ins cost an Ed25519 verification: limited apart (and off when the limit is off).
+        self.session_limiter = RateLimiter(config.session_rate if config.rate > 0 else 0, config.session_burst)
+        self._next_index_try = 0.0
+        self._writer: AsyncWriterClient | None = None
+
+    def writer(self) -> AsyncWriterClient:
+        """This worker's connection to the writer (made on first use, after the fork)."""
+        if self._writer is None:
+            if self.config.writer_socket is None:
+                raise WriterUnavailableError("this gateway has no writer")
+            self._writer = AsyncWriterClient(self.config.writer_socket)
+        return self._writer
+
+    # --- per worker ------------------------------------------------------------
+
+    def __rsgi_init__(self, loop) -> None:
+        """In the worker, after the fork: arm the parent-death signal, open the index, make the metrics."""
+        if self.config.server_pid is not None:
+            die_with_parent(self.config.server_pid)
+        self.metrics = Metrics()
+        self._open_index()
+        _log.info("worker %d ready (index %s)", os.getpid(), "open" if self.resolver else "not open yet")
+
+    def __rsgi_del__(self, loop) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._close_index()
+
+    def _open_index(self) -> None:
+        """Open this worker's resolver, authenticator and log reader (all or none)."""
+        data = DataDir(self.config.data_dir)
+        resolver = auth = log = None
+        try:
+            resolver = Resolver.open(data.root)
+            auth = TerminalAuthenticator.open(data.root, resolver, resolver.binding)
+            log = open_log(data, readonly=True)
+        except Exception as exc:
+            for thing in (log, auth, resolver):
+                if thing is not None:
+                    thing.close()
+            self._next_index_try = time.monotonic() + INDEX_RETRY_SECONDS
+            _log.warning("worker %d cannot open the index yet: %s", os.getpid(), exc)
+            return
+        self.resolver, self.auth, self.log = resolver, auth, log
+
+    def _close_index(self) -> None:
+        for name in ("auth", "log", "resolver"):
+            thing = getattr(self, name)
+            setattr(self, name, None)
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:
+                    _log.exception("closing the %s failed", name)
+
+    def _index(self) -> Resolver:
+        resolver = self.resolver
+        if resolver is None:
+            if time.monotonic() >= self._next_index_try:
+                self._open_index()
+            resolver = self.resolver
+            if resolver is None:
+                raise problem("not-ready", "the gateway has not opened the index yet; retry shortly")
+        return resolver
+
+    # --- the request path -----------------------------------------------------------
+
+    async def __rsgi__(self, scope, proto) -> None:
+        start = time.perf_counter()
+        endpoint = "other"
+        try:
+            path = scope.path
+            route = EXACT_ROUTES.get(path)
+            arg = ""
+            if route is None and path.startswith(STATUS_PREFIX):
+                route, arg = STATUS_ROUTE, path[len(STATUS_PREFIX) :]
+            if route is None:
+                raise problem("not-found", f"no endpoint at {path[:100]}; see /openapi.json")
+            endpoint = route[0]
+            handler = route[1].get(scope.method)
+            if handler is None:
+                allowed = ", ".join(route[1])
+                raise problem(
+                    "method-not-allowed", f"{path[:100]} answers {allowed}", headers=(("allow", allowed),)
+                )
+            status, headers, body = await handler(self, scope, proto, arg)
+            proto.response_bytes(status, headers, body)
+        except HttpProblem as exc:
+            status = self._refuse(proto, exc)
+        except WriterUnavailableError as exc:  # an operator's command holds the log, or the writer restarts
+            status = self._refuse(proto, problem("writer-unavailable", str(exc), headers=(retry_after_header(1),)))
+        except Exception:
+            _log.exception("%s %s failed", scope.method, scope.path[:100])
+            status = self._refuse(proto, problem("internal-error", "the gateway failed on this request; it is logged"))
+        metrics = self.metrics
+        if metrics is not None:
+            try:
+                metrics.observe(endpoint, status, time.perf_counter() - start)
+            except Exception:
+                _log.exception("recording metrics failed")
+
+    def _refuse(self, proto, exc: HttpProblem) -> int:
+        headers = PROBLEM_HEADERS + tuple(exc.headers)
+        try:
+            proto.response_bytes(exc.status, headers, problem_body(exc))
+        except Exception:
+            _log.exception("answering %d failed", exc.status)
+        if self.metrics is not None:
+            try:
+                self.metrics.refused(exc.kind)
+            except Exception:
+                _log.exception("recording metrics failed")
+        return exc.status
+
+    def _authorise(self, scope, now: float) -> tuple[str, str]:
+        """(terminal_id, business_id) of the request's valid session token; HttpProblem otherwise."""
+        header = scope.headers.get("authorization")
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise problem(
+                "token-missing", "send Authorization: Bearer <token>; POST /v1/sessions gives a token", headers=BEARER
+            )
+        try:
+            terminal_id, business_id = self.signer.verify(token.strip(), now)
+        except HttpProblem as exc:
+            exc.headers = BEARER_INVALID
+            raise
+        resolver = self._index()
+        term = resolver.terminal(terminal_id)
+        if term is None or term.business_id != business_id:
+            raise problem("token-invalid", "the token names a terminal this platform does not know; sign in again",
+                          headers=BEARER_INVALID)
+        if not term.active:
+            raise problem("terminal-revoked", f"terminal {terminal_id} was revoked; its tokens no longer work")
+        business = resolver.business(business_id)
+        if business is None or not business.active:
+            raise problem("business-deactivated", f"business {business_id} is deactivated; its terminals are refused")
+        wait = self.limiter.check(terminal_id, now)
+        if wait:
+            raise problem(
+                "rate-limited",
+                f"terminal {terminal_id} is over its rate limit of {self.limiter.rate:g} requests a second",
+                headers=(retry_after_header(wait),),
+            )
+        return terminal_id, business_id
+
+    async def _json_body(self, scope, proto, kind: type, limit: int = MAX_JSON_BODY):
+        """The request's JSON body decoded as kind (a msgspec Struct): 415, 413 or 400 when it is not one."""
+        ctype = (scope.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            raise problem("unsupported-media-type", "send the body as JSON with Content-Type: application/json")
+        too_large = problem(
+            "body-too-large", f"the body is over {limit} bytes", headers=(("connection", "close"),)
+        )
+        length = scope.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise problem("malformed-request", "Content-Length is not a number")
+            if int(length) > limit:
+                raise too_large
+        body = bytearray()
+        async for chunk in proto:
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        decoder = _decoders.get(kind)
+        if decoder is None:
+            decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+        try:
+            return decoder.decode(body)
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise problem("malformed-request", f"the body is not what this endpoint takes: {exc}") from None
+
+    # --- handlers ---------------------------------------------------------------------
+
+    async def health(self, scope, proto, arg: str) -> Response:
+        return 200, JSON_HEADERS, b'{"status":"ok"}'
+
+    def _lag(self) -> tuple[int, int]:
+        """(index last_seq, log last_seq): the log read first, so a caught-up index is never behind it."""
+        resolver = self._index()
+        log_last = self.log.refresh() if self.log is not None else 0
+        index_last = resolver.last_seq
+        if self.metrics is not None:
+            self.metrics.index_lag.set(max(0, log_last - index_last))
+        return index_last, log_last
+
+    async def ready(self, scope, proto, arg: str) -> Response:
+        index_last, log_last = self._lag()
+        if index_last < log_last:
+            raise problem(
+                "not-ready",
+                f"the index has applied events up to {index_last}; the log holds {log_last}",
+                extra={"index_last_seq": index_last, "log_last_seq": log_last},
+            )
+        return _json(200, {"ready": True, "index_last_seq": index_last, "log_last_seq": log_last})
+
+    async def metrics_text(self, scope, proto, arg: str) -> Response:
+        try:
+            self._lag()
+        except HttpProblem:
+            pass  # no index yet: the other metrics still count
+        return 200, (("content-type", METRICS_CONTENT_TYPE),), Metrics.render()
+
+    async def openapi_doc(self, scope, proto, arg: str) -> Response:
+        return 200, (("content-type", "application/json"),), self.openapi
+
+    async def sessions(self, scope, proto, arg: str) -> Response:
+        req: SessionRequest = await self._json_body(scope, proto, SessionRequest)
+        terminal_id = req.terminal_id
+        if not TERMINAL_ID_RE.match(terminal_id):
+            raise problem("malformed-request", f"terminal_id {terminal_id[:40]!r} is not a terminal ID (e.g. A0001-T0001)")
+        now = time.time()
+        wait = self.session_limiter.check(terminal_id, now)
+        if wait:
+            raise problem("rate-limited", f"too many sign-ins for terminal {terminal_id}",
+                          headers=(retry_after_header(wait),))
+        nonce, signature = _b64(req.nonce, "nonce"), _b64(req.signature, "signature")
+        try:
+            message = terminal_auth_message(terminal_id, req.time, nonce)
+        except ValidationError as exc:
+            raise problem("malformed-request", str(exc)) from None
+        self._index()
+        assert self.auth is not None
+        try:
+            business_id = self.auth.authenticate(terminal_id, message, signature, now=now)
+        except TerminalAuthError as exc:
+            raise self._sign_in_refusal(terminal_id, message, signature, exc) from None
+        token, expires_at = self.signer.issue(terminal_id, business_id, now)
+        if self.metrics is not None:
+            self.metrics.sessions.inc()
+        return _json(200, {"token": token, "business_id": business_id, "expires_at": expires_at})
+
+    def _sign_in_refusal(self, terminal_id: str, message: bytes, signature: bytes, exc: MykeyError) -> HttpProblem:
+        """403 when the terminal proved itself but is revoked (or its business deactivated), else 401."""
+        resolver = self._index()
+        term = resolver.terminal(terminal_id)
+        if term is not None:
+            business = resolver.business(term.business_id)
+            stopped = not term.active or business is None or not business.active
+            if stopped and _signature_ok(term.public_key, signature, message):
+                kind = "terminal-revoked" if not term.active else "business-deactivated"
+                return problem(kind, str(exc))
+        return problem("terminal-auth-failed", str(exc))
+
+    async def status_one(self, scope, proto, service_id: str) -> Response:
+        _terminal, business = self._authorise(scope, time.time())
+        _check_service_id(service_id, "the path's service ID")
+        status = self._index().resolve(business, service_id)
+        return _json(200, {"service_id": service_id, "status": _LABELS[status]})
+
+    async def status_batch(self, scope, proto, arg: str) -> Response:
+        _terminal, business = self._authorise(scope, time.time())
+        req: StatusQuery = await self._json_body(scope, proto, StatusQuery)
+        service_ids = req.service_ids
+        if not 1 <= len(service_ids) <= MAX_BATCH:
+            raise problem("malformed-request", f"service_ids must hold 1-{MAX_BATCH} service IDs, not {len(service_ids)}")
+        for i, sid in enumerate(service_ids):
+            _check_service_id(sid, f"service_ids[{i}]")
+        codes = self._index().resolve_many(business, service_ids)
+        labels = _LABELS
+        return _json(200, {"statuses": [
+            {"service_id": sid, "status": labels[code]} for sid, code in zip(service_ids, codes, strict=True)
+        ]})
+
+    async def not_implemented(self, scope, proto, arg: str) -> Response:
+        raise problem("not-implemented", f"{scope.method} {scope.path} is in the API contract but not served yet")
+
+
+def _signature_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+STATUS_PREFIX = "/v1/status/"
+# path -> (endpoint name for the metrics, {method: handler})
+EXACT_ROUTES: dict[str, tuple[str, dict[str, Handler]]] = {
+    "/healthz": ("/healthz", {"GET": Gateway.health}),
+    "/readyz": ("/readyz", {"GET": Gateway.ready}),
+    "/metrics": ("/metrics", {"GET": Gateway.metrics_text}),
+    "/openapi.json": ("/openapi.json", {"GET": Gateway.openapi_doc}),
+    "/v1/sessions": ("/v1/sessions", {"POST": Gateway.sessions}),
+    "/v1/status": ("/v1/status", {"POST": Gateway.status_batch}),
+    # In the contract (openapi.json); served by the next part of the gateway.
+    **{
+        path: (path, {"POST": Gateway.not_implemented})
+        for path in (
+            "/v1/challenges", "/v1/identify", "/v1/links", "/v1/service-ids",
+            "/v1/people/challenges", "/v1/people/history",
+        )
+    },
+}
+STATUS_ROUTE: tuple[str, dict[str, Handler]] = ("/v1/status/{service_id}", {"GET": Gateway.status_one})
