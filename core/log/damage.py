@@ -13,8 +13,8 @@ The rule for the newest segment's end (the recovery rule): torn means
 (b) an invalid batch header with no valid header after it and either no CRC-valid record
     behind it (garbage or zeros appended) or zeros from the batch start to the next
     512-aligned offset (the write's first sector never reached the disk), or
-(c) a complete final batch whose damaged region holds a run of >= 512 zero bytes, or zeros
-    from a 512-aligned offset to the end (blocks left unwritten by a power loss).
+(c) a complete final batch that holds a run of >= 512 zero bytes, or zeros from a
+    512-aligned offset to the end (blocks left unwritten by a power loss).
 
 A power cut may drop any sector of a write that was not yet synced, the first one too:
 the disk orders sector writes as it likes. Zeros over whole sectors (or over the part of
@@ -194,12 +194,16 @@ def _unwritten_tail(data: bytes, base: int, damaged_at: int) -> bool:
     """True if data ends in zeros that look like unwritten blocks.
 
     After a power loss the blocks of the last write may read as zeros: a zero run of a
-    sector or more, or zeros from a 512-aligned file offset (base is data[0]'s) to the end.
+    sector or more in the batch, or zeros from a 512-aligned file offset (base is data[0]'s)
+    to the end.
     The batch's own bytes just before that offset may be zeros too, so the trailing zeros
     count when they cover a 512-aligned offset that the damaged record (at damaged_at)
     reaches: damage that ends before the zeros is not explained by them.
     """
-    if data.find(ZERO_RUN, damaged_at) != -1:
+    if data.find(ZERO_RUN) != -1:
+        # A sector of zeros anywhere in the batch: real batches never hold one. Anywhere, not only
+        # after damaged_at: record heads that read as zeros parse as empty records (and a header's
+        # last bytes are zeros), so the damage can show only after the zeros began.
         return True
     zeros_from = len(data.rstrip(b"\0"))  # where the trailing zeros begin
     aligned = zeros_from + (-(base + zeros_from)) % SECTOR  # the first sector start in them

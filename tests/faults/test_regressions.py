@@ -86,6 +86,19 @@ def test_unwritten_last_sector_after_zero_bytes_of_the_batch_is_a_torn_tail(fast
     _assert_cut_as_torn(fast_path, seg, start)
 
 
+def test_an_unwritten_sector_that_zeroes_a_record_head_is_a_torn_tail(fast_path):
+    # The second batch's header ends in the bytes of the next sector (its flags, zeros anyway):
+    # when that sector never reached the disk, the header still checks out and the record head
+    # reads as an empty record, so the damage shows 8 bytes into the zeros, and the zero run
+    # from there on is shorter than a sector. Recovery refused the batch as corruption.
+    size = next(k for k in range(1, 2000) if (SEGMENT_HEADER_SIZE + _frame_len(1, _anchor(k))) % 512 == 485)
+    seg, start, end = _two_batch_log(fast_path, _anchor(size), _anchor(900))
+    boundary = start + 27
+    assert boundary % 512 == 0 and end > boundary + 512
+    _zero(seg, boundary, boundary + 512)
+    _assert_cut_as_torn(fast_path, seg, start)
+
+
 def test_a_final_batch_is_still_refused_when_its_damage_ends_before_the_zeros(fast_path):
     # The zero rule must not excuse other damage: a flipped byte in the first record of the last
     # batch, with an unwritten-looking tail in its second record, stays "damaged final batch".
