@@ -1,4 +1,4 @@
-"""The terminal gateway over HTTP, measured with wrk (HTTP/1.1 keep-alive), in one run.
+"""The terminal gateway over HTTP, measured with wrk (HTTP/1.1 keep-alive), and identify, in one run.
 
     python -m bench.gateway_http            # default size and durations (a few minutes)
     python -m bench.gateway_http --quick    # under 60 s
@@ -18,6 +18,11 @@
 5. `mykey rebuild` under load: wrk runs while `mykey rebuild` builds a new index
    generation and swaps it in (the writer is idle, so the log is free); 0 errors, and
    the gateway answers from the new generation afterwards.
+6. identify (a card's proof answered with the business's service IDs): in-process, the
+   work one worker does per identify, split into its parts (the single-use challenge,
+   parsing the bundle, the card's signature, the certificate path and revocation); then
+   over HTTP, clients doing challenge + identify round trips against the 2 workers. The
+   cards are a throwaway CA's (EC P-256 and RSA-2048 user certificates under an intermediate).
 
 wrk runs on the same machine as the server: on a small machine they compete for the
 cores, so the absolute figures are lower than with a remote load generator; the ratio is
@@ -65,6 +70,8 @@ PLANS = {
     "quick": Plan(Spec(20_000, 6_000, 4), duration=3, reps=2, threads=1, connections=32, workers=2),
     "default": Plan(Spec(200_000, 60_000, 10), duration=10, reps=3, threads=1, connections=32, workers=2),
 }
+CARD_PEOPLE = 20  # people with cards and MyKey IDs, linked at the terminal's business (EC P-256; one RSA)
+IDENTIFY_CLIENTS = 4  # client threads doing challenge + identify over HTTP
 
 
 def free_port() -> int:
@@ -154,14 +161,162 @@ def wrk(url: str, token: str, ids_file: Path, mode: str, plan: Plan, duration: f
 def build_data(root: Path, spec: Spec) -> tuple[Path, str, Path]:
     """The dataset, a terminal of the biggest business, and its key file."""
     from mykey.client import keys as terminal_keys
+    from mykey.datadir import DataDir, ensure_subject_key
     from mykey.engine import Engine
 
     data = root / "data"
+    ensure_subject_key(DataDir(data))  # the dataset records MyKey IDs; the engine needs the key they were made with
     build(spec, data)
     key, pub = terminal_keys.write_key_pair(root / "terminal.key")  # made on the terminal's machine
     with Engine.open(data) as engine:
         terminal_id = engine.enrol_terminal(business_id(0), pub.read_bytes())
     return data, terminal_id, key
+
+
+@dataclass(frozen=True)
+class Person:
+    chain: bytes  # the card's certificate and its intermediate, PEM
+    cred: object  # mykey_dev.pki.UserCredential: signs like the card
+    key_type: str
+    service_id: str
+
+
+def card_people(data: Path, n: int) -> list[Person]:
+    """A throwaway CA trusted by the platform, n people with cards and MyKey IDs, each linked at business 0."""
+    from mykey.engine import Engine
+    from mykey_dev.pki import ThrowawayCA
+
+    root = ThrowawayCA.create("bench root CA")
+    inter = root.intermediate("bench user CA")
+    people = []
+    with Engine.open(data, checkpoint_on_close=True) as engine:
+        engine.add_trust_anchor(root.cert_pem())
+        engine.add_trust_anchor(inter.cert_pem(), intermediate=True)
+        for i in range(n):
+            key_type = "rsa" if i == n - 1 else "ec-p256"
+            cred = inter.issue_user(key_type=key_type)
+            chain = cred.cert_pem() + inter.cert_pem()
+            challenge = engine.new_challenge()
+            mykey_id = engine.create_mykey(chain, cred.sign(challenge), challenge)
+            sid = f"CARD{i:05d}"
+            engine.link_in_person(business_id(0), sid, mykey_id, "bench: seen in person")
+            people.append(Person(chain, cred, "RSA-2048" if key_type == "rsa" else "EC P-256", sid))
+    return people
+
+
+def identify_in_process(data: Path, terminal: str, people: list[Person], n: int) -> dict:
+    """µs per identify in one process (what a worker does), and its parts; per key type."""
+    from mykey.auth.challenges import open_challenge_store
+    from mykey.domain import certs
+    from mykey.engine.identify import CardReader
+    from mykey.engine.lookups import require_trust
+    from mykey.index.resolver import Resolver
+
+    bid = business_id(0)
+    out: dict = {}
+    with Resolver.open(data) as resolver, open_challenge_store(data, resolver.binding) as store:
+        reader = CardReader(resolver, store)
+        for kind in ("EC P-256", "RSA-2048"):
+            who = [p for p in people if p.key_type == kind]
+            proofs = []
+            for i in range(n):
+                person = who[i % len(who)]
+                ch = store.issue("identify", business_id=bid, terminal_id=terminal)
+                proofs.append((person, ch, person.cred.sign(ch)))  # the card's work: not the platform's
+            t = time.perf_counter()
+            for person, ch, sig in proofs:
+                got = reader.identify(bid, person.chain, sig, ch, terminal_id=terminal)
+                if [x.service_id for x in got] != [person.service_id]:
+                    raise SystemExit(f"identify answered {got} for {person.service_id}")
+            total = (time.perf_counter() - t) / n * 1e6
+            t = time.perf_counter()
+            for _ in range(n):
+                store.consume(store.issue("identify", business_id=bid, terminal_id=terminal), "identify")
+            challenge = (time.perf_counter() - t) / n * 1e6
+            t = time.perf_counter()
+            for person, _ch, _sig in proofs:
+                certs.load_bundle(person.chain)
+            parse = (time.perf_counter() - t) / n * 1e6
+            leaves = [certs.load_bundle(person.chain)[0] for person, _c, _s in proofs]
+            t = time.perf_counter()
+            for leaf, (_person, ch, sig) in zip(leaves, proofs, strict=True):
+                certs.verify_challenge_signature(leaf, ch, sig)
+            signature = (time.perf_counter() - t) / n * 1e6
+            t = time.perf_counter()
+            for _ in range(n):
+                with resolver.snapshot() as state:
+                    require_trust(state)
+            trust = (time.perf_counter() - t) / n * 1e6
+            out[kind] = {
+                "identify_us": total, "per_second": 1e6 / total, "challenge_us": challenge, "parse_us": parse,
+                "signature_us": signature, "trust_store_us": trust,
+                "path_and_rest_us": max(0.0, total - challenge - parse - signature - trust),
+            }
+    return out
+
+
+def _cpu_seconds(pids: set[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def identify_over_http(server: Server, terminal: str, key: Path, people: list[Person], seconds: float) -> dict:
+    """Challenge + identify round trips from IDENTIFY_CLIENTS threads (keep-alive each) for `seconds`.
+
+    Also the CPU each side spent per identify: the workers' (the server) and this process's
+    (the clients: HTTP, JSON, the card's signature), since both share the machine's cores.
+    """
+    import resource
+    import threading
+
+    from mykey.client.gateway import Card, GatewayClient
+
+    stop = time.monotonic() + seconds
+    latencies: list[float] = []
+    errors: list[str] = []
+    ec = [p for p in people if p.key_type == "EC P-256"]
+
+    def client(k: int) -> None:
+        with GatewayClient(url, terminal, key, timeout=30) as gw:
+            i = k
+            while time.monotonic() < stop:
+                person = ec[i % len(ec)]
+                i += IDENTIFY_CLIENTS
+                t = time.perf_counter()
+                try:
+                    got = gw.identify(Card(person.chain, person.cred.sign))
+                except Exception as exc:  # counted and reported, never fatal to the run
+                    errors.append(repr(exc))
+                    continue
+                latencies.append(time.perf_counter() - t)
+                if got != [(person.service_id, "valid")]:
+                    errors.append(f"identify answered {got} for {person.service_id}")
+
+    url = server.url
+    workers = server.workers()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(IDENTIFY_CLIENTS)]
+    server_cpu, me = _cpu_seconds(workers), resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - t0
+    server_cpu = _cpu_seconds(workers) - server_cpu
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (after.ru_utime - me.ru_utime) + (after.ru_stime - me.ru_stime)
+    lat = sorted(latencies) or [0.0]
+    n = max(1, len(latencies))
+    return {"per_second": len(latencies) / took, "identifies": len(latencies), "errors": len(errors),
+            "first_error": errors[0] if errors else None, "clients": IDENTIFY_CLIENTS,
+            "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+            "server_cpu_ms": server_cpu / n * 1000, "client_cpu_ms": client_cpu / n * 1000}
 
 
 def check_answers(url: str, terminal: str, key: Path, spec: Spec) -> tuple[str, list[str]]:
@@ -312,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     try:
         data, terminal, key = build_data(work, plan.spec)
+        people = card_people(data, CARD_PEOPLE)
         costs = per_request_costs(data, terminal)
+        in_process = identify_in_process(data, terminal, people, 200 if args.quick else 2000)
         server = Server(data, plan.workers, work / "serve.log")
         server.wait_ready()
         token, ids = check_answers(server.url, terminal, key, plan.spec)
@@ -325,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         res["throughput"] = tp = throughput(server, token, ids_file, plan)
         res["killed_worker"] = kw = killed_worker(server, token, ids_file, plan)
         res["rebuild"] = rb = rebuild_under_load(server, data, token, ids_file, plan)
+        res["identify"] = {"in_process": in_process,
+                           "http": (ih := identify_over_http(server, terminal, key, people, plan.duration))}
         res["stop_rc"] = server.stop()
         server = None
         res["seconds"] = time.monotonic() - t0
@@ -340,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"{kw['errors_after']} errors after the killed worker was replaced")
     if rb["errors"] or not rb["ready_after"] or rb["generation_after"] == rb["generation_before"]:
         failures.append(f"rebuild under load: {rb}")
+    if ih["errors"] or not ih["identifies"]:
+        failures.append(f"identify over HTTP: {ih['errors']} errors of {ih['identifies']} ({ih['first_error']})")
     if res["stop_rc"] != 0:
         failures.append(f"mykey serve exited with {res['stop_rc']} on SIGTERM")
     print(f"gateway over HTTP/1.1 keep-alive, wrk {res['plan']['wrk']}, {plan.workers} workers, "
@@ -360,6 +521,18 @@ def main(argv: list[str] | None = None) -> int:
           f"kill (connections on the killed worker), {kw['errors_after']} after the replacement")
     print(f"mykey rebuild under load: {rb['errors']} errors in {rb['requests']:,} requests; "
           f"{rb['generation_before']} -> {rb['generation_after']}")
+    print()
+    print("identify, in one process (a worker's work per card proof; the card's signing not counted):")
+    print("| card | identify/s | µs each | challenge (single use) | parse bundle | card signature "
+          "| trust store from the index | path validation, revocation, lookups |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, r in in_process.items():
+        print(f"| {kind} | {r['per_second']:,.0f} | {r['identify_us']:,.0f} | {r['challenge_us']:.0f} | "
+              f"{r['parse_us']:.0f} | {r['signature_us']:.0f} | {r['trust_store_us']:.0f} | {r['path_and_rest_us']:,.0f} |")
+    print(f"identify over HTTP (EC P-256; {ih['clients']} client threads on the same machine, each a challenge + an "
+          f"identify + the card's signature): {ih['per_second']:,.0f}/s, p50 {ih['p50_ms']:.1f} ms, "
+          f"p99 {ih['p99_ms']:.1f} ms, {ih['errors']} errors; CPU per identify: workers {ih['server_cpu_ms']:.2f} ms, "
+          f"clients {ih['client_cpu_ms']:.2f} ms (on {os.cpu_count()} shared cores)")
     print(f"total {res['seconds']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))

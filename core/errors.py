@@ -116,6 +116,10 @@ class UnknownCardError(NotFoundError):
     """No live MyKey ID holds the certificate presented as its current one (none made, invalidated, or renewed away)."""
 
 
+class RegistrationNotAllowedError(CommandRefused):
+    """The service ID is not registered and may not be registered here (no first-use registration, no right to register)."""
+
+
 class KeyFileError(MykeyError):
     """A key file in DATA/keys is damaged; restore it from a backup."""
 

@@ -7,8 +7,13 @@ signatures and CSV files, so the demo exercises what production would.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -39,7 +44,7 @@ class DemoConfig:
 
     businesses: int = 30
     terminals_per_business: int = 2
-    users: int = 2000
+    users: int = 1000
     rsa_users: int = 10
     service_ids: int = 1_000_000
     links_per_user: int = 3
@@ -48,6 +53,7 @@ class DemoConfig:
     revoke_fraction: float = 0.01
     lookups: int = 1_000_000
     lookup_batch: int = 100_000
+    gateway: bool = True  # then start `mykey serve` and drive it with the reference client
     seed: int = 20261126
 
 
@@ -73,6 +79,8 @@ class DemoResult:
     last_seq: int = 0
     checkpoint: str = ""
     example_table: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    gateway: list[str] = field(default_factory=list)  # what the gateway tour did, one line each
+    gateway_seconds: float = 0.0
 
 
 def _dir_size(path: Path) -> int:
@@ -229,6 +237,7 @@ def run_demo(
 
         with timer("CRL: verify, record revocations, suspend", "entry") as t:
             revoked = rng.sample(users[config.rsa_users :], max(1, int(config.users * config.revoke_fraction)))
+            unusable = {mk for mk, _ in [*victims, *revoked]}  # suspended, invalidated, renewed, revoked
             entries = [(cred, "key_compromise") for _, cred in revoked] + [(old_cred, "superseded")]
             report = engine.apply_crl(inter.crl(entries, number=1))
             t.count = report.entries
@@ -258,7 +267,162 @@ def run_demo(
         engine.close()
     res.index_bytes = _dir_size(data.index.resolve())
     res.log_bytes = _dir_size(data.log)
+    if config.gateway:  # the engine is closed: the gateway's writer takes the log
+        t0 = time.perf_counter()
+        holder = next(u for u in users[config.rsa_users :] if u[0] not in unusable)
+        tour = GatewayTour(
+            data_dir,
+            card=_card(holder[1], inter),
+            suspended_card=_card(next((u for u in victims[:-2] if u not in revoked), victims[0])[1], inter),
+            terminal=terminals[businesses[0]][0],
+            other_terminal=terminals[businesses[1]][0] if len(businesses) > 1 else None,
+            unlinked=[sid for sid in registered[businesses[0]][:50] if sid not in linked[businesses[0]]][:1],
+            elsewhere=registered[businesses[1]][:1] if len(businesses) > 1 else [],
+        )
+        res.gateway = tour.run()
+        res.gateway_seconds = time.perf_counter() - t0
     return res
+
+
+def _card(cred: UserCredential, ca: ThrowawayCA):
+    """The reference client's card: a real terminal's card reader gives the certificate and signs."""
+    from mykey.client.gateway import Card
+
+    return Card(cred.cert_pem() + ca.cert_pem(), cred.sign)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+GATEWAY_READY_DEADLINE = 60.0  # seconds for `mykey serve` to answer /readyz
+GATEWAY_STOP_DEADLINE = 30.0
+
+
+@dataclass
+class GatewayTour:
+    """`mykey serve` on a free loopback port, driven by the reference client, always stopped.
+
+    The server runs in its own process group (a Ctrl-C of the demo does not reach it
+    half-way); whatever happens, the tour sends the group SIGTERM, then SIGKILL.
+    """
+
+    data_dir: Path
+    card: object  # mykey.client.gateway.Card of a person with a valid MyKey ID
+    suspended_card: object
+    terminal: tuple[str, Ed25519PrivateKey]
+    other_terminal: tuple[str, Ed25519PrivateKey] | None
+    unlinked: list[str]
+    elsewhere: list[str]
+    lines: list[str] = field(default_factory=list)
+
+    def run(self) -> list[str]:
+        import httpx
+
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with tempfile.TemporaryDirectory(prefix="mykey-demo-gw-") as tmp:
+            log_path = Path(tmp) / "serve.log"
+            cmd = [sys.executable, "-m", "mykey", "--data", str(self.data_dir), "serve", "--port", str(port),
+                   "--workers", "2", "--writer-idle", "0.2"]
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, env={**os.environ, "TMPDIR": tmp})
+            try:
+                t0 = time.monotonic()
+                while True:
+                    if proc.poll() is not None:
+                        raise MykeyError(f"mykey serve exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+                    try:
+                        if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() - t0 > GATEWAY_READY_DEADLINE:
+                        raise MykeyError(f"mykey serve was not ready in {GATEWAY_READY_DEADLINE:g} s")
+                    time.sleep(0.05)
+                self.say(f"mykey serve on {url} (2 workers + the writer), ready in {time.monotonic() - t0:.1f} s")
+                self.drive(url)
+            finally:
+                code, gone = _stop_group(proc)
+                self.say(f"gateway stopped with SIGTERM: exit code {code}, "
+                         + ("no process left" if gone else "processes left behind!"))
+        return self.lines
+
+    def say(self, text: str) -> None:
+        self.lines.append(text)
+
+    def drive(self, url: str) -> None:
+        from mykey.client.gateway import GatewayClient, PersonClient, check_history
+        from mykey.errors import GatewayRefusedError
+
+        terminal_id, key = self.terminal
+        with GatewayClient(url, terminal_id, key) as gw:
+            session = gw.sign_in()
+            self.say(f"terminal {terminal_id} signed in (Ed25519): a session token for business {session.business_id}")
+            found = gw.identify(self.card)
+            self.say(f"identify (a card taps the reader): {_pairs(found) or 'no service ID here yet'}")
+            new = f"NEW{session.business_id}1"
+            self.say(f"first-use link of membership number {new} by the card: {gw.link(new, self.card)} "
+                     "(registered and linked; the terminal never saw a MyKey ID)")
+            self.say(f"identify again: {_pairs(gw.identify(self.card))}")
+            asked = [new, *self.unlinked, *self.elsewhere, "NOT-REGISTERED"]
+            self.say(f"status lookups: {_pairs(gw.statuses(asked))}")
+            try:
+                gw.identify(self.suspended_card)
+            except GatewayRefusedError as exc:
+                self.say(f"a suspended person's card: refused ({exc.status} {exc.problem.get('type', '').split(':')[-1]})")
+        if self.other_terminal is not None:
+            other_id, other_key = self.other_terminal
+            with GatewayClient(url, other_id, other_key) as gw:
+                seen = _pairs(gw.identify(self.card)) or "no service ID there"
+                self.say(f"the same card at {other_id} (another business): {seen}; none of {session.business_id}'s")
+        vkey = self.data_dir / "keys" / "checkpoint.vkey"
+        with PersonClient(url) as me:
+            deadline = time.monotonic() + 15
+            while True:  # the writer signs a checkpoint over the new link once it is idle
+                history = me.history(self.card)
+                if all(e["proof"] for e in history["events"]) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        checked = check_history(history, vkey)
+        proven = sum(1 for line in checked if "OK inclusion" in line)
+        self.say(f"the person's own history (no terminal): {len(history['events'])} events, {proven} proven "
+                 f"against checkpoint {history['checkpoint']['size'] if history['checkpoint'] else '-'}, "
+                 f"checked offline with {vkey.name}")
+        for e in history["events"][-2:]:
+            self.say(f"  {e['time'][:19]}Z  {e['what']}")
+
+
+def _pairs(pairs) -> str:
+    return ", ".join(f"{sid} {status}" for sid, status in pairs)
+
+
+def _stop_group(proc: subprocess.Popen) -> tuple[int | None, bool]:
+    """SIGTERM the server's process group and wait; SIGKILL whatever is left. (exit code, group gone)."""
+    for sig, wait in ((signal.SIGTERM, GATEWAY_STOP_DEADLINE), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+            time.sleep(0.05)
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            break
+    if proc.poll() is None:
+        proc.wait(5)
+    return proc.returncode, not _group_alive(proc.pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _gateway_resolver(engine: Engine) -> Resolver:
@@ -338,4 +502,7 @@ def format_result(res: DemoResult) -> str:
             lines.append(f"  {mk:<9} {state:<10} {bid:<9} {sid:<8} {cust}")
     if res.checkpoint:
         lines += ["", "signed audit checkpoint (C2SP tlog-checkpoint):", *("  " + l for l in res.checkpoint.rstrip().splitlines())]
+    if res.gateway:
+        lines += ["", f"the terminal gateway, driven by the reference client ({res.gateway_seconds:.1f} s):",
+                  *("  " + line for line in res.gateway)]
     return "\n".join(lines)

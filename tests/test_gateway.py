@@ -19,6 +19,7 @@ from mykey.errors import (
     GatewayProtocolError,
     GatewayRefusedError,
     NotFoundError,
+    RegistrationNotAllowedError,
 )
 from mykey.gateway.app import MAX_BATCH, MAX_JSON_BODY
 from mykey.gateway.writer import AsyncWriterClient, WriterClient
@@ -222,10 +223,11 @@ def test_unknown_paths_and_methods(api, ds):
     assert resp.status_code == 405 and resp.headers["allow"] == "POST" and problem_kind(resp) == "method-not-allowed"
     resp = api.request("DELETE", "/v1/status/M-001")
     assert resp.status_code == 405 and resp.headers["allow"] == "GET"
-    for path in ("/v1/challenges", "/v1/identify", "/v1/links", "/v1/service-ids", "/v1/people/history"):
-        assert path in OPENAPI["paths"]
-        resp = api.post(path, json={})
-        assert resp.status_code == 501 and problem_kind(resp) == "not-implemented"
+    for path in ("/v1/challenges", "/v1/identify", "/v1/links", "/v1/service-ids"):
+        resp = api.post(path, json={})  # a terminal's endpoint without a token
+        assert resp.status_code == 401 and problem_kind(resp) == "token-missing"
+    resp = api.get("/v1/people/history")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST"
 
 
 # --- revocation and deactivation act at once ---------------------------------------------------------
@@ -259,7 +261,9 @@ def test_deactivating_a_business_stops_its_terminals_at_once(api, ds, writer):
 
 
 def test_writes_are_forwarded_to_the_single_writer(api, ds, writer):
-    actor = ev.Actor("terminal", A)
+    with pytest.raises(RegistrationNotAllowedError, match="may not register"):  # not enrolled --can-register
+        writer.call("register_service_ids", actor=ev.Actor("terminal", A), business_id="A0001", rows=[["W-0", None]])
+    actor = ev.Actor("terminal", "A0001-T0004")
     assert writer.call("register_service_ids", actor=actor, business_id="A0001",
                        rows=[["W-1", "cust-1"], ["W-2", None]]) == 2
     assert writer.call("service_status", business_id="A0001", service_id="W-1") == {

@@ -39,6 +39,7 @@ class Dataset:
 
     root: Path
     keys: dict[str, Path] = field(default_factory=dict)  # terminal ID -> private key file
+    people: dict[str, tuple[str, object]] = field(default_factory=dict)  # "valid"/"suspended" -> (MyKey ID, card)
     expected: dict[tuple[str, str], str] = field(default_factory=dict)  # (business, service ID) -> status
 
     def key(self, terminal_id: str):
@@ -48,7 +49,7 @@ class Dataset:
 
 
 def build_dataset(root: Path, pki) -> Dataset:
-    """Businesses A0001 (3 terminals), A0002 (1), A0003 (1); MyKey IDs and service IDs in every status."""
+    """Businesses A0001 (4 terminals, the 4th may register), A0002 (1), A0003 (1); service IDs in every status."""
     from mykey.client import keys as terminal_keys
     from mykey.engine import Engine
 
@@ -58,17 +59,20 @@ def build_dataset(root: Path, pki) -> Dataset:
         engine.add_trust_anchor(pki.inter.cert_pem(), intermediate=True)
         for name in ("Library", "Sports centre", "Shop"):
             engine.register_business(name, "131016")
-        for bid, n in (("A0001", 3), ("A0002", 1), ("A0003", 1)):
+        for bid, n in (("A0001", 4), ("A0002", 1), ("A0003", 1)):
             for i in range(n):
                 path, pub = terminal_keys.write_key_pair(root / f"{bid}-{i}.key")  # made on the terminal
-                terminal_id = engine.enrol_terminal(bid, pub.read_bytes())
+                # A0001-T0004 is the library's back office: it may bulk-register service IDs.
+                terminal_id = engine.enrol_terminal(bid, pub.read_bytes(), can_register=(bid, i) == ("A0001", 3))
                 ds.keys[terminal_id] = path
-        people = []
+        people, creds = [], []
         for _ in range(2):
             cred = pki.user()
             challenge = engine.new_challenge()
             people.append(engine.create_mykey(pki.chain(cred), cred.sign(challenge), challenge))
+            creds.append(cred)
         valid, suspended = people
+        ds.people = {"valid": (valid, creds[0]), "suspended": (suspended, creds[1])}
         engine.register_service_ids("A0001", [("M-003", None)])
         engine.link_in_person("A0001", "M-001", valid, "seen in person")
         engine.link_in_person("A0001", "M-002", suspended, "seen in person")

@@ -10,24 +10,30 @@ is the presentation's job (the CLI's ``--json`` output does it).
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
 from ..datadir import DataDir
 from ..domain import events as ev
 from ..domain.ids import check_mykey_id
-from ..errors import NoCheckpointError, NoIndexError, SubjectNotFoundError
+from ..errors import NoCheckpointError, SubjectNotFoundError
 from ..index import keys as k
-from ..index.projection import get_mykey, scan
-from ..index.store import open_live_readonly, read_meta_last_seq
+from ..index.readmodel import ReadModel, Snapshot
 from ..log.store import LogStore
 from .checkpoints import latest_checkpoint, verified_checkpoint
 from .keys import load_verifier_key
 from .proofs import build_inclusion_doc
 from .trail import log_reader, open_trail_reader, read_record
 
-__all__ = ["subject_history", "describe_event", "format_history"]
+__all__ = ["subject_history", "history_from", "describe_event", "format_history", "jsonable", "event_body"]
+
+
+class Snapshots(Protocol):
+    """Where index snapshots come from: a ReadModel, or a gateway worker's Resolver."""
+
+    def snapshot(self) -> AbstractContextManager[Snapshot]: ...
 
 
 def _about(body: Any, mykey_id: str, certs: set[tuple[str, str]], services: set[tuple[str, str]]) -> bool:
@@ -63,38 +69,67 @@ def describe_event(body: Any) -> str:
     if isinstance(body, ev.ServiceIdRegistered):
         return f"business {body.business_id} registered service ID {body.service_id}"
     if isinstance(body, ev.ServiceIdLinked):
-        return f"service ID {body.service_id} of business {body.business_id} linked to your MyKey ID"
+        what = f"service ID {body.service_id} of business {body.business_id} linked to your MyKey ID"
+        if body.authority == "card":
+            kind, _, who = body.relayed_by.partition(":")
+            return f"{what} by your card (relayed by {kind} {who})"
+        if body.authority == "in-person":
+            return f"{what} by an operator who checked you in person: {body.reason}"
+        return f"{what} (what authorised it was not recorded)"
     if isinstance(body, ev.ServiceIdUnlinked):
         return f"service ID {body.service_id} of business {body.business_id} unlinked"
     return type(body).__name__
+
+
+class _Subject(NamedTuple):
+    """What the index says about a MyKey ID, read in one snapshot."""
+
+    rec: k.MyKeyRecord
+    index_last: int
+    seqs: list[int]
+    links: list[tuple[str, str]]
+
+
+def _subject(snapshots: Snapshots, mykey_id: str) -> _Subject:
+    with snapshots.snapshot() as state:
+        rec = state.mykey(mykey_id)
+        if rec is None:
+            raise SubjectNotFoundError(f"MyKey ID {mykey_id} is not known to this platform (check the spelling)")
+        return _Subject(rec, state.last_seq, state.mykey_event_seqs(mykey_id), state.mykey_links(mykey_id))
 
 
 def subject_history(data: DataDir, mykey_id: str, *, log: LogStore | None = None) -> dict[str, Any]:
     """Every event about ``mykey_id`` in order, with inclusion proofs against the latest checkpoint.
 
     Also the current state, certificate issuer/serial and the business IDs it is linked to.
-    Opens the live index read-only: call it from a process that does not have it open.
+    Opens the live index read-only: call it from a process that does not have it open
+    (one that has, a gateway worker, calls history_from with its own snapshots).
     ``log``: the log to read events from (default: the data directory's, opened read-only).
     """
     check_mykey_id(mykey_id)
-    try:
-        env, dbs, _gen = open_live_readonly(data)
-    except NoIndexError:
-        raise SubjectNotFoundError(f"no index in {data.root}; run `mykey init` first") from None
-    prefix = mykey_id.encode("ascii")
-    try:
-        with env.begin() as txn:
-            rec = get_mykey(txn, dbs, mykey_id)
-            if rec is None:
-                raise SubjectNotFoundError(f"MyKey ID {mykey_id} is not known to this platform (check the spelling)")
-            index_last = read_meta_last_seq(txn, dbs)
-            seqs = [k.parse_u64(key[len(prefix) :]) for key, _ in scan(txn, dbs.mkevents, prefix, prefix)]
-            links = sorted(k.split_service_key(key[len(prefix) :]) for key, _ in scan(txn, dbs.mksvc, prefix, prefix))
-    finally:
-        env.close()
-
+    model = ReadModel.open_live(data)
+    if model is None:
+        raise SubjectNotFoundError(f"no index in {data.root}; run `mykey init` first")
+    with model:
+        subject = _subject(model, mykey_id)
     with log_reader(data, log) as log:
-        envs = [(seq, raw, ev.decode_envelope(raw)) for seq in seqs for raw in [read_record(log, seq)]]
+        return _history(data, mykey_id, subject, log)
+
+
+def history_from(snapshots: Snapshots, log: LogStore, data: DataDir, mykey_id: str) -> dict[str, Any]:
+    """subject_history over an index the caller holds open (a Resolver or ReadModel) and its open log.
+
+    The log is refreshed after the index is read, so it holds every event the index applied.
+    """
+    check_mykey_id(mykey_id)
+    subject = _subject(snapshots, mykey_id)
+    log.refresh()
+    return _history(data, mykey_id, subject, log)
+
+
+def _history(data: DataDir, mykey_id: str, subject: _Subject, log: LogStore) -> dict[str, Any]:
+    rec, links = subject.rec, subject.links
+    envs = [(seq, raw, ev.decode_envelope(raw)) for seq in subject.seqs for raw in [read_record(log, seq)]]
     certs: set[tuple[str, str]] = set()
     services: set[tuple[str, str]] = set()
     for _, _, e in envs:
@@ -143,11 +178,31 @@ def subject_history(data: DataDir, mykey_id: str, *, log: LogStore | None = None
         "businesses": sorted({b for b, _ in links}),
         "links": [{"business_id": b, "service_id": s} for b, s in links],
         "events": events,
-        "index_last_seq": index_last,
+        "index_last_seq": subject.index_last,
         "checkpoint": None
         if cp is None
         else {"size": cp.size, "root": cp.root_hash.hex(), "time": cp.timestamp, "note": note},
     }
+
+
+def jsonable(value: Any) -> Any:
+    """A history (or any part of it) as JSON-ready data: bytes as lower-case hex, tuples as lists."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {key: jsonable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def event_body(payload: bytes) -> tuple[int, str, Any]:
+    """(seq, type, body as a history shows it, JSON-ready) of a stored log record (a proof's leaf data).
+
+    A reader of a history checks with it that the proven leaf is the event shown.
+    """
+    env = ev.decode_envelope(payload)
+    return env.seq, type(env.body).__struct_config__.tag, jsonable(msgspec.structs.asdict(env.body))
 
 
 def format_history(h: dict[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ signature made for one thing cannot be used for another:
     mykey:renew:<nonce>                                     move a MyKey ID to a renewed certificate
     mykey:identify:<business>:<terminal>:<nonce>            tell this business who is at its terminal
     mykey:link:<business>:<terminal>:<service_id>:<nonce>   link this service ID of this business
+    mykey:history:<nonce>                                   show the holder their own history
 
 <terminal> is the terminal the challenge was issued to, or "-" when none was (the
 operator's command line). <nonce> is 32 random bytes in hex. A challenge is usable
@@ -35,8 +36,9 @@ from ..domain import ids
 from ..errors import ChallengeError, ValidationError
 from . import onetime
 
-PURPOSES = ("create", "renew", "identify", "link")
-TTL = {"create": 300.0, "renew": 300.0, "identify": 120.0, "link": 120.0}  # seconds a challenge stays usable
+PURPOSES = ("create", "renew", "identify", "link", "history")
+UNBOUND = ("create", "renew", "history")  # purposes bound to no business, service ID or terminal
+TTL = {"create": 300.0, "renew": 300.0, "identify": 120.0, "link": 120.0, "history": 120.0}  # seconds a challenge stays usable
 NONCE_BYTES = 32
 NO_TERMINAL = "-"
 MAX_OPEN_CHALLENGES = 1_000_000  # per machine (LmdbChallengeStore)
@@ -77,7 +79,7 @@ class Challenge:
             raise bad
         purpose = head[1]
         try:
-            if purpose in ("create", "renew"):
+            if purpose in UNBOUND:
                 if len(head) != 3:
                     raise bad
                 found = cls(purpose, head[2])
@@ -167,7 +169,7 @@ class ChallengeStore:
         """issue(), and the unix time at which the challenge stops being usable."""
         if purpose not in PURPOSES:
             raise ValidationError(f"challenge purpose must be one of {', '.join(PURPOSES)}")
-        if purpose in ("create", "renew"):
+        if purpose in UNBOUND:
             if (business_id, service_id, terminal_id) != (None, None, None):
                 raise ValidationError(f"a {purpose} challenge is bound to no business, service ID or terminal")
         elif business_id is None:

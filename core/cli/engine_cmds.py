@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--municipality", required=True, help="local government code, e.g. 131016")
     p.add_argument("--numeric-service-ids", action="store_true",
                    help="declare that this business's own service IDs are 12-digit numbers")
+    p.add_argument("--no-first-use", dest="first_use", action="store_false",
+                   help="no registration at first use: a person's link is refused for a service ID the business "
+                   "has not registered (it registers its IDs itself, e.g. in bulk)")
     p = cmd(g, "deactivate", "deactivate a business (its terminals stop authenticating)", cmd_business_deactivate)
     p.add_argument("business")
     p.add_argument("--reason", required=True)
@@ -233,8 +236,9 @@ def cmd_trust_list(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_business_add(args: argparse.Namespace, out: Output) -> int:
     with open_engine(args) as e:
-        bid = e.register_business(args.name, args.municipality, numeric_service_ids=args.numeric_service_ids)
-    out.result(f"registered business {bid}", business_id=bid)
+        bid = e.register_business(args.name, args.municipality, numeric_service_ids=args.numeric_service_ids,
+                                  first_use_registration=args.first_use)
+    out.result(f"registered business {bid}", business_id=bid, first_use_registration=args.first_use)
     return 0
 
 

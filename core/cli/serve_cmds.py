@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 
+from ..errors import ValidationError
 from .output import Output
 
 
@@ -26,6 +28,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--burst", type=float, default=100.0, help="requests a terminal may send at once (default 100)")
     p.add_argument("--writer-idle", type=float, default=2.0, metavar="SECONDS",
                    help="the writer lets go of the log after this long without a write (default 2)")
+    p.add_argument("--people-rate", type=float, default=1.0, metavar="PER_SECOND",
+                   help="a person's requests (no terminal: /v1/people/...) a second per client address in each "
+                   "worker (default 1, bursts of --people-burst; 0: no limit)")
+    p.add_argument("--people-burst", type=float, default=10.0, help="a client address's burst (default 10)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                   help="the address of a reverse proxy in front of the gateway whose X-Forwarded-For header "
+                   "names the client (repeat for several); from any other peer the header is ignored")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
 
@@ -35,6 +44,14 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
     return value
+
+
+def _address(text: str) -> str:
+    """An IP address, normalised (so ::1 and 0:0:0:0:0:0:0:1 compare equal to what the socket reports)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValidationError(f"--trusted-proxy {text!r} is not an IP address") from None
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
@@ -49,5 +66,8 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         burst=args.burst,
         writer_idle=args.writer_idle,
         access_log=args.access_log,
+        people_rate=args.people_rate,
+        people_burst=args.people_burst,
+        trusted_proxies=frozenset(_address(a) for a in args.trusted_proxy),
     )
     return serve(args.data, options)

@@ -305,12 +305,17 @@ class BusinessRegistered(_Event, tag="biz.registered"):
 
     numeric_service_ids declares, attributably, that the business's own service
     IDs are 12-digit numbers that may pass the Individual Number check digit.
+
+    v2: first_use_registration says whether a service ID the business has not
+    registered may be registered when a person links it at first use (v1: yes).
     """
 
+    VERSION: ClassVar[int] = 2
     business_id: str
     name: str
     municipality_code: str
     numeric_service_ids: bool = False
+    first_use_registration: bool = True
 
     def check(self) -> None:
         ids.check_business_id(self.business_id)
@@ -576,6 +581,15 @@ def _crl_applied_v1(fields: list[Any]) -> list[Any]:
 def _terminal_enrolled_v1(fields: list[Any]) -> list[Any]:
     # v1: [terminal_id, business_id, public_key]; every v1 terminal may not register service IDs
     return [*fields[:3], False]
+
+
+@upcaster("biz.registered", 1)
+def _business_registered_v1(fields: list[Any]) -> list[Any]:
+    # v1: [business_id, name, municipality_code, numeric_service_ids]; first use registered then
+    out = list(fields)
+    if len(out) < 4:
+        out.append(False)
+    return [*out[:4], True]
 
 
 def now_us() -> int:

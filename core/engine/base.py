@@ -27,7 +27,7 @@ from ..index.readmodel import ReadModel, Snapshot
 from ..index.store import Index
 from ..log.backend import open_log
 from ..log.store import LogStore
-from .challenges import ChallengeBook
+from .challenges import open_challenge_store
 
 
 def operator_for_account(uid: int, name: str | None) -> ev.Actor:
@@ -78,7 +78,6 @@ class EngineCore:
         self.clock = clock
         self.operator = operator or _operator_actor()
         self.trail = trail
-        self.challenges = ChallengeBook(lambda: self.clock())
         self._checkpoint_from: int | None = None
         self._halted: str | None = None  # set when the index could not follow the log
         with self.read_model.snapshot() as state:
@@ -88,6 +87,8 @@ class EngineCore:
             finally:
                 records.close()
         self._subject_key = ensure_subject_key(data, in_use=has_mykeys)
+        # The machine's shared store: a challenge a gateway worker issued is consumed once here too.
+        self.challenges = open_challenge_store(data, index.binding, lambda: self.clock())
 
     # --- opening ---------------------------------------------------------
 
@@ -154,7 +155,7 @@ class EngineCore:
         return engine
 
     def close(self) -> None:
-        """Close the audit trail (signing a checkpoint if asked to), the index and the log (releases the locks)."""
+        """Close the audit trail (signing a checkpoint if asked to), the challenges, the index and the log."""
         try:
             if self.trail is not None:
                 try:
@@ -165,7 +166,10 @@ class EngineCore:
                     self.trail = None
         finally:
             try:
-                self.index.close()
+                try:
+                    self.challenges.close()
+                finally:
+                    self.index.close()
             finally:
                 self.log.close()
 

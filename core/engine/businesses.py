@@ -76,20 +76,26 @@ class BusinessCommands(EngineCore):
         *,
         numeric_service_ids: bool = False,
         business_id: str | None = None,
+        first_use_registration: bool = True,
         actor: ev.Actor | None = None,
     ) -> str:
         """Register a business (facility) and issue its business ID (the next free one).
 
         numeric_service_ids declares that its own service IDs are 12-digit numbers;
-        business_id asks for a specific free ID (e.g. when migrating existing businesses).
+        business_id asks for a specific free ID (e.g. when migrating existing businesses);
+        first_use_registration=False makes a link refuse a service ID the business has not
+        registered (it registers its IDs itself, in bulk) instead of registering it at first use.
         """
+        if type(first_use_registration) is not bool:
+            raise ValidationError("first_use_registration must be True or False")
         with self._read() as state:
             if business_id is not None:
                 ids.check_business_id(business_id)
                 if state.business(business_id) is not None:
                     raise AlreadyExistsError(f"business ID {business_id} is taken; omit it to get the next free one")
             bid = business_id or next_business_id(state.business_ids())
-        self._commit([ev.BusinessRegistered(bid, name, municipality_code, numeric_service_ids)], actor or self.operator)
+        registered = ev.BusinessRegistered(bid, name, municipality_code, numeric_service_ids, first_use_registration)
+        self._commit([registered], actor or self.operator)
         return bid
 
     def deactivate_business(self, business_id: str, reason: str, *, actor: ev.Actor | None = None) -> None:

@@ -22,6 +22,7 @@ from ..auth.challenges import ChallengeStore
 from ..domain import certs, ids, transitions
 from ..domain.status import Status
 from ..errors import UnknownCardError
+from ..index.keys import MyKeyRecord
 from ..index.readmodel import Snapshot
 from .lookups import require_business
 from .mykeys import verify_card_proof
@@ -47,15 +48,21 @@ def card_holder(state: Snapshot, info: certs.CertInfo) -> str:
     Refusals (UnknownCardError, SuspendedMyKeyError) never name a MyKey ID: they go back to
     the terminal that relayed the card.
     """
+    mykey_id, rec = _current_holder(state, info)
+    transitions.check_card_holder(rec.state)
+    return mykey_id
+
+
+def _current_holder(state: Snapshot, info: certs.CertInfo) -> tuple[str, MyKeyRecord]:
+    """The MyKey ID (any state) whose current certificate is the card's; UnknownCardError if none."""
     serial = format(info.serial, "x")
     mykey_id = state.current_holder(info.issuer, serial)
     rec = state.mykey(mykey_id) if mykey_id is not None else None
-    if rec is None or rec.cert_fingerprint != info.fingerprint:
+    if mykey_id is None or rec is None or rec.cert_fingerprint != info.fingerprint:
         if state.replaced_by_renewal(info.issuer, serial):
             raise UnknownCardError("this card's certificate was replaced by a renewal; present the card with the new one")
         raise UnknownCardError("this card has no MyKey ID; the holder can create one with the card")
-    transitions.check_card_holder(rec.state)
-    return mykey_id
+    return mykey_id, rec
 
 
 class CardReader:
@@ -108,3 +115,19 @@ class CardReader:
             )
             links = state.linked_service_ids(card_holder(state, info), business_id)
         return [LinkedServiceId(sid, value.status) for sid, value in links]
+
+    def own_mykey_id(self, certificate: bytes, signature: bytes, challenge: bytes) -> str:
+        """The MyKey ID whose current certificate the card holds, proven over a "history" challenge.
+
+        For the person's own view only (a gateway shows the holder their history): it names
+        the MyKey ID, so its answer goes to the card's holder, never to a terminal. Any state
+        will do: a suspended or invalidated MyKey ID still has its history. Refused like
+        identify (ChallengeError, a CertificateError, UnknownCardError).
+        """
+        with self.snapshots.snapshot() as state:
+            self.challenges.expect(challenge, "history")
+            info = verify_card_proof(
+                state, self.challenges, certificate, signature, challenge, "history",
+                at=self.now(), crl_policy=self.crl_policy,
+            )
+            return _current_holder(state, info)[0]

@@ -20,13 +20,15 @@ class ServiceRows(NamedTuple):
     lines: list[int]
 
 
-def read_service_csv_file(path: str | Path, progress: Callable[[int], None] | None = None) -> ServiceRows:
-    """Read the whole file (streamed); ValidationError naming the file and line for a bad one."""
+def read_service_csv_file(
+    path: str | Path, progress: Callable[[int], None] | None = None, *, name: str | None = None
+) -> ServiceRows:
+    """Read the whole file (streamed); ValidationError naming the file (or name) and line for a bad one."""
     with open(path, newline="", encoding="ascii", errors="strict") as f:
         try:
             return read_service_csv(f, progress)
         except UnicodeDecodeError as exc:
-            raise ValidationError(f"{path}: not ASCII text ({exc.reason} at byte {exc.start})") from None
+            raise ValidationError(f"{name or path}: not ASCII text ({exc.reason} at byte {exc.start})") from None
 
 
 def read_service_csv(f: TextIO, progress: Callable[[int], None] | None = None) -> ServiceRows:

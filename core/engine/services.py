@@ -19,12 +19,12 @@ from ..errors import (
     InactiveError,
     NotFoundError,
     NotLinkedError,
+    RegistrationNotAllowedError,
     ValidationError,
 )
-from ..index.keys import SvcValue
+from ..index.keys import BusinessRecord, SvcValue
 from ..index.readmodel import Snapshot
 from .base import EngineCore
-from .challenges import open_challenge_store
 from .identify import CardReader, card_holder
 from .lookups import require_business, require_mykey
 from .service_csv import read_service_csv_file
@@ -60,17 +60,6 @@ def registration_events(
 
 
 class ServiceCommands(EngineCore):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Challenges live in the machine's shared store, so a gateway worker's are consumed once here too.
-        self.challenges = open_challenge_store(self.data, self.index.binding, lambda: self.clock())
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.challenges.close()
-
     def register_service_ids(
         self, business_id: str, rows: Iterable[tuple[str, str | None]], *, actor: ev.Actor | None = None
     ) -> int:
@@ -85,6 +74,8 @@ class ServiceCommands(EngineCore):
         actor: ev.Actor | None,
     ) -> int:
         with self._read() as state:
+            if actor is not None and actor.kind == "terminal":
+                _require_registering_terminal(state, actor.id, business_id)
             events = registration_events(state, business_id, rows, line_of=line_of)
         if events:
             self._commit(events, actor or self.operator)
@@ -97,13 +88,16 @@ class ServiceCommands(EngineCore):
         *,
         progress: Callable[[int], None] | None = None,
         actor: ev.Actor | None = None,
+        name: str | None = None,
     ) -> int:
         """Register service IDs from a CSV file (header service_id,customer_id); all or nothing.
 
         Streams the file; a bad row anywhere rejects the whole file with its line number.
+        name: what refusals call the file (default its path). actor: a terminal registers only
+        for its own business, and only if it was enrolled with the right to (can_register).
         """
-        rows, lines = read_service_csv_file(path, progress)
-        return self._register(business_id, rows, lambda i: f"{path}: line {lines[i]}", actor)
+        rows, lines = read_service_csv_file(path, progress, name=name)
+        return self._register(business_id, rows, lambda i: f"{name or path}: line {lines[i]}", actor)
 
     # --- linking: by the person's card (the normal path), or in person by an operator ----------
 
@@ -176,7 +170,7 @@ class ServiceCommands(EngineCore):
             cert_fingerprint=info.fingerprint,
             relayed_by=f"{relay.kind}:{relay.id}",
         )
-        self._commit(_link_events(business_id, service_id, svc, numeric, link), ev.Actor("user", mykey_id))
+        self._commit(_link_events(rec, service_id, svc, numeric, link), ev.Actor("user", mykey_id))
         return Status.VALID
 
     def link_in_person(
@@ -207,7 +201,7 @@ class ServiceCommands(EngineCore):
             svc = state.service(business_id, service_id)
         numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
         link = ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric, "in-person", reason)
-        self._commit(_link_events(business_id, service_id, svc, numeric, link), by)
+        self._commit(_link_events(rec, service_id, svc, numeric, link), by)
         return holder.state.status
 
     def card_reader(self) -> CardReader:
@@ -237,10 +231,16 @@ class ServiceCommands(EngineCore):
 
 
 def _link_events(
-    business_id: str, service_id: str, svc: SvcValue | None, numeric: bool, link: ev.ServiceIdLinked
+    rec: BusinessRecord, service_id: str, svc: SvcValue | None, numeric: bool, link: ev.ServiceIdLinked
 ) -> list[ev.Event]:
-    """The link, after the registration at first use; refused if the service ID is linked already."""
+    """The link, after the registration at first use (if the business allows it); refused if linked already."""
+    business_id = link.business_id
     if svc is None:
+        if not rec.first_use_registration:
+            raise RegistrationNotAllowedError(
+                f"service ID {service_id} is not registered at business {business_id}, which registers its service "
+                "IDs itself (no registration at first use); register it first, then link it"
+            )
         return [ev.ServiceIdRegistered(business_id, service_id, None, numeric), link]
     if svc.linked:
         raise AlreadyExistsError(
@@ -257,3 +257,14 @@ def _require_terminal_of(state: Snapshot, terminal_id: str, business_id: str) ->
         raise NotFoundError(f"terminal {terminal_id} is not enrolled at business {business_id}")
     if not term.active:
         raise InactiveError(f"terminal {terminal_id} was revoked")
+
+
+def _require_registering_terminal(state: Snapshot, terminal_id: str, business_id: str) -> None:
+    """The terminal registering service IDs is an active terminal of this business with the right to register."""
+    _require_terminal_of(state, terminal_id, business_id)
+    term = state.terminal(terminal_id)
+    if term is None or not term.can_register:
+        raise RegistrationNotAllowedError(
+            f"terminal {terminal_id} may not register service IDs; the operator enrols a terminal for that with "
+            "`mykey terminal enrol BUSINESS --public-key FILE --can-register`"
+        )

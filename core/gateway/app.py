@@ -2,15 +2,20 @@
 
 The server builds one ``Gateway`` before it forks the workers (nothing is opened then).
 In each worker, ``__rsgi_init__`` opens that worker's own Resolver, its
-TerminalAuthenticator (sharing DATA/auth-nonces with the other workers), a reader of the
-log (for ``/readyz``) and its metrics; ``__rsgi_del__`` closes them on a graceful stop.
+TerminalAuthenticator (sharing DATA/auth-nonces with the other workers), its share of the
+machine's challenge store (DATA/challenges), a reader of the log (for ``/readyz`` and a
+person's history) and its metrics; ``__rsgi_del__`` closes them on a graceful stop.
+Identify and the history read the index through ``Resolver.snapshot()``: LMDB allows one
+open of the index per process, so a worker never opens a second read model beside it.
 
 A request goes: route (exact paths, and ``/v1/status/`` plus the service ID), then for
 the ``/v1`` lookups the bearer token (an HMAC, tokens.py), the terminal's and its
 business's records (two LMDB reads, so revocation and deactivation act at once), the
-terminal's rate limit, and the handler. Reads are answered here; a write is sent to the
-writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes back
-as the mykey error it raised. Every refusal is an HttpProblem answered as problem JSON
+terminal's rate limit, and the handler. Reads are answered here (statuses, challenges,
+identify, a person's history); a write (a first-use link, a bulk registration) is sent to
+the writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes
+back as the mykey error it raised. The person's endpoints take no token: they are limited
+per client address (``client_address``: X-Forwarded-For only from a trusted proxy). Every refusal is an HttpProblem answered as problem JSON
 (WriterUnavailableError as 503); any other exception is logged and answered 500, so no
 request can stop a worker.
 
@@ -22,26 +27,43 @@ Service IDs are taken from the path as granian gives it, percent-decoded (``%2F`
 from __future__ import annotations
 
 import binascii
+import ipaddress
 import logging
 import os
+import re
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..audit.history import history_from, jsonable
+from ..auth.challenges import LmdbChallengeStore, open_challenge_store
 from ..auth.terminals import TerminalAuthenticator, terminal_auth_message
 from ..datadir import DataDir
+from ..domain import events as ev
+from ..domain import ids
 from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
 from ..domain.status import Status
+from ..engine.identify import CardReader
 from ..errors import (
+    AlreadyExistsError,
+    CertificateError,
+    ChallengeError,
+    GatewayError,
     HttpProblem,
+    InactiveError,
     MykeyError,
+    NotFoundError,
+    RegistrationNotAllowedError,
+    SuspendedMyKeyError,
     TerminalAuthError,
+    UnknownCardError,
     ValidationError,
     WriterUnavailableError,
 )
@@ -51,7 +73,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
 from .problems import problem, problem_body
-from .procs import die_with_parent
+from .procs import die_with_parent, run_dir
 from .ratelimit import RateLimiter, retry_after_header
 from .tokens import TokenSigner
 from .writer import AsyncWriterClient
@@ -59,6 +81,10 @@ from .writer import AsyncWriterClient
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_BATCH = 1000  # service IDs in one POST /v1/status
 MAX_JSON_BODY = 64 * 1024  # bytes in a JSON request body (a full batch of the longest IDs fits)
+MAX_CSV_BODY = 128 * 1024 * 1024  # bytes in a bulk registration (1,000,000 rows of the longest IDs: ~66 MB)
+CSV_WRITER_TIMEOUT = 600.0  # seconds a bulk registration may take in the writer
+UPLOAD_PREFIX = "upload-"  # DATA/run/upload-<worker pid>-<random>.csv: a CSV body on its way to the writer
+_CSV_LINE = re.compile(r"\bline (\d+)\b")
 INDEX_RETRY_SECONDS = 1.0  # how often a worker without an index tries to open it again
 _LABELS = tuple(s.label for s in Status)
 _log = logging.getLogger("mykey.gateway")
@@ -82,6 +108,9 @@ class GatewayConfig:
     session_burst: float = 10.0
     server_pid: int | None = None  # workers stop when this process dies
     writer_socket: str | None = None
+    people_rate: float = 1.0  # person endpoints: requests a second per client address, per worker (0: no limit)
+    people_burst: float = 10.0
+    trusted_proxies: frozenset[str] = frozenset()  # peers whose X-Forwarded-For names the client
 
 
 class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -93,6 +122,24 @@ class SessionRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class StatusQuery(msgspec.Struct, forbid_unknown_fields=True):
     service_ids: list[str]
+
+
+class ChallengeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    purpose: Literal["identify", "link"]
+    service_id: str | None = None
+
+
+class CardProof(msgspec.Struct, forbid_unknown_fields=True):
+    certificate: str
+    signature: str
+    challenge: str
+
+
+class LinkRequest(msgspec.Struct, forbid_unknown_fields=True):
+    certificate: str
+    signature: str
+    challenge: str
+    service_id: str
 
 
 Response = tuple[int, tuple[tuple[str, str], ...], bytes]
@@ -120,6 +167,103 @@ def _check_service_id(value: str, where: str) -> None:
         )
 
 
+def _ascii(value: str, field: str) -> bytes:
+    try:
+        return value.encode("ascii")
+    except UnicodeEncodeError:
+        raise problem("malformed-request", f"{field} must be ASCII text") from None
+
+
+def _card_proof(req: CardProof | LinkRequest) -> tuple[bytes, bytes, bytes]:
+    """(certificate, signature, challenge) bytes of a card proof in a request body."""
+    return _ascii(req.certificate, "certificate"), _b64(req.signature, "signature"), _ascii(req.challenge, "challenge")
+
+
+def _card_refusal(exc: MykeyError) -> HttpProblem | None:
+    """The problem answering a refused card flow (None: not a refusal of the card flow).
+
+    The engine's refusals name only the business's own IDs and the card's certificate,
+    never a MyKey ID or another business, so their messages go back as the detail.
+    """
+    detail = str(exc)
+    if isinstance(exc, ChallengeError):
+        return problem("challenge-invalid", detail)
+    if isinstance(exc, SuspendedMyKeyError):
+        return problem("mykey-not-valid", detail)
+    if isinstance(exc, (CertificateError, UnknownCardError)):
+        return problem("card-refused", detail)
+    if isinstance(exc, RegistrationNotAllowedError):
+        return problem("registration-not-allowed", detail)
+    if isinstance(exc, AlreadyExistsError):
+        return problem("conflict", detail)
+    if isinstance(exc, ValidationError):
+        return problem("malformed-request", detail)
+    return None
+
+
+def _csv_refusal(exc: MykeyError) -> HttpProblem | None:
+    """A refused bulk registration, with the line the refusal names (problem member `line`)."""
+    found = _card_refusal(exc)
+    if found is not None and found.kind in ("malformed-request", "conflict"):
+        match = _CSV_LINE.search(found.detail)
+        if match:
+            found.extra = {"line": int(match.group(1))}
+    return found
+
+
+def client_address(scope, trusted_proxies: frozenset[str]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, what X-Forwarded-For says.
+
+    The rightmost address in X-Forwarded-For that is not itself a trusted proxy is the
+    client (each proxy appends the address it saw); a header from any other peer is ignored.
+    """
+    peer = _host(scope.client or "")
+    if peer not in trusted_proxies:
+        return peer
+    hops = [
+        hop.strip()
+        for name, value in scope.headers.items()
+        if name.lower() == "x-forwarded-for"
+        for hop in value.split(",")
+    ]
+    client = peer
+    for hop in reversed([h for h in hops if h]):
+        client = _host(hop)
+        if client not in trusted_proxies:
+            break
+    return client[:64]
+
+
+def _host(address: str) -> str:
+    """The IP address in "ip", "ip:port" or "[ipv6]:port", normalised (as given if it is none of them)."""
+    if address.startswith("[") and "]" in address:
+        address = address[1 : address.index("]")]
+    for candidate in (address, address.rpartition(":")[0]):
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return address
+
+
+def _remove_stale_uploads(run: Path) -> None:
+    """Remove CSV bodies left by a worker that died mid-upload (their pid is gone)."""
+    for path in run.glob(UPLOAD_PREFIX + "*.csv"):
+        pid = path.name[len(UPLOAD_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Gateway:
     """The RSGI application (one instance per worker process, made before the fork)."""
 
@@ -129,11 +273,15 @@ class Gateway:
         self.signer = TokenSigner(config.token_key, config.token_ttl)
         self.resolver: Resolver | None = None
         self.auth: TerminalAuthenticator | None = None
+        self.challenges: LmdbChallengeStore | None = None
+        self.cards: CardReader | None = None
         self.log = None
         self.metrics: Metrics | None = None
         self.limiter = RateLimiter(config.rate, config.burst)
         # Sign-ins cost an Ed25519 verification: limited apart (and off when the limit is off).
         self.session_limiter = RateLimiter(config.session_rate if config.rate > 0 else 0, config.session_burst)
+        # People (no terminal, no token): limited per client address, apart from the terminals' limits.
+        self.people_limiter = RateLimiter(config.people_rate, config.people_burst)
         self._next_index_try = 0.0
         self._writer: AsyncWriterClient | None = None
 
@@ -152,6 +300,10 @@ class Gateway:
         if self.config.server_pid is not None:
             die_with_parent(self.config.server_pid)
         self.metrics = Metrics()
+        try:
+            _remove_stale_uploads(run_dir(DataDir(self.config.data_dir)))
+        except OSError as exc:
+            _log.warning("could not look for stale uploads: %s", exc)
         self._open_index()
         _log.info("worker %d ready (index %s)", os.getpid(), "open" if self.resolver else "not open yet")
 
@@ -161,24 +313,28 @@ class Gateway:
         self._close_index()
 
     def _open_index(self) -> None:
-        """Open this worker's resolver, authenticator and log reader (all or none)."""
+        """Open this worker's resolver, authenticator, challenge store and log reader (all or none)."""
         data = DataDir(self.config.data_dir)
-        resolver = auth = log = None
+        resolver = auth = challenges = log = None
         try:
             resolver = Resolver.open(data.root)
             auth = TerminalAuthenticator.open(data.root, resolver, resolver.binding)
+            challenges = open_challenge_store(data, resolver.binding)
             log = open_log(data, readonly=True)
         except Exception as exc:
-            for thing in (log, auth, resolver):
+            for thing in (log, challenges, auth, resolver):
                 if thing is not None:
                     thing.close()
             self._next_index_try = time.monotonic() + INDEX_RETRY_SECONDS
             _log.warning("worker %d cannot open the index yet: %s", os.getpid(), exc)
             return
-        self.resolver, self.auth, self.log = resolver, auth, log
+        self.resolver, self.auth, self.challenges, self.log = resolver, auth, challenges, log
+        # Identify reads this worker's own index: LMDB allows one open of it per process.
+        self.cards = CardReader(resolver, challenges)
 
     def _close_index(self) -> None:
-        for name in ("auth", "log", "resolver"):
+        self.cards = None
+        for name in ("auth", "challenges", "log", "resolver"):
             thing = getattr(self, name)
             setattr(self, name, None)
             if thing is not None:
@@ -246,6 +402,29 @@ class Gateway:
                 _log.exception("recording metrics failed")
         return exc.status
 
+    def _card_reader(self) -> CardReader:
+        self._index()
+        assert self.cards is not None
+        return self.cards
+
+    def _challenge_store(self) -> LmdbChallengeStore:
+        self._index()
+        assert self.challenges is not None
+        return self.challenges
+
+    def _check_terminal(self, terminal_id: str, business_id: str) -> None:
+        """HttpProblem 401/403 unless the terminal is enrolled at business_id, active, and the business active."""
+        resolver = self._index()
+        term = resolver.terminal(terminal_id)
+        if term is None or term.business_id != business_id:
+            raise problem("token-invalid", "the token names a terminal this platform does not know; sign in again",
+                          headers=BEARER_INVALID)
+        if not term.active:
+            raise problem("terminal-revoked", f"terminal {terminal_id} was revoked; its tokens no longer work")
+        business = resolver.business(business_id)
+        if business is None or not business.active:
+            raise problem("business-deactivated", f"business {business_id} is deactivated; its terminals are refused")
+
     def _authorise(self, scope, now: float) -> tuple[str, str]:
         """(terminal_id, business_id) of the request's valid session token; HttpProblem otherwise."""
         header = scope.headers.get("authorization")
@@ -259,16 +438,7 @@ class Gateway:
         except HttpProblem as exc:
             exc.headers = BEARER_INVALID
             raise
-        resolver = self._index()
-        term = resolver.terminal(terminal_id)
-        if term is None or term.business_id != business_id:
-            raise problem("token-invalid", "the token names a terminal this platform does not know; sign in again",
-                          headers=BEARER_INVALID)
-        if not term.active:
-            raise problem("terminal-revoked", f"terminal {terminal_id} was revoked; its tokens no longer work")
-        business = resolver.business(business_id)
-        if business is None or not business.active:
-            raise problem("business-deactivated", f"business {business_id} is deactivated; its terminals are refused")
+        self._check_terminal(terminal_id, business_id)
         wait = self.limiter.check(terminal_id, now)
         if wait:
             raise problem(
@@ -278,6 +448,16 @@ class Gateway:
             )
         return terminal_id, business_id
 
+    @staticmethod
+    def _check_length(scope, limit: int) -> None:
+        """400 for a Content-Length that is not a number, 413 for one over limit (chunked bodies: while read)."""
+        length = scope.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise problem("malformed-request", "Content-Length is not a number")
+            if int(length) > limit:
+                raise problem("body-too-large", f"the body is over {limit} bytes", headers=(("connection", "close"),))
+
     async def _json_body(self, scope, proto, kind: type, limit: int = MAX_JSON_BODY):
         """The request's JSON body decoded as kind (a msgspec Struct): 415, 413 or 400 when it is not one."""
         ctype = (scope.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
@@ -286,12 +466,7 @@ class Gateway:
         too_large = problem(
             "body-too-large", f"the body is over {limit} bytes", headers=(("connection", "close"),)
         )
-        length = scope.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                raise problem("malformed-request", "Content-Length is not a number")
-            if int(length) > limit:
-                raise too_large
+        self._check_length(scope, limit)
         body = bytearray()
         async for chunk in proto:
             body += chunk
@@ -397,8 +572,154 @@ class Gateway:
             {"service_id": sid, "status": labels[code]} for sid, code in zip(service_ids, codes, strict=True)
         ]})
 
-    async def not_implemented(self, scope, proto, arg: str) -> Response:
-        raise problem("not-implemented", f"{scope.method} {scope.path} is in the API contract but not served yet")
+    # --- the card flows: challenges, identify, first-use links ---------------------------------
+
+    async def challenge(self, scope, proto, arg: str) -> Response:
+        terminal, business = self._authorise(scope, time.time())
+        req: ChallengeRequest = await self._json_body(scope, proto, ChallengeRequest)
+        if req.purpose == "identify":
+            if req.service_id is not None:
+                raise problem("malformed-request", "an identify challenge names no service_id")
+        else:
+            if req.service_id is None:
+                raise problem("malformed-request", "a link challenge names the service_id to link")
+            _check_service_id(req.service_id, "service_id")
+            rec = self._index().business(business)
+            try:
+                ids.check_service_id(req.service_id, numeric_declared=bool(rec and rec.numeric_service_ids))
+            except ValidationError as exc:
+                raise problem("malformed-request", str(exc)) from None
+        try:
+            raw, expires = self._challenge_store().issue_expiring(
+                req.purpose, business_id=business, service_id=req.service_id, terminal_id=terminal
+            )
+        except ChallengeError as exc:  # too many open challenges on this machine
+            raise problem("rate-limited", str(exc), headers=(retry_after_header(1),)) from None
+        return _json(200, {"challenge": raw.decode("ascii"), "expires_at": int(expires)})
+
+    async def identify(self, scope, proto, arg: str) -> Response:
+        terminal, business = self._authorise(scope, time.time())
+        req: CardProof = await self._json_body(scope, proto, CardProof)
+        certificate, signature, challenge = _card_proof(req)
+        try:
+            linked = self._card_reader().identify(business, certificate, signature, challenge, terminal_id=terminal)
+        except MykeyError as exc:
+            raise self._refusal(exc, terminal, business) from None
+        return _json(200, {"service_ids": [
+            {"service_id": item.service_id, "status": item.status.label} for item in linked
+        ]})
+
+    async def link(self, scope, proto, arg: str) -> Response:
+        terminal, business = self._authorise(scope, time.time())
+        req: LinkRequest = await self._json_body(scope, proto, LinkRequest)
+        _check_service_id(req.service_id, "service_id")
+        certificate, signature, challenge = _card_proof(req)
+        try:
+            status = await self.writer().call(
+                "link_with_card", actor=ev.Actor("terminal", terminal), business_id=business,
+                service_id=req.service_id, certificate=certificate, signature=signature, challenge=challenge,
+            )
+        except GatewayError:
+            raise
+        except MykeyError as exc:
+            raise self._refusal(exc, terminal, business) from None
+        return _json(201, {"service_id": req.service_id, "status": str(status)})
+
+    def _refusal(self, exc: MykeyError, terminal: str, business: str, refusal=_card_refusal) -> HttpProblem | MykeyError:
+        """The problem answering a refused card flow or registration; exc itself if it is none."""
+        if isinstance(exc, (InactiveError, NotFoundError)) and not isinstance(exc, UnknownCardError):
+            # The terminal or its business stopped meanwhile (the writer saw it first): say which.
+            self._check_terminal(terminal, business)
+        found = refusal(exc)
+        return exc if found is None else found
+
+    # --- bulk registration ---------------------------------------------------------------------
+
+    async def register_service_ids(self, scope, proto, arg: str) -> Response:
+        """Stream the CSV body into an owner-only file in DATA/run; the writer registers it, all or nothing."""
+        terminal, business = self._authorise(scope, time.time())
+        term = self._index().terminal(terminal)
+        if term is None or not term.can_register:
+            raise problem(
+                "registration-not-allowed",
+                f"terminal {terminal} may not register service IDs; the operator enrols a terminal for that "
+                "with --can-register",
+            )
+        ctype = (scope.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "text/csv":
+            raise problem("unsupported-media-type", "send the rows as text/csv (header service_id,customer_id)")
+        self._check_length(scope, MAX_CSV_BODY)
+        run = run_dir(DataDir(self.config.data_dir))
+        fd, name = tempfile.mkstemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", suffix=".csv", dir=run)  # 0600
+        try:
+            with os.fdopen(fd, "wb") as f:
+                await self._stream_csv(proto, f, MAX_CSV_BODY)
+            writer = AsyncWriterClient(self.writer().socket_path, timeout=CSV_WRITER_TIMEOUT)
+            try:
+                registered = await writer.call(
+                    "import_service_ids_csv", actor=ev.Actor("terminal", terminal), business_id=business,
+                    path=name, name="the CSV body",
+                )
+            except GatewayError:
+                raise
+            except MykeyError as exc:
+                raise self._refusal(exc, terminal, business, _csv_refusal) from None
+            finally:
+                writer.close()
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return _json(201, {"registered": int(registered)})
+
+    @staticmethod
+    async def _stream_csv(proto, f, limit: int) -> None:
+        """Copy the body to f chunk by chunk (never held whole): 413 over limit, 400 at the first non-ASCII byte."""
+        seen, line = 0, 1
+        async for chunk in proto:
+            seen += len(chunk)
+            if seen > limit:
+                raise problem("body-too-large", f"the body is over {limit} bytes", headers=(("connection", "close"),))
+            if not chunk.isascii():
+                bad = next(i for i, byte in enumerate(chunk) if byte > 127)
+                line += chunk.count(b"\n", 0, bad)
+                raise problem("malformed-request", f"the CSV body: line {line}: not ASCII text",
+                              headers=(("connection", "close"),), extra={"line": line})
+            line += chunk.count(b"\n")
+            f.write(chunk)
+
+    # --- the person's own view -------------------------------------------------------------------
+
+    def _limit_person(self, scope) -> None:
+        address = client_address(scope, self.config.trusted_proxies)
+        wait = self.people_limiter.check(address, time.time())
+        if wait:
+            raise problem("rate-limited", f"too many requests from {address}; retry later",
+                          headers=(retry_after_header(wait),))
+
+    async def person_challenge(self, scope, proto, arg: str) -> Response:
+        self._limit_person(scope)
+        try:
+            raw, expires = self._challenge_store().issue_expiring("history")
+        except ChallengeError as exc:
+            raise problem("rate-limited", str(exc), headers=(retry_after_header(1),)) from None
+        return _json(200, {"challenge": raw.decode("ascii"), "expires_at": int(expires)})
+
+    async def person_history(self, scope, proto, arg: str) -> Response:
+        self._limit_person(scope)
+        req: CardProof = await self._json_body(scope, proto, CardProof)
+        certificate, signature, challenge = _card_proof(req)
+        try:
+            mykey_id = self._card_reader().own_mykey_id(certificate, signature, challenge)
+        except UnknownCardError as exc:
+            raise problem("not-found", str(exc)) from None
+        except MykeyError as exc:
+            found = _card_refusal(exc)
+            if found is None:
+                raise
+            raise found from None
+        resolver = self._index()
+        assert self.log is not None
+        history = history_from(resolver, self.log, DataDir(self.config.data_dir), mykey_id)
+        return _json(200, jsonable(history))
 
 
 def _signature_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
@@ -418,13 +739,11 @@ EXACT_ROUTES: dict[str, tuple[str, dict[str, Handler]]] = {
     "/openapi.json": ("/openapi.json", {"GET": Gateway.openapi_doc}),
     "/v1/sessions": ("/v1/sessions", {"POST": Gateway.sessions}),
     "/v1/status": ("/v1/status", {"POST": Gateway.status_batch}),
-    # In the contract (openapi.json); served by the next part of the gateway.
-    **{
-        path: (path, {"POST": Gateway.not_implemented})
-        for path in (
-            "/v1/challenges", "/v1/identify", "/v1/links", "/v1/service-ids",
-            "/v1/people/challenges", "/v1/people/history",
-        )
-    },
+    "/v1/challenges": ("/v1/challenges", {"POST": Gateway.challenge}),
+    "/v1/identify": ("/v1/identify", {"POST": Gateway.identify}),
+    "/v1/links": ("/v1/links", {"POST": Gateway.link}),
+    "/v1/service-ids": ("/v1/service-ids", {"POST": Gateway.register_service_ids}),
+    "/v1/people/challenges": ("/v1/people/challenges", {"POST": Gateway.person_challenge}),
+    "/v1/people/history": ("/v1/people/history", {"POST": Gateway.person_history}),
 }
 STATUS_ROUTE: tuple[str, dict[str, Handler]] = ("/v1/status/{service_id}", {"GET": Gateway.status_one})

@@ -35,7 +35,6 @@ KINDS: dict[str, tuple[int, str]] = {
     "unsupported-media-type": (415, "Unsupported media type"),
     "rate-limited": (429, "Too many requests"),
     "internal-error": (500, "Internal error"),
-    "not-implemented": (501, "Not implemented yet"),
     "not-ready": (503, "Not ready"),
     "writer-unavailable": (503, "Writer unavailable"),
 }

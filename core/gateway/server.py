@@ -66,6 +66,9 @@ class ServeOptions:
     kill_timeout: int = 10
     access_log: bool = False
     log_level: str = "info"
+    people_rate: float = 1.0  # person endpoints, per client address, per worker; 0 turns the limit off
+    people_burst: float = 10.0
+    trusted_proxies: frozenset[str] = frozenset()  # proxies whose X-Forwarded-For names the client
 
 
 class WriterProcess:
@@ -165,6 +168,9 @@ def serve(data_dir: str | os.PathLike[str], options: ServeOptions | None = None)
         burst=options.burst,
         server_pid=os.getpid(),
         writer_socket=writer_socket_path(data),
+        people_rate=options.people_rate,
+        people_burst=options.people_burst,
+        trusted_proxies=options.trusted_proxies,
     )
     metrics_dir = Path(tempfile.mkdtemp(prefix="mykey-metrics-"))
     metrics.use_directory(metrics_dir)

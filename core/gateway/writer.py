@@ -122,6 +122,25 @@ def _deactivate_business(engine, args: dict[str, Any], actor: ev.Actor | None) -
     engine.deactivate_business(args["business_id"], args["reason"], actor=actor)
 
 
+@_op("link_with_card")
+def _link_with_card(engine, args: dict[str, Any], actor: ev.Actor | None) -> str:
+    """Link a service ID to the person whose card signed a link challenge, relayed by actor (the terminal)."""
+    status = engine.link_with_card(
+        args["business_id"], args["service_id"], bytes(args["certificate"]), bytes(args["signature"]),
+        bytes(args["challenge"]), actor=actor,
+    )
+    return status.label
+
+
+@_op("import_service_ids_csv")
+def _import_service_ids_csv(engine, args: dict[str, Any], actor: ev.Actor | None) -> int:
+    """Register the rows of a CSV file a worker streamed into DATA/run (all or nothing); how many."""
+    path = Path(args["path"])
+    if path.parent != run_dir(engine.data) or path.is_symlink() or not path.is_file():
+        raise GatewayProtocolError(f"{path} is not an upload in {run_dir(engine.data)}")
+    return engine.import_service_ids_csv(args["business_id"], path, actor=actor, name=args.get("name"))
+
+
 # --- framing (shared by the writer and both clients) --------------------------------
 
 

@@ -193,6 +193,7 @@ class BusinessRecord(msgspec.Struct, array_like=True, frozen=True):
     numeric_service_ids: bool
     active: bool
     terminals: int  # how many terminals were ever enrolled (numbers the next one)
+    first_use_registration: bool = True  # may a person's link register a new service ID
 
 
 class TerminalRecord(msgspec.Struct, array_like=True, frozen=True):

@@ -197,7 +197,7 @@ def _trust(txn, dbs, env, b: ev.TrustAnchorAdded) -> None:
 
 @handles(ev.BusinessRegistered)
 def _business(txn, dbs, env, b: ev.BusinessRegistered) -> None:
-    rec = k.BusinessRecord(b.name, b.municipality_code, b.numeric_service_ids, True, 0)
+    rec = k.BusinessRecord(b.name, b.municipality_code, b.numeric_service_ids, True, 0, b.first_use_registration)
     txn.put(dbs.business, b.business_id.encode("ascii"), k.encode(rec))
 
 

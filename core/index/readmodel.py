@@ -226,6 +226,19 @@ class Snapshot:
             yield k.parse_u64(key[len(prefix) :]), k.decode(k.FeedEntry, raw)
 
 
+    # --- a person's own history ---------------------------------------------------------------
+
+    def mykey_event_seqs(self, mykey_id: str) -> list[int]:
+        """Sequence numbers of the events the index filed under the MyKey ID, in order."""
+        prefix = mykey_id.encode("ascii")
+        return [k.parse_u64(key[len(prefix) :]) for key, _ in scan(self._txn, self._dbs.mkevents, prefix, prefix)]
+
+    def mykey_links(self, mykey_id: str) -> list[tuple[str, str]]:
+        """(business ID, service ID) of every service ID linked to the MyKey ID, sorted."""
+        prefix = mykey_id.encode("ascii")
+        return sorted(k.split_service_key(key[len(prefix) :]) for key, _ in scan(self._txn, self._dbs.mksvc, prefix, prefix))
+
+
 class ReadModel:
     """Snapshots of an open index environment (the engine's, or a read-only one of the live index)."""
 

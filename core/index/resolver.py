@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +27,7 @@ from ..errors import (
 from . import keys as k
 from .binding import binding as default_binding
 from .keys import Dbs
+from .readmodel import Snapshot
 from .store import current_generation, open_live_readonly, read_meta_last_seq
 
 
@@ -133,6 +135,18 @@ class Resolver:
         view = self._view
         raw = view.reader.get(view.dbs.business, business_id.encode("ascii"))
         return None if raw is None else k.decode(k.BusinessRecord, raw)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """``with resolver.snapshot() as s:`` one read transaction over the index this resolver answers from.
+
+        For what a worker reads beside its lookups (identify, a person's history): LMDB allows
+        one open of an index per process, so a worker never opens a ReadModel beside its Resolver.
+        Keep it short: a view replaced by a rebuild is closed RETIRE_GRACE seconds later.
+        """
+        view = self._view
+        with view.env.begin() as txn:
+            yield Snapshot(txn, view.dbs)
 
     @property
     def last_seq(self) -> int:
