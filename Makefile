@@ -63,11 +63,13 @@ bench-check: setup
 # The long fault-injection runs (not part of `make test`, which runs a short version of each):
 # power cuts, full disks (as root), injected I/O errors, thousands of SIGKILLs and a million
 # fuzzed inputs; prints the figures. Fuzzes with atheris when it installs into the venv, else
-# with the built-in mutation fuzzer only. TORTURE_ARGS=--scale 0.1 for a shorter run.
+# with the built-in mutation fuzzer only. TORTURE_ARGS=--scale 0.1 for a shorter run. A stopped
+# run goes on with the parts it had not finished (their figures are kept in build/).
 torture: setup
 	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris >/dev/null 2>&1 || \
 	  echo "atheris did not install: fuzzing with the built-in mutation fuzzer only"
-	$(BIN)/python -m tests.faults.torture $(TORTURE_ARGS)
+	@mkdir -p build
+	$(BIN)/python -m tests.faults.torture --resume build/torture-state.json $(TORTURE_ARGS)
 
 clean:
 	rm -rf build $(VENV) core/*.so core/*/*.so ext/*.c *.egg-info .pytest_cache .hypothesis

@@ -121,7 +121,7 @@ class FaultStats:
             self.by_error[k] = self.by_error.get(k, 0) + v
 
 
-PHASES = ("commands", "checkpoint", "rebuild")
+PHASES = ("commands", "import", "checkpoint", "rebuild")  # commands: the mixed workload; import: CSV imports only
 
 
 def _reopen_and_check(data: Path, acks: AckBook, pki: Pki, rng: random.Random, scratch: Path, vkey: str,
@@ -175,6 +175,8 @@ def full_disk_round(pki: Pki, seed: int, phase: str, *, size_kb: int = 6144) -> 
                     try:
                         if phase == "checkpoint" and i % 2:
                             acks.on_ack_from(engine.log)("checkpoint", engine.log.last_seq, engine.trail.checkpoint())
+                        elif phase == "import":
+                            work.step("import")
                         else:
                             work.step()
                     except Exception as exc:  # noqa: BLE001 - judged below

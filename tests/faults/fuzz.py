@@ -9,7 +9,10 @@ Targets (``TARGETS``), each a function of one input:
   ID checks of every row; every 200th input that parses is imported by a real Engine);
 - ``certs``: load_certificates, then the trust store's path verification of what loaded;
 - ``crl``: verify_crl against the corpus's trust store;
-- ``proof``: load_proof_doc and check_proof against the corpus's verifier key.
+- ``proof``: load_proof_doc and check_proof against the corpus's verifier key;
+- ``gateway``: an HTTP request (method, path, content type, body) through the gateway's own
+  RSGI application in process, with a real index and writer: only 2xx JSON or 4xx problem
+  JSON answers (see fuzz_gateway.py).
 
 Engines: atheris (coverage-guided libFuzzer, when installed: ``python -m tests.faults.fuzz atheris
 TARGET RUNS``), else ``mutate``, a seeded mutation fuzzer over the corpus (byte flips, inserts,
@@ -94,7 +97,8 @@ def t_csv(data: bytes) -> None:
 
     st = _CsvState
     if st.dir is None:
-        st.dir = Path(tempfile.mkdtemp(prefix="mykey-fuzz-csv-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+        base = os.environ.get("MYKEY_FUZZ_SCRATCH") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+        st.dir = Path(tempfile.mkdtemp(prefix="mykey-fuzz-csv-", dir=base))
     path = st.dir / "input.csv"
     path.write_bytes(data)
     try:
@@ -162,6 +166,12 @@ def t_proof(data: bytes) -> None:
         pass
 
 
+def t_gateway(data: bytes) -> None:
+    from .fuzz_gateway import t_gateway
+
+    t_gateway(data)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": t_envelope,
     "framing": t_framing,
@@ -169,7 +179,25 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "certs": t_certs,
     "crl": t_crl,
     "proof": t_proof,
+    "gateway": t_gateway,
 }
+
+
+def close_targets() -> None:
+    """Stop what the targets started (the gateway's writer, the CSV target's engine) and remove their files."""
+    import shutil
+
+    from . import fuzz_gateway
+
+    fuzz_gateway.close()
+    st = _CsvState
+    if st.engine is not None:
+        st.engine.close()
+        st.engine = None
+    if st.dir is not None:
+        shutil.rmtree(st.dir, ignore_errors=True)
+        st.dir = None
+    st.parsed = 0
 
 
 def run_one(target: str, data: bytes) -> None:
@@ -209,6 +237,8 @@ class Mutator:
             return self._csv()
         if target == "envelope" and rng.random() < 0.4:
             return self._msgpack(bytes(data))
+        if target == "gateway":
+            return self._request(bytes(data))
         for _ in range(rng.choice([1, 1, 1, 2, 3, 8])):
             data = self._once(data)
         return bytes(data[:MAX_LEN])
@@ -264,6 +294,30 @@ class Mutator:
         if rng.random() < 0.2:
             doc[rng.choice(["extra", "kind", "checkpoint", "old_checkpoint"])] = rng.choice([None, "x", 3])
         return json.dumps(doc).encode()
+
+    def _request(self, data: bytes) -> bytes:
+        """A gateway request: its JSON body changed (a value, a field), its head changed, or its bytes."""
+        rng = self.rng
+        head, _, body = data.partition(b"\n")
+        r = rng.random()
+        if r < 0.1:
+            head = " ".join([
+                rng.choice(["POST", "GET", "PUT", "post", ""]),
+                rng.choice(["/v1/sessions", "/v1/status", "/v1/challenges", "/v1/identify", "/v1/links",
+                            "/v1/service-ids", "/v1/people/history", "/v1/people/challenges", "/v1/status/M-001",
+                            "/v1/status/", "/v1/status/%2F..", "/readyz", "/nope"]),
+                rng.choice(["application/json", "application/json; charset=utf-8", "text/csv", "text/plain",
+                            "APPLICATION/JSON", ""]),
+            ] + (["chunked"] if rng.random() < 0.3 else [])).encode()
+        elif r < 0.55:
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                body = self._json(body)
+        else:
+            b = bytearray(body)
+            for _ in range(rng.choice([1, 1, 2, 4])):
+                b = self._once(b)
+            body = bytes(b)
+        return (head + b"\n" + body)[:MAX_LEN]
 
     def _msgpack(self, data: bytes) -> bytes:
         """Decode a record, change one value anywhere in it (type, size, sign, version, tag), encode it again."""
@@ -346,8 +400,11 @@ def mutate(target: str, n: int, seed: int) -> FuzzStats:
     for data in seeds:
         run_one(target, data)
     m = Mutator(seeds, random.Random(seed))
-    for _ in range(n):
-        run_one(target, m(target))
+    try:
+        for _ in range(n):
+            run_one(target, m(target))
+    finally:
+        close_targets()
     return FuzzStats({target: len(seeds) + n}, 0, time.monotonic() - started)
 
 
@@ -378,7 +435,7 @@ def run_atheris(target: str, runs: int, workdir: Path, *, timeout: float = 3600)
         [sys.executable, "-m", "tests.faults.fuzz", "atheris", target, f"-runs={runs}", f"-max_len={MAX_LEN}",
          f"-artifact_prefix={work}/", "-print_final_stats=1", str(live)],
         cwd=root, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env={**os.environ, "PYTHONPATH": str(root), "MYKEY_FUZZ_SCRATCH": str(work)},
     )
     if done.returncode != 0:
         raise Crash(f"atheris found a crash in {target} (artifacts in {work}):\n{done.stderr[-4000:]}")
@@ -399,6 +456,7 @@ def _atheris_main(target: str, argv: list[str]) -> None:
         import mykey.domain.certs  # noqa: F401
         import mykey.domain.events  # noqa: F401
         import mykey.engine.service_csv  # noqa: F401
+        import mykey.gateway.app  # noqa: F401
         import mykey.log.framing  # noqa: F401
 
     def one(data: bytes) -> None:

@@ -35,3 +35,20 @@ def test_atheris_runs_a_target_when_it_is_installed(tmp_path):
     pytest.importorskip("atheris")
     stats = fuzz.run_atheris("framing", 3000, tmp_path)
     assert stats.inputs["framing"] == 3000 and stats.engine == "atheris"
+
+
+def test_the_gateway_target_reports_a_500_as_a_crash(monkeypatch):
+    # The gateway target's judge: an endpoint failing with an exception is answered 500
+    # (problem JSON, the worker goes on); the target must call that a crash, with the traceback.
+    from mykey.gateway import app as app_module
+
+    async def broken(self, scope, proto, arg):
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setitem(app_module.EXACT_ROUTES, "/v1/status", ("/v1/status", {"POST": broken}))
+    try:
+        fuzz.run_one("gateway", b'POST /v1/challenges\n{"purpose":"identify"}')  # a good answer
+        with pytest.raises(fuzz.Crash, match="(?s)500.*internal-error.*RuntimeError: a bug in a handler"):
+            fuzz.run_one("gateway", b'POST /v1/status\n{"service_ids":["M-001"]}')
+    finally:
+        fuzz.close_targets()

@@ -1,18 +1,21 @@
 """`make torture`: the long fault-injection runs, and their figures.
 
-    python -m tests.faults.torture [--scale F] [--only power,disk,kill,fuzz] [--save-corpus]
+    python -m tests.faults.torture [--scale F] [--only power,disk,kill,fuzz] [--resume FILE] [--save-corpus]
 
 Runs, at scale 1: power cuts of the engine (sampled, with second cuts during recovery)
 and of the log, the Merkle store and mykey.fs (every state); full disks (as root) and
 injected I/O errors; 1,000 SIGKILLs each of the writer, the projector and resolvers;
 1,000,000+ fuzzed inputs. Any broken invariant stops the run with the failure (exit 1);
-the figures are printed at the end. --save-corpus merges the inputs atheris found
-interesting into tests/faults/corpus/ (libFuzzer's -merge: only inputs that add coverage).
+the figures are printed at the end. --resume FILE keeps the figures of each finished part,
+so a run that was stopped goes on with the parts not yet done (`make torture` does this in
+build/). --save-corpus merges the inputs atheris found interesting into
+tests/faults/corpus/ (libFuzzer's -merge: only inputs that add coverage).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -30,7 +33,7 @@ from .powerloss import Stats, record_run, simulate
 from .workload import Pki
 
 FUZZ_BUDGET = {"envelope": 300_000, "framing": 300_000, "csv": 150_000, "certs": 100_000, "crl": 100_000,
-               "proof": 150_000}
+               "proof": 150_000, "gateway": 150_000}
 
 
 def _n(x: float) -> str:
@@ -76,7 +79,7 @@ def disk(pki: Pki, work: Path, scale: float, out: list[str]) -> None:
     full = diskfull.FaultStats()
     note = ""
     try:
-        for i in range(max(len(diskfull.PHASES), round(30 * scale))):
+        for i in range(max(len(diskfull.PHASES), round(32 * scale))):
             full.add(diskfull.full_disk_round(pki, 1000 + i, diskfull.PHASES[i % len(diskfull.PHASES)]))
     except diskfull.NeedsRoot as exc:
         note = f" (full-disk rounds skipped: {exc})"
@@ -85,7 +88,7 @@ def disk(pki: Pki, work: Path, scale: float, out: list[str]) -> None:
         io.add(diskfull.io_error_round(pki, 2000 + i, work, target=i % len(diskfull.TARGETS)))
     errors = ", ".join(f"{k} {v}" for k, v in sorted({**(full.by_error or {}), **(io.by_error or {})}.items()))
     out.append(
-        f"full disk: {_n(full.rounds)} fills of a small tmpfs during commands, checkpoints and rebuilds, "
+        f"full disk: {_n(full.rounds)} fills of a small tmpfs during commands, imports, checkpoints and rebuilds, "
         f"{_n(full.failures)} clean failures{note}; injected I/O errors: {_n(io.rounds)} rounds, {_n(io.injected)} "
         f"errors fired, {_n(io.failures)} clean failures, {_n(io.power_states)} power-cut states after them checked; "
         f"errors seen: {errors} [{time.monotonic() - started:.0f} s]"
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full run (default 1)")
     ap.add_argument("--only", default="power,disk,kill,fuzz", help="comma-separated parts to run")
     ap.add_argument("--save-corpus", action="store_true", help="merge new interesting fuzz inputs into the corpus")
+    ap.add_argument("--resume", metavar="FILE", type=Path,
+                    help="keep each finished part's figures in FILE; run again to do only the parts not yet done")
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)  # recovery logs every repair: thousands of them
     parts = args.only.split(",")
@@ -162,28 +167,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mykey torture: {command} ({datetime.now(timezone.utc).isoformat(timespec='seconds')}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})",
           flush=True)
+    done = _load_state(args.resume, args.scale)
+    runs = {"power": lambda pki: power(pki, work, args.scale, out), "disk": lambda pki: disk(pki, work, args.scale, out),
+            "kill": lambda pki: kill(pki, work, args.scale, out),
+            "fuzz": lambda pki: fuzzing(work, args.scale, args.save_corpus, out)}
     try:
         pki = Pki()
-        if "power" in parts:
-            power(pki, work, args.scale, out)
+        for part, run in runs.items():
+            if part not in parts:
+                continue
+            if part in done:
+                out.append(done[part])
+                print(out[-1] + " (done before; from " + str(args.resume) + ")", flush=True)
+                continue
+            run(pki)
             print(out[-1], flush=True)
-        if "disk" in parts:
-            disk(pki, work, args.scale, out)
-            print(out[-1], flush=True)
-        if "kill" in parts:
-            kill(pki, work, args.scale, out)
-            print(out[-1], flush=True)
-        if "fuzz" in parts:
-            fuzzing(work, args.scale, args.save_corpus, out)
-            print(out[-1], flush=True)
+            if args.resume is not None:
+                done[part] = out[-1]
+                args.resume.write_text(json.dumps({"scale": args.scale, "done": done}, indent=1))
     except (AssertionError, fuzz.Crash) as exc:
         print(f"\nFAILED: {type(exc).__name__}: {exc}", flush=True)
         print("lost acknowledged events or broken invariants: see above (the work directory is kept: "
               f"{work})")
         return 1
     shutil.rmtree(work, ignore_errors=True)
-    print(f"lost acknowledged events: 0 (total {time.monotonic() - started:.0f} s)")
+    print(f"crashes: 0; lost acknowledged events: 0 (total {time.monotonic() - started:.0f} s)")
+    if args.resume is not None:
+        args.resume.unlink(missing_ok=True)  # a whole run is done: the next one starts afresh
     return 0
+
+
+def _load_state(path: Path | None, scale: float) -> dict[str, str]:
+    """The figures of the parts an interrupted run with the same scale finished (see --resume)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError:
+        return {}
+    return dict(state.get("done", {})) if state.get("scale") == scale else {}
 
 
 if __name__ == "__main__":
