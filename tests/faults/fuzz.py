@@ -561,6 +561,9 @@ def write_seeds() -> None:
         whole = framing.encode_batch(batches[1][0], batches[1][1])
         put("framing", "torn.bin", whole[: len(whole) // 2])
         put("framing", "zeroed.bin", whole[:40] + bytes(64) + whole[104:])
+    from .fuzz_gateway import write_seeds as gateway_seeds
+
+    gateway_seeds(CORPUS / "gateway")
 
 
 def main(argv: list[str]) -> int:

@@ -52,3 +52,19 @@ def test_the_gateway_target_reports_a_500_as_a_crash(monkeypatch):
             fuzz.run_one("gateway", b'POST /v1/status\n{"service_ids":["M-001"]}')
     finally:
         fuzz.close_targets()
+
+
+def test_the_gateway_corpus_has_a_seed_for_every_request_body_the_api_takes():
+    # A new endpoint taking a body needs a seed in tests/faults/corpus/gateway/ (METHOD PATH
+    # [CONTENT-TYPE] on the first line, the body after it), or the fuzzer never reaches it.
+    import json
+
+    from mykey.gateway.app import OPENAPI_PATH
+
+    api = json.loads(OPENAPI_PATH.read_text())
+    wanted = {(m.upper(), p) for p, ops in api["paths"].items() for m, op in ops.items() if "requestBody" in op}
+    seeded = set()
+    for seed in (fuzz.CORPUS / "gateway").iterdir():
+        method, path = seed.read_bytes().split(b"\n", 1)[0].decode().split(" ")[:2]
+        seeded.add((method, path))
+    assert wanted and wanted <= seeded, f"no seed for {sorted(wanted - seeded)}"
