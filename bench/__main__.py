@@ -697,8 +697,8 @@ PEERS_TEXT = [
     "How each peer answers a batch (one business, its service IDs as bytes):",
     "",
     "- mykey resolve_many: one call; the Cython binding looks every key up in one read transaction without the "
-    "GIL (`mdb_get` per key below 10,000 keys, a sorted cursor walk from 10,000). The pure twin is the same API "
-    "on py-lmdb. `resolve`: one call per ID.",
+    "GIL (sorted, then one walk over LMDB's pages with prefetching; `mdb_get` per key for the smallest batches). "
+    "The pure twin is the same API on py-lmdb. `resolve`: one call per ID.",
     "- py-lmdb: `txn.get` in a list comprehension inside one `env.begin()` per batch, in its own process over "
     "the same index files (never two bindings on one environment in one process).",
     "- plain C: `mdb_get` per key, one renewed read transaction per batch (bench/c/mdb_get_loop.c, "

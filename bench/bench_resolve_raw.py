@@ -1,8 +1,11 @@
-"""Raw LMDB lookup speed: native resolve_many ("sorted" and "get") against a py-lmdb loop.
+"""Raw LMDB lookup speed, a LOWER BOUND: native resolve_many ("sorted" and "get") against a py-lmdb loop.
 
-Builds an index of --keys random keys (5-byte prefix + 11-byte id, 8-byte values) with
-the native binding (put_many, sync=False), draws one batch of --batch ids with 10%
-absent, and reports ns per key (median of --repeat runs, warm cache).
+Builds its own index of --keys random keys (5-byte prefix + 11-byte id, 8-byte values)
+with the native binding (put_many, sync=False): not an index mykey's write path built, so
+its figures are a lower bound on lookup cost, not what a deployment gets. The targets are
+measured on indexes built by `mykey service import` and `mykey rebuild`:
+python -m bench.perf_targets. This draws one batch of --batch ids with 10% absent, and
+reports ns per key (median of --repeat runs, warm cache).
 
 The py-lmdb loop runs in a child process (one process may open an environment through
 one binding only). The child stays up and the methods take turns, one run of each per
@@ -198,7 +201,8 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     sorted_ns = statistics.median(results[SORTED])
-    print(f"\n{args.keys:,} keys, batches of {args.batch:,} ({found:,} found, {args.batch - found:,} absent), "
+    print("\nLOWER BOUND (an index this script built; python -m bench.perf_targets measures mykey's own):")
+    print(f"{args.keys:,} keys, batches of {args.batch:,} ({found:,} found, {args.batch - found:,} absent), "
           f"median of {args.repeat} interleaved warm runs; C library LMDB "
           f"{'.'.join(map(str, native.LMDB_VERSION))}, py-lmdb in a child process\n")
     w = max(len(k) for k in results)

@@ -174,6 +174,13 @@ class NoIndexError(MykeyError):
     """There is no index to resolve against yet."""
 
 
+class IndexSchemaError(IndexError_, NoIndexError):
+    """The index was built with another layout (an older mykey): `mykey rebuild` makes one of this layout.
+
+    Also a NoIndexError: there is no index this mykey can read (until the rebuild).
+    """
+
+
 class IndexAheadError(MykeyError):
     """The index reflects events the log no longer has (the log lost its tail)."""
 

@@ -6,9 +6,9 @@ loops here are C loops over buffers: batch puts and batch lookups (resolve_many)
 which run without the GIL.
 """
 cimport cython
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint16_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
@@ -67,6 +67,8 @@ cdef extern from "lmdb.h" nogil:
         MDB_FIRST
         MDB_GET_CURRENT
         MDB_NEXT
+        MDB_LAST
+        MDB_NEXT_NODUP
         MDB_SET
         MDB_SET_RANGE
 
@@ -78,6 +80,10 @@ cdef extern from "lmdb.h" nogil:
         MDB_NOTLS
         MDB_NORDAHEAD
         MDB_CREATE
+        MDB_APPEND
+        MDB_REVERSEKEY
+        MDB_DUPSORT
+        MDB_INTEGERKEY
         MDB_SUCCESS
         MDB_NOTFOUND
         MDB_MAP_RESIZED
@@ -92,6 +98,8 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_maxdbs(MDB_env *env, MDB_dbi dbs)
     int mdb_env_get_maxkeysize(MDB_env *env)
     int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
+    int mdb_env_stat(MDB_env *env, MDB_stat *stat)
+    MDB_env *mdb_txn_env(MDB_txn *txn)
     int mdb_env_sync(MDB_env *env, int force)
     int mdb_env_copy2(MDB_env *env, const char *path, unsigned int flags) nogil
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags, MDB_txn **txn)
@@ -100,6 +108,7 @@ cdef extern from "lmdb.h" nogil:
     void mdb_txn_reset(MDB_txn *txn)
     int mdb_txn_renew(MDB_txn *txn)
     int mdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags, MDB_dbi *dbi)
+    int mdb_dbi_flags(MDB_txn *txn, MDB_dbi dbi, unsigned int *flags)
     int mdb_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *stat)
     int mdb_drop(MDB_txn *txn, MDB_dbi dbi, int delete_)
     int mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data)
@@ -108,6 +117,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **cursor)
     void mdb_cursor_close(MDB_cursor *cursor)
     int mdb_cursor_get(MDB_cursor *cursor, MDB_val *key, MDB_val *data, MDB_cursor_op op)
+    int mdb_cursor_put(MDB_cursor *cursor, MDB_val *key, MDB_val *data, unsigned int flags)
 
 cdef extern from *:
     """
@@ -122,8 +132,250 @@ cdef extern from *:
     #endif
         return v;
     }
+
+    static inline void mk_count(size_t *counter) { __atomic_add_fetch(counter, 1, __ATOMIC_RELAXED); }
+
+    /* One key of a sorted batch: 8 bytes of the key after the batch's common prefix
+       (big-endian, zero padded) and the key's position in the input. */
+    typedef struct { uint64_t head; size_t idx; } mk_sort_item;
+
+    /* ---- A read-only walk over LMDB 0.9's B+tree pages for a sorted batch ----------
+     *
+     * LMDB's own cursor searches every key from the top of its current page (and, for a
+     * key on another page, from the root); each step of that search waits for a cache
+     * miss. This walk reads the same pages straight from the map, as LMDB does in a
+     * read transaction, keeping the path from the root: a key goes to the same leaf
+     * (searched from the previous key's slot on), or climbs only as far as the
+     * separator it passed. While it works on a leaf, the next leaf pages are
+     * prefetched whole. Any page that does not look exactly as expected makes it give
+     * up (return 1) and the caller answers the batch with LMDB's cursor instead.
+     *
+     * The layout (mdb.c, LMDB 0.9, 64-bit): a page starts with pgno (u64), pad (u16),
+     * flags (u16), lower (u16), upper (u16), then lower-16 bytes of u16 node offsets.
+     * A node is lo (u16), hi (u16), flags (u16), ksize (u16), key, data; a leaf node's
+     * data size is lo | hi << 16, a branch node's child page lo | hi << 16 | flags << 32.
+     * A database's record (MDB_db, 48 bytes) in the main database holds its flags at
+     * byte 4, depth at 6 and root page at 40. */
+    #define MKW_HDR 16
+    #define MKW_MAXDEPTH 24
+    #define MKW_P_BRANCH 0x01
+    #define MKW_P_LEAF 0x02
+    #define MKW_P_KIND 0x6f  /* branch, leaf, overflow, meta, leaf2, subpage */
+    #define MKW_F_BIGDATA 0x01
+    #define MKW_NO_ROOT (~(uint64_t)0)
+
+    typedef struct {
+        const unsigned char *map;   /* page 0 */
+        size_t psize;
+        uint64_t npages;            /* pages below this number may be read */
+        uint64_t root;              /* MKW_NO_ROOT: the database is empty */
+        unsigned depth;
+        unsigned prefetch;          /* leaves to prefetch ahead (0: none) */
+        unsigned pf_lines;          /* cache lines prefetched per key looked up */
+    } mkw_tree;
+
+    static inline unsigned mkw_u16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+    static inline uint64_t mkw_u64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+    /* LMDB's default key order (memcmp over the shorter length, then the shorter first),
+       eight bytes at a time: keys are short, and a call to memcmp costs more than the compare. */
+    static inline int mkw_cmp(const unsigned char *a, size_t la, const unsigned char *b, size_t lb) {
+        size_t n = la < lb ? la : lb, i = 0;
+        uint64_t x, y;
+        for (; i + 8 <= n; i += 8) {
+            x = mk_load_be64(a + i);
+            y = mk_load_be64(b + i);
+            if (x != y) return x < y ? -1 : 1;
+        }
+        for (; i < n; i++)
+            if (a[i] != b[i]) return a[i] < b[i] ? -1 : 1;
+        return (la > lb) - (la < lb);
+    }
+
+    /* Node i of page pg (its key is node + 8, ksize bytes), or NULL if it leaves the page. */
+    static inline const unsigned char *mkw_node(const mkw_tree *t, const unsigned char *pg, unsigned i,
+                                                size_t *ksize) {
+        size_t off = mkw_u16(pg + MKW_HDR + 2 * (size_t)i), ks;
+        if (off < MKW_HDR || off + 8 > t->psize) return NULL;
+        ks = mkw_u16(pg + off + 6);
+        if (off + 8 + ks > t->psize) return NULL;
+        *ksize = ks;
+        return pg + off;
+    }
+
+    /* Page pgno, checked to be a branch (leaf = 0) or leaf page; sets its key count. */
+    static inline const unsigned char *mkw_page(const mkw_tree *t, uint64_t pgno, int leaf, unsigned *nkeys) {
+        const unsigned char *pg;
+        unsigned lower, upper;
+        if (pgno >= t->npages) return NULL;
+        pg = t->map + pgno * t->psize;
+        lower = mkw_u16(pg + 12);
+        upper = mkw_u16(pg + 14);
+        if (mkw_u64(pg) != pgno || (mkw_u16(pg + 10) & MKW_P_KIND) != (leaf ? MKW_P_LEAF : MKW_P_BRANCH)
+            || lower < MKW_HDR || lower > upper || upper > t->psize)
+            return NULL;
+        *nkeys = (lower - MKW_HDR) >> 1;
+        return pg;
+    }
+
+    /* The child page number of branch node nd. */
+    static inline uint64_t mkw_child(const unsigned char *nd) {
+        return (uint64_t)mkw_u16(nd) | ((uint64_t)mkw_u16(nd + 2) << 16) | ((uint64_t)mkw_u16(nd + 4) << 32);
+    }
+
+    /* Answer items[0..m) (in key order, see _sort_keys; key i is buf[offs[i]:offs[i+1]]) into
+       out[idx]: the first byte of the value, 0 if absent or empty (out starts zeroed).
+       Returns 0, or 1 if a page is not as expected (out is then to be recomputed). */
+    static int mkw_walk(const mkw_tree *t, const mk_sort_item *it, size_t m,
+                        const unsigned char *buf, const size_t *offs, unsigned char *out) {
+        const unsigned char *pg[MKW_MAXDEPTH], *bk[MKW_MAXDEPTH], *nd, *key;
+        unsigned n[MKW_MAXDEPTH], ci[MKW_MAXDEPTH];
+        size_t bl[MKW_MAXDEPTH], s, ks, klen, idx, prev = 0, dsize;
+        unsigned L, l, l0, lo, hi, mid, f, j;
+        int started = 0;
+        /* Lines to prefetch per key: enough to stay pf_leaves ahead however densely the keys
+           fall, from pf_lines up to a whole page per key (keys far apart: one leaf each). */
+        size_t page_lines = t->psize / 64, lines = t->pf_lines, leaves = 0;
+        /* The prefetch stream: child pf_ci of the leaves' parent, read from pf_p + pf_o on. */
+        const char *pf_p = NULL;
+        unsigned pf_ci = 0;
+        size_t pf_o = 0;
+        uint64_t pf_pg;
+        if (t->root == MKW_NO_ROOT || m == 0) return 0;
+        if (t->depth < 1 || t->depth > MKW_MAXDEPTH) return 1;
+        L = t->depth - 1;
+        for (s = 0; s < m; s++) {
+            /* The keys are in input order in buf: fetch the ones coming up early. */
+            if (s + 16 < m) __builtin_prefetch(&offs[it[s + 16].idx]);
+            if (s + 8 < m) __builtin_prefetch(buf + offs[it[s + 8].idx]);
+            idx = it[s].idx;
+            key = buf + offs[idx];
+            klen = offs[idx + 1] - offs[idx];
+            if (started && it[s].head == it[s - 1].head && klen == offs[prev + 1] - offs[prev]
+                && memcmp(key, buf + offs[prev], klen) == 0) {
+                out[idx] = out[prev];  /* a repeated key */
+                continue;
+            }
+            prev = idx;
+            if (!started) {
+                pg[0] = mkw_page(t, t->root, L == 0, &n[0]);
+                if (pg[0] == NULL) return 1;
+                ci[0] = 0;
+                bk[0] = NULL;
+                bl[0] = 0;
+                l = 0;
+                started = 1;
+            } else {
+                /* Climb while the key is past the upper bound of the page's range. */
+                l = L;
+                while (l > 0 && bk[l] != NULL && mkw_cmp(key, klen, bk[l], bl[l]) >= 0) l--;
+            }
+            /* Descend: in each branch page the last child, from the current one on,
+               whose separator is <= key (child 0 has none). */
+            for (l0 = l; l < L; l++) {
+                lo = ci[l] + 1;
+                hi = n[l];
+                while (lo < hi) {
+                    mid = (lo + hi) >> 1;
+                    nd = mkw_node(t, pg[l], mid, &ks);
+                    if (nd == NULL) return 1;
+                    if (mkw_cmp(key, klen, nd + 8, ks) >= 0) lo = mid + 1; else hi = mid;
+                }
+                ci[l] = lo - 1;
+                if (ci[l] + 1 < n[l]) {
+                    nd = mkw_node(t, pg[l], ci[l] + 1, &ks);
+                    if (nd == NULL) return 1;
+                    bk[l + 1] = nd + 8;
+                    bl[l + 1] = ks;
+                } else {
+                    bk[l + 1] = bk[l];
+                    bl[l + 1] = bl[l];
+                }
+                nd = mkw_node(t, pg[l], ci[l], &ks);
+                if (nd == NULL) return 1;
+                pg[l + 1] = mkw_page(t, mkw_child(nd), l + 1 == L, &n[l + 1]);
+                if (pg[l + 1] == NULL) return 1;
+                ci[l + 1] = 0;
+                if (l + 1 == L) {
+                    leaves++;
+                    lines = 2 * page_lines * leaves / (s + 1);
+                    if (lines < t->pf_lines) lines = t->pf_lines;
+                    if (lines > page_lines) lines = page_lines;
+                }
+                if (l + 1 == L && t->prefetch && (pf_p == NULL || l0 < l || pf_ci <= ci[l])) {
+                    pf_ci = ci[l];  /* (re)start the stream after this leaf */
+                    pf_o = t->psize;
+                    pf_p = (const char *)pg[l + 1];
+                }
+            }
+            /* Prefetch a few lines of the next leaves for every key, so that their
+               loads overlap with the work instead of queueing up at once. */
+            for (j = 0; j < lines && pf_p != NULL; j++) {
+                if (pf_o >= t->psize) {
+                    pf_ci++;
+                    pf_p = NULL;
+                    if (L == 0 || pf_ci >= n[L - 1] || pf_ci > ci[L - 1] + t->prefetch) break;
+                    nd = mkw_node(t, pg[L - 1], pf_ci, &ks);
+                    if (nd == NULL) break;
+                    pf_pg = mkw_child(nd);
+                    if (pf_pg >= t->npages) break;
+                    pf_p = (const char *)t->map + pf_pg * t->psize;
+                    pf_o = 0;
+                }
+                __builtin_prefetch(pf_p + pf_o);
+                pf_o += 64;
+            }
+            /* In the leaf: the first key >= key, from the previous key's slot on. */
+            lo = ci[L];
+            hi = n[L];
+            while (lo < hi) {
+                mid = (lo + hi) >> 1;
+                nd = mkw_node(t, pg[L], mid, &ks);
+                if (nd == NULL) return 1;
+                if (mkw_cmp(key, klen, nd + 8, ks) > 0) lo = mid + 1; else hi = mid;
+            }
+            ci[L] = lo;
+            if (lo == n[L]) continue;
+            nd = mkw_node(t, pg[L], lo, &ks);
+            if (nd == NULL) return 1;
+            if (mkw_cmp(key, klen, nd + 8, ks) != 0) continue;
+            f = mkw_u16(nd + 4);
+            dsize = (size_t)mkw_u16(nd) | ((size_t)mkw_u16(nd + 2) << 16);
+            if (f & ~MKW_F_BIGDATA) return 1;  /* a sub-database or duplicates: not ours to read */
+            if (dsize == 0) continue;
+            if (f & MKW_F_BIGDATA) {
+                /* The value lives on overflow pages: their number follows the key. */
+                if ((size_t)(nd - pg[L]) + 8 + ks + 8 > t->psize) return 1;
+                uint64_t ov = mkw_u64(nd + 8 + ks);
+                if (ov >= t->npages) return 1;
+                out[idx] = t->map[ov * t->psize + MKW_HDR];
+            } else {
+                if ((size_t)(nd - pg[L]) + 8 + ks >= t->psize) return 1;
+                out[idx] = nd[8 + ks];
+            }
+        }
+        return 0;
+    }
     """
+    ctypedef struct mk_sort_item:
+        uint64_t head
+        size_t idx
+    ctypedef struct mkw_tree:
+        const unsigned char *map
+        size_t psize
+        uint64_t npages
+        uint64_t root
+        unsigned depth
+        unsigned prefetch
+        unsigned pf_lines
+    uint64_t MKW_NO_ROOT
     uint64_t mk_load_be64(const unsigned char *p) nogil
+    void mk_count(size_t *counter) nogil
+    int mkw_walk(const mkw_tree *t, const mk_sort_item *it, size_t m, const unsigned char *buf,
+                 const size_t *offs, unsigned char *out) nogil
+
+cdef extern from *:
+    void __builtin_prefetch(const void *p) nogil
 
 cdef extern from "Python.h":
     int PyUnicode_IS_ASCII(object o)
@@ -148,13 +400,51 @@ cdef int _maj = 0, _min = 0, _pat = 0
 mdb_version(&_maj, &_min, &_pat)
 LMDB_VERSION = (_maj, _min, _pat)
 
-_METHODS = ("auto", "get", "sorted")
+_METHODS = ("auto", "get", "sorted", "cursor")
 _MAX_READERS = 126  # reader slots of an environment (py-lmdb's default, which the pure twin uses too)
 # How long a thread waits for this process's other transactions to finish before it
 # gives up adopting a map that another process grew (MDB_MAP_RESIZED).
 _RESIZE_WAIT_S = 2.0
+# resolve_many(method="auto") sorts batches of at least this many keys (measured: below it,
+# one mdb_get per key is as fast as sorting and walking the pages).
+_SORT_THRESHOLD = 16
 # Largest scratch block a Reader keeps between resolve_many calls (about 600,000 keys).
 cdef size_t _SCRATCH_MAX = 32 << 20
+# Scratch sets a Reader keeps (one per thread calling resolve_many at the same time).
+cdef int _SCRATCH_KEEP = 8
+# Items per write transaction when Env.copy(repack=True) writes the copy.
+cdef size_t _REPACK_TXN = 1 << 20
+# Leaf pages the page walk prefetches ahead of the one it is reading.
+cdef unsigned _prefetch_leaves = 2
+# Cache lines of those it prefetches per key looked up.
+cdef unsigned _prefetch_lines = 8
+
+
+# How often resolve_many's sorted path walked the pages, and how often it used the cursor instead.
+cdef size_t _walks = 0
+cdef size_t _walk_fallbacks = 0
+
+
+def _walk_counts():
+    """(page walks, walks given up for LMDB's cursor) since the module was loaded (tests, benchmarks)."""
+    return _walks, _walk_fallbacks
+
+
+def _tune(*, prefetch_leaves=None, prefetch_lines=None):
+    """Benchmark knob (not API): how far ahead, and how fast, the page walk prefetches."""
+    global _prefetch_leaves, _prefetch_lines
+    if prefetch_leaves is not None:
+        _prefetch_leaves = prefetch_leaves
+    if prefetch_lines is not None:
+        _prefetch_lines = prefetch_lines
+    return {"prefetch_leaves": _prefetch_leaves, "prefetch_lines": _prefetch_lines}
+
+
+cdef size_t _page_size(MDB_env *env) noexcept:
+    cdef MDB_stat st
+    if mdb_env_stat(env, &st):
+        return 0
+    return st.ms_psize
 
 
 cdef object _err(str what, int rc):
@@ -178,7 +468,7 @@ cdef inline bytes _val_arg(object v):
 
 cdef inline int _check_method(object method, object sort_threshold) except -1:
     if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(f"method must be 'auto', 'get' or 'sorted', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'get', 'sorted' or 'cursor', got {method!r}")
     if not isinstance(sort_threshold, int) or isinstance(sort_threshold, bool) or sort_threshold < 0:
         raise ValueError(f"sort_threshold must be an int >= 0, got {sort_threshold!r}")
     return 0
@@ -201,11 +491,15 @@ cdef inline int _key_ptr(object k, const char **p, Py_ssize_t *n) except -1:
 # ---------------------------------------------------------------------------
 # resolve_many in C: every prefix+key packed into one buffer (key i is
 # buf[offs[i]:offs[i+1]]), looked up without the GIL in input order (mdb_get) or in
-# key order (one cursor), and each answer placed at the key's input position.
+# key order (the page walk, or one LMDB cursor), and each answer placed at the key's
+# input position.
 
-ctypedef struct SortItem:
-    uint64_t head   # 8 bytes of the key after the batch's common prefix, big-endian
-    size_t idx      # position of the key in the input
+cdef enum:
+    M_GET = 0       # mdb_get per key, in input order
+    M_SORTED = 1    # sort, then walk the pages (LMDB's cursor if the walk gives up)
+    M_CURSOR = 2    # sort, then LMDB's cursor (MDB_SET per key)
+
+ctypedef mk_sort_item SortItem  # head: 8 bytes of the key after the common prefix; idx: input position
 
 ctypedef struct Scratch:
     unsigned char *buf      # the packed keys
@@ -218,8 +512,11 @@ ctypedef struct Batch:
     const size_t *offs
     size_t n
     size_t maxkey           # longer keys cannot be stored: answered 0 without a lookup
-    SortItem *items         # scratch for 2n items (sorted path), else NULL
+    SortItem *items         # scratch for 2n items (sorted paths), else NULL
     unsigned char *out      # one answer byte per key
+    const char *name        # the database's name (the page walk reads its record)
+    size_t name_len
+    size_t psize
 
 
 cdef inline int _kcmp(const unsigned char *buf, const size_t *offs, size_t a, size_t b) noexcept nogil:
@@ -423,16 +720,65 @@ cdef inline bint _same_key(const Batch *b, const SortItem *x, const SortItem *y)
             and memcmp(b.buf + b.offs[x.idx], b.buf + b.offs[y.idx], n) == 0)
 
 
-cdef int _lookup_sorted(MDB_txn *txn, MDB_dbi dbi, const Batch *b, const char **failed) noexcept nogil:
-    """The sorted-cursor path: sort the keys, then look them up in key order with one
-    cursor (MDB_SET); a repeated key takes the answer of the one before it."""
+cdef int _tree_of(MDB_txn *txn, const Batch *b, mkw_tree *t) noexcept nogil:
+    """Where the database's pages are in this read transaction's snapshot: 0, or 1 if
+    they cannot be walked (another page size, special key order, ...)."""
+    cdef MDB_dbi main
+    cdef MDB_val k, v
+    cdef const unsigned char *rec
+    cdef const unsigned char *page
+    cdef MDB_envinfo inf
+    cdef uint64_t pgno
+    cdef uint16_t flags, depth
+    if b.psize < 512 or b.psize & (b.psize - 1) or b.name == NULL:
+        return 1
+    if mdb_dbi_open(txn, NULL, 0, &main):
+        return 1
+    k.mv_size = b.name_len
+    k.mv_data = <void *>b.name
+    if mdb_get(txn, main, &k, &v) or v.mv_size != 48:
+        return 1
+    rec = <const unsigned char *>v.mv_data
+    memcpy(&flags, rec + 4, 2)
+    memcpy(&depth, rec + 6, 2)
+    if flags & 0x7e:  # reverse or integer keys, duplicates: not LMDB's plain memcmp order
+        return 1
+    memcpy(&t.root, rec + 40, 8)
+    t.depth = depth
+    t.psize = b.psize
+    # The record lies on a page of the map: that page's number locates page 0.
+    page = <const unsigned char *>(<size_t>rec & ~(b.psize - 1))
+    memcpy(&pgno, page, 8)
+    t.map = page - pgno * b.psize
+    if mdb_env_info(mdb_txn_env(txn), &inf):
+        return 1
+    t.npages = inf.me_last_pgno + 1
+    if t.npages > inf.me_mapsize // b.psize:
+        t.npages = inf.me_mapsize // b.psize
+    t.prefetch = _prefetch_leaves
+    t.pf_lines = _prefetch_lines
+    return 0
+
+
+cdef int _lookup_sorted(MDB_txn *txn, MDB_dbi dbi, const Batch *b, bint walk,
+                        const char **failed) noexcept nogil:
+    """The sorted paths: sort the keys, then walk the pages (walk) or look the keys up in
+    key order with one cursor (MDB_SET); a repeated key takes the answer of the one before it."""
     cdef MDB_cursor *cur = NULL
     cdef MDB_val k, v
     cdef size_t s, m
     cdef int rc = 0
+    cdef mkw_tree t
     m = _sort_batch(b)
     if m == 0:
         return 0
+    if walk and _tree_of(txn, b, &t) == 0:
+        if mkw_walk(&t, b.items, m, b.buf, b.offs, b.out) == 0:
+            mk_count(&_walks)
+            return 0
+        memset(b.out, 0, b.n)  # the walk gave up: start over with LMDB's cursor
+    if walk:
+        mk_count(&_walk_fallbacks)
     rc = mdb_cursor_open(txn, dbi, &cur)
     if rc:
         failed[0] = "mdb_cursor_open"
@@ -450,13 +796,13 @@ cdef int _lookup_sorted(MDB_txn *txn, MDB_dbi dbi, const Batch *b, const char **
     return rc
 
 
-cdef int _lookup(MDB_txn *txn, MDB_dbi dbi, const Batch *b, bint use_sorted,
+cdef int _lookup(MDB_txn *txn, MDB_dbi dbi, const Batch *b, int method,
                  const char **failed) noexcept nogil:
     """Answer every key of the batch in b.out; 0, or the LMDB error and the call that failed."""
     memset(b.out, 0, b.n)
-    if use_sorted:
-        return _lookup_sorted(txn, dbi, b, failed)
-    return _lookup_get(txn, dbi, b, failed)
+    if method == M_GET:
+        return _lookup_get(txn, dbi, b, failed)
+    return _lookup_sorted(txn, dbi, b, method == M_SORTED, failed)
 
 
 # Argument packing: prefix+key of every key copied into one scratch buffer.
@@ -515,16 +861,6 @@ cdef int _pack(Scratch *s, Batch *b, object keys, object prefix, bint use_sorted
     return 0
 
 
-cdef inline void _stash(unsigned char **slot, size_t *slot_cap, unsigned char *block, size_t cap,
-                        bint keep) noexcept:
-    """Keep a scratch block in an empty slot for the next call, or free it."""
-    if keep and block != NULL and slot[0] == NULL and cap <= _SCRATCH_MAX:
-        slot[0] = block
-        slot_cap[0] = cap
-    else:
-        free(block)
-
-
 cdef int _put_loop(MDB_txn *txn, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size_t n) noexcept nogil:
     cdef size_t i
     cdef int rc
@@ -533,6 +869,278 @@ cdef int _put_loop(MDB_txn *txn, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size
         if rc:
             return rc
     return 0
+
+
+# Sorted writes and reads of a write transaction (put_many(sort=True), get_many).
+
+cdef inline int _vcmp(const MDB_val *a, const MDB_val *b) noexcept nogil:
+    """LMDB's default key order."""
+    cdef size_t n = a.mv_size if a.mv_size < b.mv_size else b.mv_size
+    cdef int r = memcmp(a.mv_data, b.mv_data, n)
+    if r:
+        return r
+    return (a.mv_size > b.mv_size) - (a.mv_size < b.mv_size)
+
+
+cdef SortItem *_key_order(const MDB_val *keys, size_t n) noexcept nogil:
+    """The keys' positions in LMDB's key order, equal keys in input order, as 2n sort items
+    (the first n hold them; free() them), or NULL when out of memory."""
+    cdef size_t i, total = 0
+    cdef unsigned char *buf = NULL
+    cdef size_t *offs = NULL
+    cdef SortItem *items = NULL
+    for i in range(n):
+        total += keys[i].mv_size
+    buf = <unsigned char *>malloc(total + 8)
+    offs = <size_t *>malloc((n + 1) * sizeof(size_t))
+    items = <SortItem *>malloc(2 * n * sizeof(SortItem) + 8)
+    if buf == NULL or offs == NULL or items == NULL:
+        free(buf)
+        free(offs)
+        free(items)
+        return NULL
+    total = 0
+    for i in range(n):
+        offs[i] = total
+        memcpy(buf + total, keys[i].mv_data, keys[i].mv_size)
+        total += keys[i].mv_size
+        items[i].idx = i
+    offs[n] = total
+    _sort_keys(items, items + n, n, buf, offs)
+    free(buf)
+    free(offs)
+    return items
+
+
+cdef int _put_sorted(MDB_txn *txn, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size_t n,
+                     const char **failed) noexcept nogil:
+    """Write the pairs in key order (of equal keys the last one given), appending
+    (MDB_APPEND) every key past the database's last one, so the pages it adds are full."""
+    cdef SortItem *order = NULL
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val lk, lv, last
+    cdef unsigned char lastbuf[512]
+    cdef unsigned int dbflags = 0
+    cdef size_t s, i, j
+    cdef bint appending
+    cdef int rc
+    rc = mdb_dbi_flags(txn, dbi, &dbflags)
+    if rc:
+        failed[0] = "mdb_dbi_flags"
+        return rc
+    if dbflags & (MDB_REVERSEKEY | MDB_DUPSORT | MDB_INTEGERKEY):
+        failed[0] = "mdb_put"  # another key order: write them as given
+        return _put_loop(txn, dbi, keys, vals, n)
+    order = _key_order(keys, n)
+    if order == NULL:
+        failed[0] = "put_many (sorting)"
+        return 12  # ENOMEM
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        free(order)
+        failed[0] = "mdb_cursor_open"
+        return rc
+    rc = mdb_cursor_get(cur, &lk, &lv, MDB_LAST)
+    appending = rc == MDB_NOTFOUND
+    if rc == 0:
+        memcpy(lastbuf, lk.mv_data, lk.mv_size)  # the page under lk changes as we write
+        last.mv_size = lk.mv_size
+        last.mv_data = lastbuf
+    elif not appending:
+        failed[0] = "mdb_cursor_get"
+        mdb_cursor_close(cur)
+        free(order)
+        return rc
+    rc = 0
+    for s in range(n):
+        # The pairs are in input order in memory: fetch the ones coming up early.
+        if s + 32 < n:
+            __builtin_prefetch(&keys[order[s + 32].idx])
+            __builtin_prefetch(&vals[order[s + 32].idx])
+        if s + 16 < n:
+            j = order[s + 16].idx
+            __builtin_prefetch(keys[j].mv_data)
+            __builtin_prefetch(vals[j].mv_data)
+        i = order[s].idx
+        if s + 1 < n and order[s].head == order[s + 1].head and _vcmp(&keys[i], &keys[order[s + 1].idx]) == 0:
+            continue  # a later pair with this key wins
+        if not appending and _vcmp(&keys[i], &last) > 0:
+            appending = True
+        rc = mdb_cursor_put(cur, &keys[i], &vals[i], MDB_APPEND if appending else 0)
+        if rc:
+            failed[0] = "mdb_cursor_put"
+            break
+    mdb_cursor_close(cur)
+    free(order)
+    return rc
+
+
+cdef int _get_sorted(MDB_txn *txn, MDB_dbi dbi, const Batch *b, MDB_val *vals,
+                     const char **failed) noexcept nogil:
+    """vals[i] = the value of key i (mv_data NULL if absent), looked up in key order with one cursor."""
+    cdef MDB_cursor *cur = NULL
+    cdef MDB_val k
+    cdef size_t s, m, i
+    cdef int rc = 0
+    for i in range(b.n):
+        vals[i].mv_data = NULL
+        vals[i].mv_size = 0
+    m = _sort_batch(b)
+    if m == 0:
+        return 0
+    rc = mdb_cursor_open(txn, dbi, &cur)
+    if rc:
+        failed[0] = "mdb_cursor_open"
+        return rc
+    for s in range(m):
+        i = b.items[s].idx
+        if s and _same_key(b, &b.items[s - 1], &b.items[s]):
+            vals[i] = vals[b.items[s - 1].idx]
+            continue
+        _key_at(b, i, &k)
+        rc = mdb_cursor_get(cur, &k, &vals[i], MDB_SET)
+        if rc == MDB_NOTFOUND:
+            vals[i].mv_data = NULL
+            rc = 0
+        elif rc:
+            failed[0] = "mdb_cursor_get"
+            break
+    mdb_cursor_close(cur)
+    return rc
+
+
+cdef int _repack_db(MDB_txn *src, MDB_env *denv, const char *name, size_t *pending,
+                    const char **failed) noexcept nogil:
+    """Append every item of the named database of src to the same database of denv, in
+    transactions of up to _REPACK_TXN items."""
+    cdef MDB_dbi sdbi, ddbi
+    cdef MDB_cursor *sc = NULL
+    cdef MDB_cursor *dc = NULL
+    cdef MDB_txn *dtxn = NULL
+    cdef MDB_val k, v
+    cdef unsigned int flags = 0
+    cdef int rc
+    cdef size_t n = 0
+    rc = mdb_dbi_open(src, name, 0, &sdbi)
+    if rc == 0:
+        rc = mdb_dbi_flags(src, sdbi, &flags)
+    if rc:
+        failed[0] = "mdb_dbi_open (source)"
+        return rc
+    if flags & MDB_DUPSORT:
+        failed[0] = "repack (databases with duplicates are not supported)"
+        return 22  # EINVAL
+    rc = mdb_cursor_open(src, sdbi, &sc)
+    if rc:
+        failed[0] = "mdb_cursor_open"
+        return rc
+    rc = mdb_cursor_get(sc, &k, &v, MDB_FIRST)
+    while True:
+        if dtxn == NULL:
+            rc2 = mdb_txn_begin(denv, NULL, 0, &dtxn)
+            if rc2 == 0:
+                rc2 = mdb_dbi_open(dtxn, name, MDB_CREATE | flags, &ddbi)
+            if rc2 == 0:
+                rc2 = mdb_cursor_open(dtxn, ddbi, &dc)
+            if rc2:
+                failed[0] = "repack (begin)"
+                rc = rc2
+                break
+        if rc == MDB_NOTFOUND:
+            rc = 0
+            break
+        if rc:
+            failed[0] = "mdb_cursor_get"
+            break
+        rc = mdb_cursor_put(dc, &k, &v, MDB_APPEND)
+        if rc:
+            failed[0] = "mdb_cursor_put (repack)"
+            break
+        n += 1
+        if n % _REPACK_TXN == 0:
+            mdb_cursor_close(dc)
+            dc = NULL
+            rc = mdb_txn_commit(dtxn)
+            dtxn = NULL
+            if rc:
+                failed[0] = "mdb_txn_commit (repack)"
+                break
+        rc = mdb_cursor_get(sc, &k, &v, MDB_NEXT)
+    mdb_cursor_close(sc)
+    if dc != NULL:
+        mdb_cursor_close(dc)
+    if dtxn != NULL:
+        if rc == 0:
+            rc = mdb_txn_commit(dtxn)
+            if rc:
+                failed[0] = "mdb_txn_commit (repack)"
+        else:
+            mdb_txn_abort(dtxn)
+    pending[0] += n
+    return rc
+
+
+cdef int _repack(MDB_env *env, const char *path, size_t mapsize, const char **failed) noexcept nogil:
+    """Write a new environment at path holding every named database of env, each appended
+    in key order (so its pages are full), and sync it."""
+    cdef MDB_env *denv = NULL
+    cdef MDB_txn *src = NULL
+    cdef MDB_cursor *mc = NULL
+    cdef MDB_dbi main
+    cdef MDB_val k, v
+    cdef char name[512]
+    cdef unsigned int ndbs = 0
+    cdef size_t done = 0
+    cdef int rc
+    rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &src)
+    if rc:
+        failed[0] = "mdb_txn_begin"
+        return rc
+    rc = mdb_dbi_open(src, NULL, 0, &main)
+    if rc == 0:
+        rc = mdb_cursor_open(src, main, &mc)
+    if rc == 0:
+        rc = mdb_cursor_get(mc, &k, &v, MDB_FIRST)
+        while rc == 0:
+            ndbs += 1
+            rc = mdb_cursor_get(mc, &k, &v, MDB_NEXT)
+        if rc == MDB_NOTFOUND:
+            rc = 0
+    if rc == 0:
+        rc = mdb_env_create(&denv)
+    if rc == 0:
+        rc = mdb_env_set_mapsize(denv, mapsize)
+    if rc == 0:
+        rc = mdb_env_set_maxdbs(denv, ndbs + 2)
+    if rc == 0:
+        rc = mdb_env_open(denv, path, MDB_NOSYNC, 0o644)
+    if rc:
+        failed[0] = "repack (open the copy)"
+    else:
+        rc = mdb_cursor_get(mc, &k, &v, MDB_FIRST)
+        while rc == 0:
+            if k.mv_size >= sizeof(name) or memchr(k.mv_data, 0, k.mv_size) != NULL:
+                failed[0] = "repack (a database name)"
+                rc = 22  # EINVAL
+                break
+            memcpy(name, k.mv_data, k.mv_size)
+            name[k.mv_size] = 0
+            rc = _repack_db(src, denv, name, &done, failed)
+            if rc:
+                break
+            rc = mdb_cursor_get(mc, &k, &v, MDB_NEXT)
+        if rc == MDB_NOTFOUND:
+            rc = 0
+        if rc == 0:
+            rc = mdb_env_sync(denv, 1)
+            if rc:
+                failed[0] = "mdb_env_sync (repack)"
+    if mc != NULL:
+        mdb_cursor_close(mc)
+    mdb_txn_abort(src)
+    if denv != NULL:
+        mdb_env_close(denv)
+    return rc
 
 
 # ---------------------------------------------------------------------------
@@ -572,8 +1180,11 @@ cdef class Env:
     cdef object _key
     cdef unsigned long _gen
     cdef size_t _maxkey
+    cdef size_t _psize       # page size
     cdef dict _dbis          # name -> dbi
+    cdef dict _names         # dbi -> name
     cdef set _handles        # dbis handed out
+    cdef uint64_t _handle_bits  # the same, as bits (for dbis below 64)
     cdef object _children    # WeakSet of live Txn and Reader objects
     cdef object _dbi_lock
     cdef int _active         # open transactions (see above)
@@ -600,6 +1211,7 @@ cdef class Env:
         self.path = path
         self.readonly = readonly
         self._dbis = {}
+        self._names = {}
         self._handles = set()
         self._children = weakref.WeakSet()
         self._dbi_lock = threading.Lock()
@@ -645,6 +1257,7 @@ cdef class Env:
         self._env = env
         self._gen = _fork_gen
         self._maxkey = <size_t>mdb_env_get_maxkeysize(env)
+        self._psize = _page_size(env)
 
     def __dealloc__(self):
         if self._env != NULL:
@@ -664,6 +1277,11 @@ cdef class Env:
         return 0
 
     cdef MDB_dbi _dbi(self, object db) except? 0:
+        cdef unsigned int d
+        if type(db) is int and 0 <= db < 64:  # LMDB numbers databases from 2 up: the usual case
+            d = db
+            if (self._handle_bits >> d) & 1:
+                return d
         if db not in self._handles:
             raise LmdbError(f"unknown database handle {db!r}; use a handle returned by open_db on this Env")
         return <MDB_dbi>db
@@ -793,7 +1411,10 @@ cdef class Env:
             if rc:
                 raise _err(f"mdb_dbi_open({name!r})", rc)
             self._dbis[name] = dbi
+            self._names[dbi] = bname
             self._handles.add(dbi)
+            if dbi < 64:
+                self._handle_bits |= (<uint64_t>1) << dbi
             return dbi
 
     def begin(self, bint write=False):
@@ -873,18 +1494,32 @@ cdef class Env:
         if rc:
             raise _err("mdb_env_sync", rc)
 
-    def copy(self, path, *, bint compact=True):
-        """Copy the environment into an existing empty directory (compact: without free pages)."""
+    def copy(self, path, *, bint compact=True, bint repack=False):
+        """Copy the environment into an existing empty directory (compact: without free pages).
+
+        repack=True writes a new environment there instead: every named database rewritten
+        in key order with appends, so that its pages are full (a compact copy keeps pages as
+        they are, however empty). The copy is synced to disk; it needs a directory of its own.
+        """
         cdef int rc
         cdef bytes bpath = os.fsencode(os.path.abspath(os.fspath(path)))
         cdef const char *cpath = bpath
         cdef unsigned int flags = MDB_CP_COMPACT if compact else 0
+        cdef const char *failed = "mdb_env_copy2"
+        cdef MDB_envinfo inf
         self._check()
-        with self._nogil:
-            with nogil:
-                rc = mdb_env_copy2(self._env, cpath, flags)
+        if repack:
+            mdb_env_info(self._env, &inf)
+            with self._dbi_lock:  # it opens the databases (open_db must not run meanwhile)
+                with self._nogil:
+                    with nogil:
+                        rc = _repack(self._env, cpath, inf.me_mapsize, &failed)
+        else:
+            with self._nogil:
+                with nogil:
+                    rc = mdb_env_copy2(self._env, cpath, flags)
         if rc:
-            raise _err("mdb_env_copy2", rc)
+            raise _err(failed.decode() if repack else "mdb_env_copy2", rc)
 
     def close(self):
         """Close the environment, aborting its open transactions; idempotent."""
@@ -1010,14 +1645,17 @@ cdef class Txn:
         if rc:
             raise _err("mdb_put", rc)
 
-    def put_many(self, db, items):
-        """Store every (key, value) pair in order; all pairs are checked before any is written."""
+    def put_many(self, db, items, *, bint sort=False):
+        """Store every (key, value) pair in order; all pairs are checked before any is written.
+
+        sort=True writes them in key order instead (of pairs with equal keys, the last one
+        given wins, as in order), appending those past the database's last key: the pages
+        it adds are full. For bulk loads; the stored items are the same either way.
+        """
         cdef MDB_val *keys = NULL
         cdef MDB_val *vals = NULL
         cdef Py_ssize_t n, i
-        cdef int rc = 0
         cdef MDB_dbi dbi
-        cdef MDB_txn *txn
         self._check_write()
         dbi = self.env._dbi(db)
         snapshot = tuple(items)  # holds every item while the GIL is released
@@ -1038,25 +1676,117 @@ cdef class Txn:
                 if type(item) is not tuple or kb is not k:
                     keep.append(kb)
                     keep.append(vb)
-                keys[i].mv_size = PyBytes_GET_SIZE(kb)
-                if keys[i].mv_size == 0 or keys[i].mv_size > self.env._maxkey:
-                    raise key_size_error(f"put_many item {i}", keys[i].mv_size)
-                keys[i].mv_data = PyBytes_AS_STRING(kb)
-                vals[i].mv_size = PyBytes_GET_SIZE(vb)
-                vals[i].mv_data = PyBytes_AS_STRING(vb)
+                self._pair(keys, vals, i, kb, vb, "put_many item")
+            self._write(dbi, keys, vals, <size_t>n, sort)
+        finally:
+            free(keys)
+            free(vals)
+
+    def put_keys(self, db, keys, values, *, bint sort=False):
+        """put_many(db, zip(keys, values), sort=sort) without the pairs: values is a sequence
+        as long as keys, or one bytes object stored under every key. (Lists of bytes cost
+        far less to build than lists of pairs.)"""
+        cdef MDB_val *ks = NULL
+        cdef MDB_val *vs = NULL
+        cdef Py_ssize_t n, i
+        cdef MDB_dbi dbi
+        cdef bint one_value
+        self._check_write()
+        dbi = self.env._dbi(db)
+        key_list = tuple(keys)  # hold every key and value while the GIL is released
+        n = len(key_list)
+        one_value = isinstance(values, bytes)
+        value_list = None if one_value else tuple(values)
+        if not one_value and len(value_list) != n:
+            raise ValueError(f"put_keys: {n} keys but {len(value_list)} values")
+        if n == 0:
+            return
+        keep = []  # keys given as str, encoded
+        ks = <MDB_val *>malloc(n * sizeof(MDB_val))
+        vs = <MDB_val *>malloc(n * sizeof(MDB_val))
+        try:
+            if ks == NULL or vs == NULL:
+                raise MemoryError("put_keys: out of memory")
+            for i in range(n):
+                k = key_list[i]
+                kb = _key_arg(k, "key")
+                vb = values if one_value else _val_arg(value_list[i])
+                if kb is not k:
+                    keep.append(kb)
+                self._pair(ks, vs, i, kb, vb, "put_keys key")
+            self._write(dbi, ks, vs, <size_t>n, sort)
+        finally:
+            free(ks)
+            free(vs)
+
+    cdef int _pair(self, MDB_val *keys, MDB_val *vals, Py_ssize_t i, bytes kb, bytes vb, str what) except -1:
+        """Point pair i at kb and vb, once kb is known to be a storable key."""
+        keys[i].mv_size = PyBytes_GET_SIZE(kb)
+        if keys[i].mv_size == 0 or keys[i].mv_size > self.env._maxkey:
+            raise key_size_error(f"{what} {i}", keys[i].mv_size)
+        keys[i].mv_data = PyBytes_AS_STRING(kb)
+        vals[i].mv_size = PyBytes_GET_SIZE(vb)
+        vals[i].mv_data = PyBytes_AS_STRING(vb)
+        return 0
+
+    cdef int _write(self, MDB_dbi dbi, MDB_val *keys, MDB_val *vals, size_t n, bint sort) except -1:
+        """Write checked pairs without the GIL: in order, or sorted (see put_many)."""
+        cdef int rc
+        cdef const char *failed = "mdb_put"
+        cdef MDB_txn *txn = self._txn
+        self._busy = True
+        try:
+            with self.env._nogil:
+                with nogil:
+                    if sort and n > 1:
+                        rc = _put_sorted(txn, dbi, keys, vals, n, &failed)
+                    else:
+                        rc = _put_loop(txn, dbi, keys, vals, n)
+        finally:
+            self._busy = False
+        if rc:
+            raise _err(failed.decode(), rc)
+        return 0
+
+    def get_many(self, db, keys):
+        """The value stored under each key (None where there is none), in input order;
+        the keys are looked up in key order, which is faster for large batches."""
+        cdef Scratch s = Scratch(NULL, 0, NULL, 0)
+        cdef Batch b
+        cdef MDB_val *vals = NULL
+        cdef MDB_txn *txn
+        cdef MDB_dbi dbi
+        cdef const char *failed = NULL
+        cdef size_t i
+        cdef int rc = 0
+        self._check()
+        dbi = self.env._dbi(db)
+        if type(keys) is not list and type(keys) is not tuple:
+            keys = list(keys)
+        try:
+            _pack(&s, &b, keys, b"", True)
+            if b.n == 0:
+                return []
+            b.maxkey = self.env._maxkey
+            vals = <MDB_val *>malloc(b.n * sizeof(MDB_val))
+            if vals == NULL:
+                raise MemoryError("get_many: out of memory")
             txn = self._txn
             self._busy = True
             try:
                 with self.env._nogil:
                     with nogil:
-                        rc = _put_loop(txn, dbi, keys, vals, <size_t>n)
+                        rc = _get_sorted(txn, dbi, &b, vals, &failed)
             finally:
                 self._busy = False
             if rc:
-                raise _err("mdb_put", rc)
+                raise _err(failed.decode(), rc)
+            return [None if vals[i].mv_data == NULL else
+                    PyBytes_FromStringAndSize(<char *>vals[i].mv_data, vals[i].mv_size) for i in range(b.n)]
         finally:
-            free(keys)
             free(vals)
+            free(s.buf)
+            free(s.arr)
 
     def delete(self, db, key):
         """Delete key; return True if it was there."""
@@ -1263,9 +1993,11 @@ cdef class Reader:
     cdef int _npool
     cdef int _cap
     cdef bint _closed
-    # Scratch memory of the last resolve_many, kept for the next call: allocating it
-    # afresh costs page faults (glibc returns large freed blocks to the OS).
-    cdef Scratch _scratch
+    # Scratch memory of earlier resolve_many calls, kept for the next ones (one set per
+    # concurrent call): allocating it afresh costs page faults (glibc returns large
+    # freed blocks to the OS).
+    cdef Scratch _spool[8]
+    cdef int _nspool
     cdef object __weakref__
 
     def __init__(self, *args, **kwargs):
@@ -1279,9 +2011,11 @@ cdef class Reader:
         self._free_scratch()
 
     cdef void _free_scratch(self) noexcept:
-        free(self._scratch.buf)
-        free(self._scratch.arr)
-        self._scratch = Scratch(NULL, 0, NULL, 0)
+        cdef int i
+        for i in range(self._nspool):
+            free(self._spool[i].buf)
+            free(self._spool[i].arr)
+        self._nspool = 0
 
     cdef void _free_pool(self) noexcept:
         cdef int i
@@ -1336,15 +2070,21 @@ cdef class Reader:
         return 0
 
     cdef Scratch _take_scratch(self) noexcept:
-        """The kept scratch, or none if a concurrent call holds it (the call then allocates)."""
-        cdef Scratch s = self._scratch
-        self._scratch = Scratch(NULL, 0, NULL, 0)
-        return s
+        """A kept scratch set, or an empty one (the call then allocates)."""
+        if self._nspool == 0:
+            return Scratch(NULL, 0, NULL, 0)
+        self._nspool -= 1
+        return self._spool[self._nspool]
 
     cdef void _keep_scratch(self, Scratch *s) noexcept:
-        """Keep a call's scratch for the next call (unless closed, too big, or one was kept already)."""
-        _stash(&self._scratch.buf, &self._scratch.buf_cap, s.buf, s.buf_cap, not self._closed)
-        _stash(&self._scratch.arr, &self._scratch.arr_cap, s.arr, s.arr_cap, not self._closed)
+        """Keep a call's scratch for a later call (unless closed, too big, or enough are kept)."""
+        if (self._closed or self._nspool >= _SCRATCH_KEEP or s.buf_cap > _SCRATCH_MAX
+                or s.arr_cap > _SCRATCH_MAX):
+            free(s.buf)
+            free(s.arr)
+            return
+        self._spool[self._nspool] = s[0]
+        self._nspool += 1
 
     def get(self, db, key):
         """The value stored under key in the latest committed snapshot, or None."""
@@ -1370,10 +2110,41 @@ cdef class Reader:
         finally:
             self._give(txn)
 
-    def resolve_many(self, db, prefix, keys, *, method="auto", sort_threshold=10_000):
+    def resolve_one(self, db, prefix, key):
+        """The first byte of the value at prefix+key (an int), 0 if absent or empty: one
+        key of resolve_many, without its batch set-up (and with the GIL held)."""
+        cdef unsigned char kbuf[512]
+        cdef const char *pp
+        cdef const char *kp
+        cdef Py_ssize_t plen, klen
+        cdef MDB_val k, v
+        cdef MDB_txn *txn
+        cdef MDB_dbi dbi
+        cdef int rc
+        cdef int answer = 0
+        self._check_open()
+        dbi = self.env._dbi(db)
+        _key_ptr(prefix, &pp, &plen)
+        _key_ptr(key, &kp, &klen)
+        k.mv_size = <size_t>(plen + klen)
+        if k.mv_size == 0 or k.mv_size > self.env._maxkey or k.mv_size > sizeof(kbuf):
+            return 0
+        memcpy(kbuf, pp, <size_t>plen)
+        memcpy(kbuf + plen, kp, <size_t>klen)
+        k.mv_data = kbuf
+        txn = self._take()
+        rc = mdb_get(txn, dbi, &k, &v)
+        if rc == 0 and v.mv_size:
+            answer = (<unsigned char *>v.mv_data)[0]
+        self._give(txn)
+        if rc and rc != MDB_NOTFOUND:
+            raise _err("mdb_get", rc)
+        return answer
+
+    def resolve_many(self, db, prefix, keys, *, method="auto", sort_threshold=_SORT_THRESHOLD):
         """One byte per key (input order): first byte of the value at prefix+key, 0 if absent or empty."""
         cdef MDB_dbi dbi
-        cdef bint use_sorted
+        cdef int m
         cdef Scratch s
         cdef Batch b
         _check_method(method, sort_threshold)
@@ -1382,21 +2153,30 @@ cdef class Reader:
         pb = _key_arg(prefix, "prefix")
         if type(keys) is not list and type(keys) is not tuple:
             keys = list(keys)
-        use_sorted = method == "sorted" or (method == "auto" and len(keys) >= sort_threshold)
+        if method == "get" or (method == "auto" and len(keys) < sort_threshold):
+            m = M_GET
+        elif method == "cursor":
+            m = M_CURSOR
+        else:
+            m = M_SORTED
         out = PyBytes_FromStringAndSize(NULL, len(keys))
+        name = self.env._names.get(dbi)
         s = self._take_scratch()
         try:
-            _pack(&s, &b, keys, pb, use_sorted)
+            _pack(&s, &b, keys, pb, m != M_GET)
             if b.n == 0:
                 return b""
             b.maxkey = self.env._maxkey
             b.out = <unsigned char *>PyBytes_AS_STRING(out)
-            self._run(dbi, &b, use_sorted)
+            b.name = PyBytes_AS_STRING(name)
+            b.name_len = <size_t>PyBytes_GET_SIZE(name)
+            b.psize = self.env._psize
+            self._run(dbi, &b, m)
         finally:
             self._keep_scratch(&s)
         return out
 
-    cdef int _run(self, MDB_dbi dbi, const Batch *b, bint use_sorted) except -1:
+    cdef int _run(self, MDB_dbi dbi, const Batch *b, int method) except -1:
         """Look a packed batch up in one read transaction, without the GIL."""
         cdef const char *failed = NULL
         cdef int rc
@@ -1404,7 +2184,7 @@ cdef class Reader:
         try:
             with self.env._nogil:
                 with nogil:
-                    rc = _lookup(txn, dbi, b, use_sorted, &failed)
+                    rc = _lookup(txn, dbi, b, method, &failed)
         finally:
             self._give(txn)
         if rc:

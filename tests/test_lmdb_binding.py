@@ -5,6 +5,7 @@ tmp_path; the hypothesis test checks that they answer resolve_many byte-identica
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -335,6 +336,23 @@ def fill(binding, path: str, data: dict[bytes, bytes]):
     return e, db
 
 
+@contextlib.contextmanager
+def in_both_bindings(data: dict[bytes, bytes]):
+    """The prefixed items stored through each binding, in its own environment:
+    yields (native reader, its db, pure reader, its db)."""
+    native = lmdbenv.binding_by_name("native")
+    pure = lmdbenv.binding_by_name("pure")
+    with tempfile.TemporaryDirectory() as tmp:
+        full = {PREFIX + k: v for k, v in data.items()}
+        en, dbn = fill(native, os.path.join(tmp, "native"), full)
+        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
+        try:
+            yield en.reader(), dbn, ep.reader(), dbp
+        finally:
+            en.close()
+            ep.close()
+
+
 def test_resolve_many_basic(env):
     db = env.open_db(b"ids")
     with env.begin(write=True) as txn:
@@ -371,27 +389,17 @@ values = st.one_of(st.binary(min_size=0, max_size=3), st.just(b""), st.just(b"\0
     threshold=st.integers(0, 50),
 )
 def test_resolve_many_native_equals_pure(data, extra, seed, threshold):
-    native = lmdbenv.binding_by_name("native")
-    pure = lmdbenv.binding_by_name("pure")
     rnd = random.Random(seed)
     present = list(data)
     batch = present + extra + [rnd.choice(present) for _ in range(len(present) // 2)] if present else extra
     rnd.shuffle(batch)
     expect = bytes((data[k][0] if data.get(k) else 0) if k in data else 0 for k in batch)
-    with tempfile.TemporaryDirectory() as tmp:
-        full = {PREFIX + k: v for k, v in data.items()}
-        en, dbn = fill(native, os.path.join(tmp, "native"), full)
-        ep, dbp = fill(pure, os.path.join(tmp, "pure"), full)
-        try:
-            rn, rp = en.reader(), ep.reader()
-            for method in ("get", "sorted", "auto"):
-                a = rn.resolve_many(dbn, PREFIX, batch, method=method, sort_threshold=threshold)
-                b = rp.resolve_many(dbp, PREFIX, batch, method=method, sort_threshold=threshold)
-                assert a == b == expect, method
-            assert rn.resolve_many(dbn, PREFIX, []) == rp.resolve_many(dbp, PREFIX, []) == b""
-        finally:
-            en.close()
-            ep.close()
+    with in_both_bindings(data) as (rn, dbn, rp, dbp):
+        for method in ("get", "sorted", "cursor", "auto"):
+            a = rn.resolve_many(dbn, PREFIX, batch, method=method, sort_threshold=threshold)
+            b = rp.resolve_many(dbp, PREFIX, batch, method=method, sort_threshold=threshold)
+            assert a == b == expect, method
+        assert rn.resolve_many(dbn, PREFIX, []) == rp.resolve_many(dbp, PREFIX, []) == b""
 
 
 @pytest.mark.parametrize("shape", ["random", "shared12", "dups", "short"])
@@ -718,3 +726,229 @@ def test_compact_copy_has_the_same_data_in_less_space(binding, tmp_path):
         with copy.begin() as txn:
             assert txn.get(cdb, b"k0000007") == b"v11"
             assert copy.stat(cdb)["entries"] == 20_000
+
+
+# --------------------------------------------------------------------------- sorted writes, batch reads
+
+
+def contents(env, db) -> list[tuple[bytes, bytes]]:
+    with env.begin() as txn:
+        return list(txn.cursor(db).iter_from(b""))
+
+
+pairs = st.lists(st.tuples(ids.filter(lambda k: 0 < len(k) <= 64), values), max_size=80)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=pairs, batch=pairs)
+@pytest.mark.parametrize("name", [pytest.param("native", marks=needs_native), "pure"])
+def test_put_many_sorted_stores_what_put_in_order_stores(name, before, batch):
+    """sort=True (key order, appends past the end) leaves what one put after another leaves:
+    of equal keys the last pair wins, keys before, among and after existing ones."""
+    binding = lmdbenv.binding_by_name(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        a = binding.Env(os.path.join(tmp, "a"), map_size=16 << 20)
+        b = binding.Env(os.path.join(tmp, "b"), map_size=16 << 20)
+        try:
+            dba, dbb = a.open_db(b"x"), b.open_db(b"x")
+            for env, db, sort in ((a, dba, False), (b, dbb, True)):
+                with env.begin(write=True) as txn:
+                    txn.put_many(db, before)
+                with env.begin(write=True) as txn:
+                    txn.put_many(db, batch, sort=sort)
+                with env.begin(write=True) as txn:  # lists of keys and values: the same again
+                    txn.put_keys(db, [k for k, _ in batch], [v for _, v in batch], sort=sort)
+            assert contents(a, dba) == contents(b, dbb) == sorted({**dict(before), **dict(batch)}.items())
+        finally:
+            a.close()
+            b.close()
+
+
+def test_put_many_sorted_fills_pages(binding, tmp_path):
+    """Random keys written sorted (appended) take fewer pages than the same keys in random order."""
+    rnd = random.Random(3)
+    items = [(rnd.randbytes(16), b"\x01") for _ in range(30_000)]
+    env = binding.Env(str(tmp_path / "env"), map_size=64 << 20, sync=False)
+    try:
+        plain, ordered = env.open_db(b"plain"), env.open_db(b"ordered")
+        with env.begin(write=True) as txn:
+            txn.put_many(plain, items)
+            txn.put_many(ordered, items, sort=True)
+        assert contents(env, plain) == contents(env, ordered)
+        per_page = 4096 // (8 + 16 + 2 + 2)  # LMDB's node header, the key, the value (even), the pointer
+        assert env.stat(ordered)["leaf_pages"] <= len(items) // per_page + 2
+        assert env.stat(plain)["leaf_pages"] > 1.25 * env.stat(ordered)["leaf_pages"]
+    finally:
+        env.close()
+
+
+def test_put_keys_values_and_errors(env):
+    db = env.open_db(b"x")
+    with env.begin(write=True) as txn:
+        txn.put_keys(db, [b"b", "a", b"c"], b"\x02")  # one value for every key; str keys are ASCII
+        txn.put_keys(db, (b"c",), [b"\x03"], sort=True)
+        with pytest.raises(ValueError, match="2 keys but 1 values"):
+            txn.put_keys(db, [b"d", b"e"], [b"\x04"])
+        with pytest.raises(LmdbError, match="put_keys key 1"):
+            txn.put_keys(db, [b"d", b""], b"\x04", sort=True)
+        with pytest.raises(TypeError):
+            txn.put_keys(db, [b"d"], [4])
+        txn.put_keys(db, [], b"\x04")
+    assert contents(env, db) == [(b"a", b"\x02"), (b"b", b"\x02"), (b"c", b"\x03")]
+    with env.begin() as txn:
+        with pytest.raises(LmdbError, match="read-only"):
+            txn.put_keys(db, [b"z"], b"\x01", sort=True)
+
+
+def test_get_many(env):
+    db = env.open_db(b"x")
+    rnd = random.Random(5)
+    stored = {rnd.randbytes(rnd.randint(1, 20)): rnd.randbytes(rnd.randint(0, 3)) for _ in range(3000)}
+    with env.begin(write=True) as txn:
+        txn.put_many(db, list(stored.items()))
+        txn.put(db, b"mine", b"uncommitted")
+        keys = list(stored)[:500] + [b"", b"x" * 600, b"absent", "mine"] + list(stored)[:50]
+        rnd.shuffle(keys)
+        expect = [stored.get(k) if isinstance(k, bytes) else b"uncommitted" for k in keys]
+        expect = [b"uncommitted" if k in (b"mine", "mine") else e for k, e in zip(keys, expect)]
+        assert txn.get_many(db, keys) == expect  # a write transaction sees its own writes
+        assert txn.get_many(db, iter(keys[:3])) == expect[:3]
+        assert txn.get_many(db, []) == []
+    with env.begin() as txn:
+        assert txn.get_many(db, [b"mine", next(iter(stored))]) == [b"uncommitted", next(iter(stored.values()))]
+        with pytest.raises(TypeError):
+            txn.get_many(db, [3])
+
+
+def test_repacked_copy_has_the_same_data_in_full_pages(binding, tmp_path):
+    env = binding.Env(str(tmp_path / "src"), sync=False)
+    rnd = random.Random(9)
+    a, b, empty = env.open_db(b"a"), env.open_db(b"b"), env.open_db(b"empty")
+    with env.begin(write=True) as txn:
+        txn.put_many(a, [(rnd.randbytes(12), rnd.randbytes(rnd.randint(0, 40))) for _ in range(20_000)])
+        txn.put_many(b, [(b"k%07d" % i, b"x" * 3000) for i in range(50)])  # values on overflow pages
+    (tmp_path / "dst").mkdir()
+    env.copy(str(tmp_path / "dst"), repack=True)
+    try:
+        with binding.Env(str(tmp_path / "dst"), readonly=True, create=False) as copy:
+            for name, db in ((b"a", a), (b"b", b), (b"empty", empty)):
+                cdb = copy.open_db(name, create=False)
+                assert contents(copy, cdb) == contents(env, db)
+            ca = copy.open_db(b"a", create=False)
+            assert copy.stat(ca)["leaf_pages"] < 0.85 * env.stat(a)["leaf_pages"]
+    finally:
+        env.close()
+
+
+# --------------------------------------------------------------------------- the page walk
+
+
+def walk_counts() -> tuple[int, int]:
+    return lmdbenv.binding_by_name("native")._walk_counts() if NATIVE_ERROR is None else (0, 0)
+
+
+@needs_native
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key_len=st.sampled_from([1, 4, 11, 60, 250, 500]),
+    n=st.integers(0, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    big_values=st.booleans(),
+)
+def test_page_walk_answers_as_lmdb_does(key_len, n, seed, big_values):
+    """The sorted path walks LMDB's pages itself: on trees of one to several levels, with
+    keys of every length, repeated and absent keys and values on overflow pages, its answers
+    are LMDB's (the cursor, mdb_get, and py-lmdb in the pure twin), and it never gives up."""
+    rnd = random.Random(seed)
+
+    def key() -> bytes:
+        return rnd.randbytes(rnd.randint(max(0, key_len - 3), key_len))
+
+    stored = {}
+    for _ in range(n):
+        k = key()
+        if 0 < len(PREFIX + k) <= 511:
+            stored[k] = rnd.randbytes(3000) if big_values and rnd.random() < 0.1 else rnd.randbytes(rnd.randint(0, 2))
+    present = list(stored)
+    batch = [rnd.choice(present) for _ in range(min(4000, 2 * len(present)))] if present else []
+    batch += [key() for _ in range(len(batch) // 5 + 3)] + [b"", b"\xff" * 510]
+    rnd.shuffle(batch)
+    expect = bytes((stored[k][0] if stored.get(k) else 0) if k in stored else 0 for k in batch)
+    with in_both_bindings(stored) as (rn, dbn, rp, dbp):
+        walks, fallbacks = walk_counts()
+        assert rn.resolve_many(dbn, PREFIX, batch, method="sorted") == expect
+        assert walk_counts() == (walks + 1, fallbacks)
+        assert rn.resolve_many(dbn, PREFIX, batch, method="cursor") == expect
+        assert rn.resolve_many(dbn, PREFIX, batch, method="get") == expect
+        assert rp.resolve_many(dbp, PREFIX, batch) == expect
+        for k in batch[:20]:
+            assert rn.resolve_one(dbn, PREFIX, k) == rp.resolve_one(dbp, PREFIX, k) == (
+                stored[k][0] if stored.get(k) else 0)
+
+
+@needs_native
+def test_page_walk_on_a_deep_tree_of_a_repacked_copy(tmp_path):
+    """Long keys make a tree four levels deep; the walk reads it in place and in its repacked copy."""
+    native = lmdbenv.binding_by_name("native")
+    rnd = random.Random(11)
+    stored = {rnd.randbytes(400): bytes([rnd.randint(0, 255)]) for _ in range(6000)}
+    env, db = fill(native, str(tmp_path / "a"), {PREFIX + k: v for k, v in stored.items()})
+    (tmp_path / "b").mkdir()
+    env.copy(str(tmp_path / "b"), repack=True)
+    env.close()
+    batch = list(stored)[:3000] + [rnd.randbytes(400) for _ in range(300)]
+    rnd.shuffle(batch)
+    expect = bytes(stored[k][0] if k in stored else 0 for k in batch)
+    for path in ("a", "b"):
+        with native.Env(str(tmp_path / path), readonly=True, create=False) as e:
+            d = e.open_db(b"ids", create=False)
+            assert e.stat(d)["depth"] >= 4
+            walks, fallbacks = walk_counts()
+            assert e.reader().resolve_many(d, PREFIX, batch, method="sorted") == expect
+            assert walk_counts() == (walks + 1, fallbacks)
+
+
+@needs_native
+def test_page_walk_sees_one_commit_while_a_writer_rewrites_the_tree(tmp_path):
+    """Readers walk the pages of their snapshot: while a writer replaces every value (and
+    deletes and adds keys, so that freed pages get reused) commit after commit, every
+    answer of one call comes from one commit."""
+    native = lmdbenv.binding_by_name("native")
+    env = native.Env(str(tmp_path / "env"), map_size=256 << 20, sync=False)
+    db = env.open_db(b"ids")
+    keys = [b"%08d" % i for i in range(0, 40_000, 2)]
+    with env.begin(write=True) as txn:
+        txn.put_many(db, [(PREFIX + k, b"\x01") for k in keys])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            g = 1
+            while not stop.is_set():
+                g = g % 250 + 1
+                with env.begin(write=True) as txn:
+                    txn.put_many(db, [(PREFIX + k, bytes([g])) for k in keys])
+                    odd = [PREFIX + b"%08d" % (i * 2 + 1) for i in range(g * 40, g * 40 + 400)]
+                    if g % 2:
+                        txn.put_many(db, [(k, b"\0") for k in odd])
+                    else:
+                        for k in odd:
+                            txn.delete(db, k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        r = env.reader()
+        rnd = random.Random(1)
+        for _ in range(60):
+            batch = rnd.sample(keys, 3000)
+            got = r.resolve_many(db, PREFIX, batch, method="sorted")
+            assert len(set(got)) == 1 and got[0] != 0, set(got)
+    finally:
+        stop.set()
+        writer.join()
+        env.close()
+    assert not errors, errors

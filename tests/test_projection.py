@@ -17,6 +17,7 @@ from mykey.domain import events as ev
 from mykey.domain.status import Status
 from mykey.engine.engine import Engine
 from mykey.errors import EnvAlreadyOpenError
+from mykey.index import keys as k
 from mykey.index.binding import binding_by_name
 from mykey.index.resolver import Resolver
 from mykey.index.store import (
@@ -97,7 +98,7 @@ def test_replay_equals_incremental(tmp_path, binding, pki):
         random_workload(e, pki, random.Random(5))
         log = FileLog.open(data.log, readonly=True)
         replay_dir = build_generation(data, log, into=tmp_path / "replay", binding=binding)
-        with binding.Env(str(replay_dir), readonly=True, create=False, max_dbs=16) as env:
+        with binding.Env(str(replay_dir), readonly=True, create=False, max_dbs=k.MAX_DBS) as env:
             diffs = diff_indexes(e.index.env, e.index.dbs, env, open_dbs(env, create=False))
     assert diffs == []
 
@@ -179,7 +180,7 @@ def test_projector_killed_at_random_moments(tmp_path, impl):
     b = binding_by_name(impl)
     log = FileLog.open(data.log, readonly=True)
     fresh = build_generation(data, log, into=tmp_path / "fresh", binding=b)
-    with Index.open(data, binding=b) as idx, b.Env(str(fresh), readonly=True, create=False, max_dbs=16) as env:
+    with Index.open(data, binding=b) as idx, b.Env(str(fresh), readonly=True, create=False, max_dbs=k.MAX_DBS) as env:
         assert idx.last_seq == log.last_seq
         assert diff_indexes(idx.env, idx.dbs, env, open_dbs(env, create=False)) == []
 

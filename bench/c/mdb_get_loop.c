@@ -1,6 +1,7 @@
 /* The plain C baseline of the macro benchmark: an mdb_get loop over the index.
  *
  * Usage: mdb_get_loop ENV_DIR QUERY_FILE ANSWERS_OUT RUNS
+ *        mdb_get_loop ENV_DIR QUERY_FILE ANSWERS_OUT -     (served: see below)
  *
  * Opens the mykey index read-only with the system LMDB library, answers every batch
  * of the query file (see bench/macro_dataset.py: b"MKQ1", u32 count, then per batch
@@ -10,6 +11,11 @@
  * answers go to ANSWERS_OUT; then RUNS timed passes. Prints one JSON line:
  * {"runs_ns": [...], "maxrss_kb": N, "rss_anon_kb": N, "rss_file_kb": N, "lmdb": "..."}
  * (memory read while the environment is still open).
+ *
+ * With RUNS "-" it prints {"ready": N} after the warm-up and then serves lines on stdin, so
+ * that a benchmark can interleave its runs with other peers': "K" times batch K once and
+ * prints {"ns": wall, "cpu_ns": this thread's CPU time, "keys": n}; "all" times every batch
+ * once and prints the same; EOF ends it.
  *
  * Built by `python -m bench` with: cc -O2 -o bench/_build/mdb_get_loop bench/c/mdb_get_loop.c -llmdb
  */
@@ -82,6 +88,13 @@ static long peak_rss_kb(void) {
 static int64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* CPU time of this thread: what a run cost it, whatever else the machine was doing. */
+static int64_t cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
@@ -163,6 +176,30 @@ int main(int argc, char **argv) {
     if (!f || fwrite(out, 1, total, f) != total) die("writing the answers", 0);
     fclose(f);
 
+    if (strcmp(argv[4], "-") == 0) {
+        char line[64];
+        printf("{\"ready\": %u}\n", nb);
+        fflush(stdout);
+        while (fgets(line, sizeof line, stdin)) {
+            uint32_t first = 0, count = nb;
+            size_t keys = 0;
+            if (strncmp(line, "all", 3) != 0) {
+                first = (uint32_t)strtoul(line, NULL, 10);
+                if (first >= nb) die("no such batch", 0);
+                count = 1;
+            }
+            for (uint32_t b = first; b < first + count; b++) keys += batches[b].n;
+            int64_t t0 = now_ns(), c0 = cpu_ns();
+            run(txn, dbi, batches + first, count, out);
+            int64_t t1 = now_ns(), c1 = cpu_ns();
+            printf("{\"ns\": %lld, \"cpu_ns\": %lld, \"keys\": %zu}\n", (long long)(t1 - t0),
+                   (long long)(c1 - c0), keys);
+            fflush(stdout);
+        }
+        mdb_txn_abort(txn);
+        mdb_env_close(env);
+        return 0;
+    }
     printf("{\"runs_ns\": [");
     for (int r = 0; r < runs; r++) {
         int64_t t0 = now_ns();

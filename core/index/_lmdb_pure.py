@@ -41,7 +41,8 @@ __all__ = [
 NAME = "pure"
 LMDB_VERSION: tuple[int, int, int] = tuple(lmdb.version())  # type: ignore[assignment]
 
-_METHODS = ("auto", "get", "sorted")
+_METHODS = ("auto", "get", "sorted", "cursor")
+_SORT_THRESHOLD = 16  # resolve_many(method="auto") sorts batches of at least this many keys (native)
 # New environments in LMDB 0.9 format, which the C library (0.9) reads, even when
 # LMDB_DEFAULT_LIB_VERSION asks py-lmdb for 1.0; py-lmdb before 3.0 knows only 0.9.
 _FORMAT_0_9: dict[str, int] = {"lib_version": 0} if hasattr(lmdb.Environment, "lib_version") else {}
@@ -73,7 +74,7 @@ def _val_arg(v: Any) -> bytes:
 
 def _check_method(method: Any, sort_threshold: Any) -> None:
     if not isinstance(method, str) or method not in _METHODS:
-        raise ValueError(f"method must be 'auto', 'get' or 'sorted', got {method!r}")
+        raise ValueError(f"method must be 'auto', 'get', 'sorted' or 'cursor', got {method!r}")
     if not isinstance(sort_threshold, int) or isinstance(sort_threshold, bool) or sort_threshold < 0:
         raise ValueError(f"sort_threshold must be an int >= 0, got {sort_threshold!r}")
 
@@ -294,13 +295,48 @@ class Env:
         except lmdb.Error as exc:
             raise _err("mdb_env_sync", exc) from exc
 
-    def copy(self, path: str, *, compact: bool = True) -> None:
-        """Copy the environment into an existing empty directory (compact: without free pages)."""
+    def copy(self, path: str, *, compact: bool = True, repack: bool = False) -> None:
+        """Copy the environment into an existing empty directory (compact: without free pages).
+
+        repack=True writes a new environment there instead: every named database rewritten
+        in key order with appends, so that its pages are full (a compact copy keeps pages as
+        they are, however empty). The copy is synced to disk; it needs a directory of its own.
+        """
         env = self._check()
         try:
-            env.copy(os.path.abspath(os.fspath(path)), compact=compact)
+            if repack:
+                with self._dbi_lock:
+                    self._repack(env, os.path.abspath(os.fspath(path)))
+            else:
+                env.copy(os.path.abspath(os.fspath(path)), compact=compact)
         except lmdb.Error as exc:
             raise _err("mdb_env_copy2", exc) from exc
+
+    @staticmethod
+    def _repack(env: lmdb.Environment, path: str, chunk: int = 1 << 16) -> None:
+        with env.begin(buffers=False) as src:
+            names = [key for key, _ in src.cursor()]
+        dst = lmdb.open(path, subdir=True, map_size=env.info()["map_size"], max_dbs=len(names) + 2,
+                        sync=False, lock=True, max_readers=126, max_spare_txns=0, **_FORMAT_0_9)
+        try:
+            for name in names:
+                sdb = env.open_db(name, create=False)
+                if sdb.flags(None)["dupsort"]:  # type: ignore[call-arg]
+                    raise LmdbError(f"repack: database {name!r} has duplicates, which repack does not support")
+                ddb = dst.open_db(name)
+                with env.begin(db=sdb, buffers=False) as src:
+                    items = iter(src.cursor())
+                    while True:
+                        part = [item for _, item in zip(range(chunk), items)]
+                        if not part:
+                            break
+                        with dst.begin(write=True, db=ddb) as txn:
+                            txn.cursor().putmulti(part, append=True)
+                        if len(part) < chunk:
+                            break
+            dst.sync(True)
+        finally:
+            dst.close()
 
     def close(self) -> None:
         """Close the environment, aborting its open transactions; idempotent."""
@@ -406,8 +442,13 @@ class Txn:
         except lmdb.Error as exc:
             raise _err("mdb_put", exc) from exc
 
-    def put_many(self, db: int, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Store every (key, value) pair in order; all pairs are checked before any is written."""
+    def put_many(self, db: int, items: Iterable[tuple[bytes, bytes]], *, sort: bool = False) -> None:
+        """Store every (key, value) pair in order; all pairs are checked before any is written.
+
+        sort=True writes them in key order instead (of pairs with equal keys, the last one
+        given wins, as in order), appending those past the database's last key: the pages
+        it adds are full. For bulk loads; the stored items are the same either way.
+        """
         txn = self._check_write()
         handle = self.env._db(db)
         maxkey = self.env._maxkey
@@ -424,13 +465,68 @@ class Txn:
         self._busy = True
         try:
             with self.env._batch_call():
-                put = txn.put
-                for kb, vb in pairs:
-                    put(kb, vb, db=handle)
+                if sort:
+                    self._put_sorted(txn, handle, pairs)
+                else:
+                    put = txn.put
+                    for kb, vb in pairs:
+                        put(kb, vb, db=handle)
         except lmdb.Error as exc:
             raise _err("mdb_put", exc) from exc
         finally:
             self._busy = False
+
+    def put_keys(self, db: int, keys: Iterable[bytes | str], values: bytes | Iterable[bytes], *,
+                 sort: bool = False) -> None:
+        """put_many(db, zip(keys, values), sort=sort) without the pairs: values is a sequence
+        as long as keys, or one bytes object stored under every key."""
+        self._check_write()
+        key_list = tuple(keys)
+        if isinstance(values, bytes):
+            value_list: tuple[Any, ...] = (values,) * len(key_list)
+        else:
+            value_list = tuple(values)
+            if len(value_list) != len(key_list):
+                raise ValueError(f"put_keys: {len(key_list)} keys but {len(value_list)} values")
+        maxkey = self.env._maxkey
+        for i, k in enumerate(key_list):
+            kb = _key_arg(k, "key")
+            if not 0 < len(kb) <= maxkey:
+                raise key_size_error(f"put_keys key {i}", len(kb))
+        self.put_many(db, zip(key_list, value_list, strict=True), sort=sort)
+
+    @staticmethod
+    def _put_sorted(txn: lmdb.Transaction, handle: Any, pairs: list[tuple[bytes, bytes]]) -> None:
+        """put_many(sort=True): the last pair of each key, in key order; appended past the last key."""
+        latest = dict(pairs)  # a later pair with the same key wins
+        ordered = sorted(latest.items())
+        cur = txn.cursor(db=handle)
+        try:
+            last = cur.key() if cur.last() else None
+            split = 0
+            if last is not None:
+                while split < len(ordered) and ordered[split][0] <= last:
+                    split += 1
+            for kb, vb in ordered[:split]:
+                txn.put(kb, vb, db=handle)
+            if split < len(ordered):
+                cur.putmulti(ordered[split:], append=True)
+        finally:
+            cur.close()
+
+    def get_many(self, db: int, keys: Iterable[bytes | str]) -> list[bytes | None]:
+        """The value stored under each key (None where there is none), in input order."""
+        txn = self._check()
+        handle = self.env._db(db)
+        maxkey = self.env._maxkey
+        out: list[bytes | None] = []
+        try:
+            for k in keys:
+                kb = _key_arg(k, "key")
+                out.append(txn.get(kb, None, handle) if 0 < len(kb) <= maxkey else None)
+        except lmdb.Error as exc:
+            raise _err("mdb_get", exc) from exc
+        return out
 
     def delete(self, db: int, key: bytes) -> bool:
         """Delete key; return True if it was there."""
@@ -612,8 +708,27 @@ class Reader:
         finally:
             env._end_raw(txn, False)
 
+    def resolve_one(self, db: int, prefix: bytes | str, key: bytes | str) -> int:
+        """The first byte of the value at prefix+key (an int), 0 if absent or empty."""
+        if self._closed:
+            raise LmdbError("reader is closed; make a new one with env.reader()")
+        env = self.env
+        env._check()
+        handle = env._db(db)
+        full = _key_arg(prefix, "key") + _key_arg(key, "key")
+        if not 0 < len(full) <= env._maxkey:
+            return 0
+        txn = self._take()
+        try:
+            v = txn.get(full, None, handle)
+        except lmdb.Error as exc:
+            raise _err("mdb_get", exc) from exc
+        finally:
+            env._end_raw(txn, False)
+        return v[0] if v else 0
+
     def resolve_many(self, db: int, prefix: bytes, keys: Sequence[bytes], *, method: str = "auto",
-                     sort_threshold: int = 10_000) -> bytes:
+                     sort_threshold: int = _SORT_THRESHOLD) -> bytes:
         """One byte per key (input order): first byte of the value at prefix+key, 0 if absent or empty."""
         _check_method(method, sort_threshold)
         if self._closed:

@@ -2,16 +2,20 @@
 
 The service key is the business ID (always 5 ASCII bytes) followed by the
 service ID, so one business's keys are contiguous and a key never collides
-across businesses. A service value starts with its final answer (a Status byte)
-so the hot path reads one byte per lookup.
+across businesses. The hot database (svc) maps a service key to its answer and
+nothing else: one Status byte, so a page holds as many keys as LMDB can fit and
+the hot path reads only what it answers with. What else the write side knows
+about a service ID lives under the same key in svcrec (a ServiceRecord).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -28,7 +32,7 @@ class Dbs:
     This is the one list of the index's databases; ``DB_NAMES`` is derived from it.
     """
 
-    svc: int  # business_id + service_id -> SvcValue
+    svc: int  # business_id + service_id -> one Status byte (all that resolve reads)
     mykey: int  # mykey_id -> MyKeyRecord
     mkref: int  # ref (u64 BE) -> mykey_id
     mksvc: int  # mykey_id + service key -> b""
@@ -52,6 +56,8 @@ class Dbs:
     consumer: int  # feed consumer name -> ConsumerRecord
     # municipality (5 digits) + seq (u64 BE) -> FeedEntry: what that municipality's consumers see
     mfeed: int
+    svcrec: int  # business_id + service_id -> ServiceRecord (the rest of what svc's key carries)
+    mkstate: int  # mykey_id -> state (1 byte) + ref (u64 BE): what a link reads of the MyKey record
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -59,10 +65,16 @@ DB_NAMES: tuple[bytes, ...] = tuple(f.name.encode("ascii") for f in fields(Dbs))
 #: max_dbs to open an index environment with (room for two more databases).
 MAX_DBS = len(DB_NAMES) + 2
 
-INDEX_SCHEMA = 2  # 2: feed consumers and the per-municipality feed
+#: Version of the index layout; an index of another version is refused ("run `mykey rebuild`").
+#: 2: feed consumers and the per-municipality feed.
+#: 3: svc holds only the status byte; ref, registration seq and customer ID moved to svcrec;
+#:    mkstate beside the MyKey records.
+INDEX_SCHEMA = 3
 
-_SVC = struct.Struct(">BQQ")  # status, mykey ref (0 = unlinked), seq of the registration
 _U64 = struct.Struct(">Q")
+_STATE_REF = struct.Struct(">BQ")
+#: svc's value for each Status: one byte.
+STATUS_VALUES: tuple[bytes, ...] = tuple(bytes([s]) for s in Status)
 
 
 def service_key(business_id: str, service_id: str) -> bytes:
@@ -75,13 +87,29 @@ def split_service_key(key: bytes) -> tuple[str, str]:
     return k[:5], k[5:]
 
 
-def svc_value(status: Status, ref: int, reg_seq: int, customer_id: str | None) -> bytes:
-    """Service value: status byte first (the hot path reads only that)."""
-    return _SVC.pack(status, ref, reg_seq) + (customer_id.encode("ascii") if customer_id else b"")
+def svc_value(status: Status, ref: int = 0, reg_seq: int = 0, customer_id: str | None = None) -> bytes:
+    """svc's value: the status byte alone (the other arguments belong to svcrec; kept for callers)."""
+    return STATUS_VALUES[status]
+
+
+def with_status(value: bytes, status: Status, ref: int | None = None) -> bytes:
+    """svc's value with a new status (the old value is all status, so only the new one counts)."""
+    return STATUS_VALUES[status]
+
+
+class ServiceRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=False):
+    """svcrec's value: what the write side knows of a service ID besides its status.
+
+    New fields go at the end, with defaults, so records written before them still decode.
+    """
+
+    reg_seq: int  # seq of the registration event
+    ref: int = 0  # the linked MyKey ID's reference (its creation seq); 0 when unlinked
+    customer_id: str | None = None
 
 
 class SvcValue(NamedTuple):
-    """A service key's value, decoded."""
+    """A service ID as the write side sees it: svc's status and svcrec's record."""
 
     status: Status
     ref: int  # the linked MyKey ID's reference (its creation seq); 0 when unlinked
@@ -93,26 +121,21 @@ class SvcValue(NamedTuple):
         return self.ref != 0
 
 
-def parse_svc_value(value: bytes) -> SvcValue:
-    status, ref, reg_seq = _SVC.unpack_from(value)
-    customer = value[_SVC.size :].decode("ascii") or None
-    return SvcValue(Status(status), ref, reg_seq, customer)
+def parse_svc_value(status: bytes, record: bytes) -> SvcValue:
+    """svc's status byte and svcrec's record of one service key, as a SvcValue."""
+    rec = decode(ServiceRecord, record)
+    return SvcValue(Status(status[0]) if status else Status.UNKNOWN, rec.ref, rec.reg_seq, rec.customer_id)
 
 
-def with_status(value: bytes, status: Status, ref: int | None = None) -> bytes:
-    """The same service value with a new status (and ref)."""
-    _, old_ref, reg_seq = _SVC.unpack_from(value)
-    return _SVC.pack(status, old_ref if ref is None else ref, reg_seq) + value[_SVC.size :]
-
-
-def u64(n: int) -> bytes:
-    return _U64.pack(n)
+#: An unsigned integer as 8 bytes, big-endian (so keys sort in number order).
+u64: Callable[[int], bytes] = _U64.pack
 
 
 def parse_u64(b: bytes) -> int:
     return _U64.unpack(b)[0]
 
 
+@lru_cache(maxsize=256)
 def issuer_digest(issuer: str) -> bytes:
     """16-byte digest of an issuer DN string, to key certificates by (issuer, serial)."""
     return hashlib.sha256(issuer.encode("utf-8")).digest()[:16]
@@ -132,6 +155,30 @@ def cert_fp_key(fingerprint: bytes) -> bytes:
 
 def revoked_key(issuer: str, serial_hex: str) -> bytes:
     return issuer_digest(issuer) + serial_hex.encode("ascii")
+
+
+def mykey_state(state: MyKeyState, ref: int) -> bytes:
+    """mkstate's value: a MyKey ID's state and reference, the part of its record a link needs
+    (a small database beside the records, so that linking reads pages full of them)."""
+    return _STATE_REF.pack(state, ref)
+
+
+_MYKEY_STATES = {int(s): s for s in MyKeyState}  # a dict lookup: MyKeyState(n) costs ten times more
+
+
+def parse_mykey_state(value: bytes) -> tuple[MyKeyState, int]:
+    state, ref = _STATE_REF.unpack(value)
+    return _MYKEY_STATES[state], ref
+
+
+def mykey_state_status(value: bytes) -> int:
+    """The state byte of an mkstate value (a Status code: MyKeyState's values are Status's)."""
+    return value[0]
+
+
+def mykey_state_ref(value: bytes) -> int:
+    """The ref of an mkstate value."""
+    return int.from_bytes(value[1:9], "big")
 
 
 RecordedPath = tuple[CertRef, ...]  # the value under path_key: leaf first, trust anchor last
@@ -216,11 +263,16 @@ def encode(record: msgspec.Struct) -> bytes:
 _decoders: dict[type, msgspec.msgpack.Decoder] = {}
 
 
-def decode(cls: type, data: bytes):
+def decoder(cls: type) -> Callable[[bytes], Any]:
+    """The decode function for records of cls (one Decoder per type, kept)."""
     dec = _decoders.get(cls)
     if dec is None:
         dec = _decoders[cls] = msgspec.msgpack.Decoder(cls)
-    return dec.decode(data)
+    return dec.decode
+
+
+def decode(cls: type, data: bytes):
+    return decoder(cls)(data)
 
 
 class ConsumerRecord(msgspec.Struct, array_like=True, frozen=True):

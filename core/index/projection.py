@@ -22,6 +22,12 @@ from .keys import Dbs
 
 Handler = Callable[[Any, Dbs, ev.Envelope, Any], None]
 HANDLERS: dict[type, Handler] = {}
+# Optional fast paths for runs of consecutive events that share a run handler (bulk imports,
+# rebuilds): each leaves the index exactly as HANDLERS[type] applied to every event of the
+# run in turn would (tests/test_index_runs.py checks), but reads in one sorted pass and
+# writes every database's items in key order (appended past its end, so pages fill up).
+RunHandler = Callable[[Any, Dbs, list[ev.Envelope]], None]
+RUN_HANDLERS: dict[type, RunHandler] = {}
 
 
 def _lacks(env: ev.Envelope, what: str) -> ProjectionError:
@@ -40,25 +46,44 @@ def handles(etype: type) -> Callable[[Handler], Handler]:
     return register
 
 
-def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope]) -> int:
-    """Apply envelopes in order inside txn; returns the last seq applied (0 if none)."""
+def handles_runs(*etypes: type) -> Callable[[RunHandler], RunHandler]:
+    """Register a run handler for runs of events of any of these types."""
+
+    def register(fn: RunHandler) -> RunHandler:
+        for etype in etypes:
+            RUN_HANDLERS[etype] = fn
+        return fn
+
+    return register
+
+
+def apply_envelopes(txn: Any, dbs: Dbs, envs: Iterable[ev.Envelope], *, runs: bool = True) -> int:
+    """Apply envelopes in order inside txn; returns the last seq applied (0 if none).
+
+    Consecutive events with the same run handler go through it together (runs=False: one
+    handler call per event, the reference the run handlers are tested against).
+    """
     last = 0
-    svc_run: list[tuple[bytes, bytes]] = []
+    run: list[ev.Envelope] = []
+    run_handler: RunHandler | None = None
+    run_handlers = RUN_HANDLERS if runs else {}
     for env in envs:
-        body = env.body
-        if type(body) is ev.ServiceIdRegistered:
-            # Bulk imports: batch consecutive registrations into one C-level put loop.
-            svc_run.append(_registration(env, body))
+        etype = type(env.body)
+        handler = run_handlers.get(etype)
+        if handler is not run_handler:
+            if run:
+                run_handler(txn, dbs, run)  # type: ignore[misc]
+                run = []
+            run_handler = handler
+        if handler is None:
+            HANDLERS[etype](txn, dbs, env, env.body)
+            if etype in FEED_SCOPED:
+                _scoped_feed(txn, dbs, env, env.body)
         else:
-            if svc_run:
-                txn.put_many(dbs.svc, svc_run)
-                svc_run = []
-            HANDLERS[type(body)](txn, dbs, env, body)
-            if type(body) in FEED_SCOPED:
-                _scoped_feed(txn, dbs, env, body)
+            run.append(env)
         last = env.seq
-    if svc_run:
-        txn.put_many(dbs.svc, svc_run)
+    if run:
+        run_handler(txn, dbs, run)  # type: ignore[misc]
     return last
 
 
@@ -77,7 +102,10 @@ def get_mykey(txn: Any, dbs: Dbs, mykey_id: str) -> k.MyKeyRecord | None:
 
 
 def _put_mykey(txn: Any, dbs: Dbs, mykey_id: str, rec: k.MyKeyRecord) -> None:
-    txn.put(dbs.mykey, mykey_id.encode("ascii"), k.encode(rec))
+    """Store a MyKey ID's record, and its state and ref in mkstate (write records only through here)."""
+    mk = mykey_id.encode("ascii")
+    txn.put(dbs.mykey, mk, k.encode(rec))
+    txn.put(dbs.mkstate, mk, k.mykey_state(rec.state, rec.ref))
 
 
 def _note_event(txn: Any, dbs: Dbs, mykey_id: str, seq: int) -> None:
@@ -95,16 +123,14 @@ def _set_state(
     # Denormalised answers: rewrite every linked service key in the same transaction.
     prefix = mykey_id.encode("ascii")
     svc_keys = [key[len(prefix) :] for key, _ in scan(txn, dbs.mksvc, prefix, prefix)]
-    status = state.status
+    value = k.STATUS_VALUES[state.status]
     for skey in svc_keys:
-        old = txn.get(dbs.svc, skey)
-        if old is not None:
-            txn.put(dbs.svc, skey, k.with_status(old, status))
+        if txn.get(dbs.svc, skey) is not None:
+            txn.put(dbs.svc, skey, value)
 
 
-@handles(ev.MyKeyCreated)
-def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
-    rec = k.MyKeyRecord(
+def _created_record(env: ev.Envelope, b: ev.MyKeyCreated) -> k.MyKeyRecord:
+    return k.MyKeyRecord(
         MyKeyState.VALID,
         env.seq,
         b.cert_issuer,
@@ -115,6 +141,11 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
         env.seq,
         issuer_key_id=b.issuer_key_id,
     )
+
+
+@handles(ev.MyKeyCreated)
+def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
+    rec = _created_record(env, b)
     mk = b.mykey_id.encode("ascii")
     _put_mykey(txn, dbs, b.mykey_id, rec)
     txn.put(dbs.mkref, k.u64(env.seq), mk)
@@ -124,20 +155,28 @@ def _created(txn, dbs, env, b: ev.MyKeyCreated) -> None:
     _record_path(txn, dbs, b.mykey_id, b.path)
 
 
-# The state each event leaves comes from the one table in mykey.domain.transitions.
+# The state each event leaves comes from the one table in mykey.domain.transitions; with
+# the reason and the CRL flag, it is all of the record such an event changes.
+_STATE_CHANGE: dict[type, Callable[[Any], tuple[MyKeyState, str, bool]]] = {
+    ev.MyKeySuspended: lambda b: (STATE_AFTER[ev.MyKeySuspended], b.reason, b.by_crl),
+    ev.MyKeyResumed: lambda b: (STATE_AFTER[ev.MyKeyResumed], "", False),
+    ev.MyKeyInvalidated: lambda b: (STATE_AFTER[ev.MyKeyInvalidated], b.reason, False),
+}
+
+
 @handles(ev.MyKeySuspended)
 def _suspended(txn, dbs, env, b: ev.MyKeySuspended) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeySuspended], b.reason, b.by_crl)
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeySuspended](b))
 
 
 @handles(ev.MyKeyResumed)
 def _resumed(txn, dbs, env, b: ev.MyKeyResumed) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyResumed], "")
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeyResumed](b))
 
 
 @handles(ev.MyKeyInvalidated)
 def _invalidated(txn, dbs, env, b: ev.MyKeyInvalidated) -> None:
-    _set_state(txn, dbs, env, b.mykey_id, STATE_AFTER[ev.MyKeyInvalidated], b.reason)
+    _set_state(txn, dbs, env, b.mykey_id, *_STATE_CHANGE[ev.MyKeyInvalidated](b))
 
 
 @handles(ev.CertificateRenewed)
@@ -240,36 +279,50 @@ def _terminal_off(txn, dbs, env, b: ev.TerminalRevoked) -> None:
     txn.put(dbs.terminal, b.terminal_id.encode("ascii"), k.encode(replace(rec, active=False)))
 
 
-def _registration(env: ev.Envelope, b: ev.ServiceIdRegistered) -> tuple[bytes, bytes]:
-    return k.service_key(b.business_id, b.service_id), k.svc_value(Status.UNLINKED, 0, env.seq, b.customer_id)
+_UNLINKED = k.STATUS_VALUES[Status.UNLINKED]
+
+
+def _service_record(env: ev.Envelope, b: ev.ServiceIdRegistered) -> bytes:
+    """svcrec's value for a new registration."""
+    return k.encode(k.ServiceRecord(env.seq, 0, b.customer_id))
 
 
 @handles(ev.ServiceIdRegistered)
 def _svc_registered(txn, dbs, env, b: ev.ServiceIdRegistered) -> None:
-    txn.put(dbs.svc, *_registration(env, b))
+    skey = k.service_key(b.business_id, b.service_id)
+    txn.put(dbs.svc, skey, _UNLINKED)
+    txn.put(dbs.svcrec, skey, _service_record(env, b))
+
+
+def _service_of(txn: Any, dbs: Dbs, skey: bytes) -> k.ServiceRecord | None:
+    raw = txn.get(dbs.svcrec, skey)
+    return None if raw is None else k.decode(k.ServiceRecord, raw)
 
 
 @handles(ev.ServiceIdLinked)
 def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
     skey = k.service_key(b.business_id, b.service_id)
-    old = txn.get(dbs.svc, skey)
-    rec = get_mykey(txn, dbs, b.mykey_id)
+    old = _service_of(txn, dbs, skey)
+    raw = txn.get(dbs.mkstate, b.mykey_id.encode("ascii"))
     if old is None:
         raise _lacks(env, f"links service ID {b.business_id}/{b.service_id}")
-    if rec is None:
+    if raw is None:
         raise _lacks(env, f"links to MyKey ID {b.mykey_id}")
-    txn.put(dbs.svc, skey, k.with_status(old, rec.state.status, rec.ref))
+    state, ref = k.parse_mykey_state(raw)
+    txn.put(dbs.svc, skey, k.STATUS_VALUES[state])
+    txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=ref)))
     txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
-    _note_event(txn, dbs, b.mykey_id, k.parse_svc_value(old).reg_seq)  # the registration is about them too
+    _note_event(txn, dbs, b.mykey_id, old.reg_seq)  # the registration is about them too
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
 
 @handles(ev.ServiceIdUnlinked)
 def _svc_unlinked(txn, dbs, env, b: ev.ServiceIdUnlinked) -> None:
     skey = k.service_key(b.business_id, b.service_id)
-    old = txn.get(dbs.svc, skey)
+    old = _service_of(txn, dbs, skey)
     if old is not None:
-        txn.put(dbs.svc, skey, k.with_status(old, Status.UNLINKED, 0))
+        txn.put(dbs.svc, skey, _UNLINKED)
+        txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=0)))
     txn.delete(dbs.mksvc, b.mykey_id.encode("ascii") + skey)
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
@@ -331,17 +384,30 @@ FEED_SCOPED = frozenset(
 )
 
 
-def _links_by_municipality(txn: Any, dbs: Dbs, mykey_id: str) -> dict[str, int]:
-    """How many linked service IDs the MyKey ID has at the businesses of each municipality (5 digits)."""
+def _municipality(txn: Any, dbs: Dbs, where: dict[bytes, str], bid: bytes) -> str:
+    """The municipality (5 digits) of business bid, "" if it is not registered; where caches them."""
+    m = where.get(bid)
+    if m is None:
+        rec = get_business(txn, dbs, bid.decode("ascii"))
+        m = where[bid] = "" if rec is None else k.municipality_prefix(rec.municipality_code).decode("ascii")
+    return m
+
+
+def _linked_keys(txn: Any, dbs: Dbs, mykey_id: str) -> list[bytes]:
+    """The service keys linked to the MyKey ID (business ID first: its 5 characters)."""
     prefix = mykey_id.encode("ascii")
-    where: dict[bytes, str] = {}
+    return [key[len(prefix) :] for key, _ in scan(txn, dbs.mksvc, prefix, prefix)]
+
+
+def _links_by_municipality(
+    txn: Any, dbs: Dbs, mykey_id: str, where: dict[bytes, str] | None = None, skeys: Iterable[bytes] | None = None
+) -> dict[str, int]:
+    """How many linked service IDs the MyKey ID has at the businesses of each municipality (5 digits)."""
+    where = {} if where is None else where
     counts: dict[str, int] = {}
-    for key, _ in scan(txn, dbs.mksvc, prefix, prefix):
-        bid = key[len(prefix) : len(prefix) + 5]
-        if bid not in where:
-            rec = get_business(txn, dbs, bid.decode("ascii"))
-            where[bid] = "" if rec is None else k.municipality_prefix(rec.municipality_code).decode("ascii")
-        counts[where[bid]] = counts.get(where[bid], 0) + 1
+    for skey in _linked_keys(txn, dbs, mykey_id) if skeys is None else skeys:
+        m = _municipality(txn, dbs, where, skey[:5])
+        counts[m] = counts.get(m, 0) + 1
     counts.pop("", None)
     return counts
 
@@ -366,6 +432,138 @@ def _scoped_feed(txn: Any, dbs: Dbs, env: ev.Envelope, body: Any) -> None:
     change = feed_change(body)
     for municipality in links:
         add(municipality, change.change, change.state)
+
+
+# --- run handlers (see RUN_HANDLERS) -----------------------------------------------------
+# Written as list comprehensions over the run and put_keys (lists of bytes, no pairs): the
+# per-event Python work is what bounds a rebuild's speed.
+
+
+@handles_runs(ev.ServiceIdRegistered)
+def _svc_registered_run(txn, dbs, envs: list[ev.Envelope]) -> None:
+    skeys = [(e.body.business_id + e.body.service_id).encode("ascii") for e in envs]
+    txn.put_keys(dbs.svc, skeys, _UNLINKED, sort=True)
+    txn.put_keys(dbs.svcrec, skeys, [_service_record(e, e.body) for e in envs], sort=True)
+
+
+@handles_runs(ev.ServiceIdLinked)
+def _svc_linked_run(txn, dbs, envs: list[ev.Envelope]) -> None:
+    # Links change neither a service ID's registration nor a MyKey ID's record, so every
+    # event of the run reads what the first one would.
+    bodies = [e.body for e in envs]
+    skeys = [(b.business_id + b.service_id).encode("ascii") for b in bodies]
+    raw_services = txn.get_many(dbs.svcrec, skeys)
+    mk_keys = {b.mykey_id: b.mykey_id.encode("ascii") for b in bodies}
+    raw_states = dict(zip(mk_keys, txn.get_many(dbs.mkstate, list(mk_keys.values())), strict=True))
+    if None in raw_services or None in raw_states.values():
+        for e, raw in zip(envs, raw_services, strict=True):
+            if raw is None:
+                raise _lacks(e, f"links service ID {e.body.business_id}/{e.body.service_id}")
+            if raw_states[e.body.mykey_id] is None:
+                raise _lacks(e, f"links to MyKey ID {e.body.mykey_id}")
+    # Lists of bytes and ints, no tuples: a run holds millions of them, and the cyclic GC
+    # would walk every tracked one again and again.
+    states = [raw_states[b.mykey_id] for b in bodies]
+    olds = list(map(k.decoder(k.ServiceRecord), raw_services))
+    mks = [mk_keys[b.mykey_id] for b in bodies]
+    u64, encode, status, ref_of = k.u64, k.encode, k.STATUS_VALUES, k.mykey_state_ref
+    txn.put_keys(dbs.svc, skeys, [status[k.mykey_state_status(st)] for st in states], sort=True)
+    txn.put_keys(dbs.svcrec, skeys, [encode(replace(o, ref=ref_of(st))) for o, st in zip(olds, states, strict=True)],
+                 sort=True)
+    _linked_feed_run(txn, dbs, envs, skeys, raw_states)
+    txn.put_keys(dbs.mksvc, [mk + skey for mk, skey in zip(mks, skeys, strict=True)], b"", sort=True)
+    # The registration is about the MyKey ID too, as the link is.
+    events = [mk + u64(o.reg_seq) for mk, o in zip(mks, olds, strict=True)]
+    events += [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)]
+    txn.put_keys(dbs.mkevents, events, b"", sort=True)
+
+
+def _linked_feed_run(txn, dbs, envs: list[ev.Envelope], skeys: list[bytes], raw_states: dict) -> None:
+    """The feed entries of a run of links, as _scoped_feed would write them one event at a time
+    (read before the run's own links are stored: each MyKey ID's links are followed through it)."""
+    where: dict[bytes, str] = {}
+    linked: dict[str, set[bytes]] = {}
+    keys, values = [], []
+    for e, skey in zip(envs, skeys, strict=True):
+        b = e.body
+        have = linked.get(b.mykey_id)
+        if have is None:
+            have = linked[b.mykey_id] = set(_linked_keys(txn, dbs, b.mykey_id))
+        have.add(skey)
+        municipality = _municipality(txn, dbs, where, skey[:5])
+        if municipality and _links_by_municipality(txn, dbs, b.mykey_id, where, have).get(municipality) == 1:
+            state = k.parse_mykey_state(raw_states[b.mykey_id])[0]  # its first link there
+            keys.append(k.feed_entry_key(municipality, e.seq))
+            values.append(k.encode(k.FeedEntry(e.ts, "joined", b.mykey_id, state)))
+    if keys:
+        txn.put_keys(dbs.mfeed, keys, values, sort=True)
+
+
+@handles_runs(ev.MyKeyCreated)
+def _created_run(txn, dbs, envs: list[ev.Envelope]) -> None:
+    u64, encode = k.u64, k.encode
+    mks = [e.body.mykey_id.encode("ascii") for e in envs]
+    txn.put_keys(dbs.mykey, mks, [encode(_created_record(e, e.body)) for e in envs], sort=True)
+    txn.put_keys(dbs.mkstate, mks, [k.mykey_state(MyKeyState.VALID, e.seq) for e in envs], sort=True)
+    txn.put_keys(dbs.mkref, [u64(e.seq) for e in envs], mks, sort=True)
+    # Of two keys that are equal, the later event's still wins: fingerprint and serial
+    # keys never equal each other, and each kind stays in event order.
+    certs = [k.cert_fp_key(e.body.cert_fingerprint) for e in envs]
+    certs += [k.cert_serial_key(e.body.cert_issuer, e.body.cert_serial) for e in envs]
+    txn.put_keys(dbs.cert, certs, mks + mks, sort=True)
+    txn.put_keys(dbs.mkevents, [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)], b"", sort=True)
+    for e in envs:
+        _record_path(txn, dbs, e.body.mykey_id, e.body.path)
+
+
+@handles_runs(ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated)
+def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
+    # Each of these events sets a MyKey ID's state, reason and CRL flag outright: the last
+    # one about a MyKey ID decides its record and the answers of its linked service IDs.
+    ids = list(dict.fromkeys(e.body.mykey_id for e in envs))
+    raws = dict(zip(ids, txn.get_many(dbs.mykey, [m.encode("ascii") for m in ids]), strict=True))
+    for e in envs:
+        if raws[e.body.mykey_id] is None:
+            raise _lacks(e, f"changes MyKey ID {e.body.mykey_id}")
+    last = {e.body.mykey_id: _STATE_CHANGE[type(e.body)](e.body) for e in envs}
+    decode_record, encode, u64 = k.decoder(k.MyKeyRecord), k.encode, k.u64
+    mks = {m: m.encode("ascii") for m in ids}
+    records = {m: replace(decode_record(raws[m]), state=st, reason=why, suspended_by_crl=crl)
+               for m, (st, why, crl) in last.items()}
+    txn.put_keys(dbs.mykey, [mks[m] for m in records], [encode(r) for r in records.values()], sort=True)
+    txn.put_keys(dbs.mkstate, [mks[m] for m in records], [k.mykey_state(r.state, r.ref) for r in records.values()],
+                 sort=True)
+    txn.put_keys(dbs.mkevents, [mks[e.body.mykey_id] + u64(e.seq) for e in envs], b"", sort=True)
+    # Denormalised answers: every linked service key (that is registered) answers the new state.
+    # A service key linked to two MyKey IDs answers as the later event says: go through the
+    # MyKey IDs in the order of their last events, so that of equal keys the later one wins.
+    at = {e.body.mykey_id: i for i, e in enumerate(envs)}
+    skeys, values = [], []
+    cur = txn.cursor(dbs.mksvc)
+    try:
+        for m in sorted(ids, key=at.__getitem__):
+            prefix = mks[m]
+            value = k.STATUS_VALUES[last[m][0]]
+            for key, _ in cur.iter_from(prefix, prefix):
+                skeys.append(key[len(prefix):])
+                values.append(value)
+    finally:
+        cur.close()
+    registered = txn.get_many(dbs.svc, skeys)
+    txn.put_keys(dbs.svc, [s for s, r in zip(skeys, registered, strict=True) if r is not None],
+                 [v for v, r in zip(values, registered, strict=True) if r is not None], sort=True)
+    # The feed: links do not change in this run, so each MyKey ID's municipalities are read once.
+    where: dict[bytes, str] = {}
+    links = {m: _links_by_municipality(txn, dbs, m, where) for m in ids}
+    keys, entries = [], []
+    for e in envs:
+        change = feed_change(e.body)
+        entry = k.encode(k.FeedEntry(e.ts, change.change, e.body.mykey_id, change.state))
+        for municipality in links[e.body.mykey_id]:
+            keys.append(k.feed_entry_key(municipality, e.seq))
+            entries.append(entry)
+    if keys:
+        txn.put_keys(dbs.mfeed, keys, entries, sort=True)
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from ..datadir import DataDir
 from ..domain.status import MyKeyState
-from ..errors import IndexError_, NoIndexError
+from ..errors import IndexError_, IndexSchemaError, NoIndexError
 from . import keys as k
 from .projection import Dbs, get_business, get_mykey, get_terminal, scan
 from .store import open_live_readonly, read_meta_last_seq
@@ -91,9 +91,10 @@ class Snapshot:
         out = []
         for key, _ in scan(self._txn, self._dbs.mksvc, prefix, prefix):
             skey = key[len(mk) :]  # the service key: business ID + service ID
-            raw = self._txn.get(self._dbs.svc, skey)
-            if raw is not None:
-                out.append((k.split_service_key(skey)[1], k.parse_svc_value(raw)))
+            record = self._txn.get(self._dbs.svcrec, skey)
+            if record is not None:
+                status = self._txn.get(self._dbs.svc, skey) or b""
+                out.append((k.split_service_key(skey)[1], k.parse_svc_value(status, record)))
         return out
 
     # --- certificates --------------------------------------------------------------
@@ -160,13 +161,15 @@ class Snapshot:
 
     def service(self, business_id: str, service_id: str) -> k.SvcValue | None:
         """The service ID's status, link and customer ID, or None if it is not registered."""
-        raw = self._txn.get(self._dbs.svc, k.service_key(business_id, service_id))
-        return None if raw is None else k.parse_svc_value(raw)
+        skey = k.service_key(business_id, service_id)
+        record = self._txn.get(self._dbs.svcrec, skey)
+        return None if record is None else k.parse_svc_value(self._txn.get(self._dbs.svc, skey) or b"", record)
 
     def registered(self, business_id: str, service_ids: Iterable[str]) -> list[bool]:
         """For each (ASCII) service ID of the business, in order: is it registered?"""
-        get, db, prefix = self._txn.get, self._dbs.svc, business_id.encode("ascii")
-        return [get(db, prefix + sid.encode("ascii")) is not None for sid in service_ids]
+        prefix = business_id.encode("ascii")
+        keys = [prefix + sid.encode("ascii") for sid in service_ids]
+        return [v is not None for v in self._txn.get_many(self._dbs.svc, keys)]
 
     # --- linked systems ---------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class ReadModel:
         data = data if isinstance(data, DataDir) else DataDir(Path(data))
         try:
             env, dbs, _gen = open_live_readonly(data, binding)
+        except IndexSchemaError:
+            raise  # an index, but of an older layout: say so (`mykey rebuild`), not "no index"
         except NoIndexError:
             return None
         return cls(env, dbs, owns_env=True)

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ..datadir import DataDir
 from ..domain.ids import BUSINESS_ID_RE
-from ..domain.status import Status, status_of, statuses
+from ..domain.status import Status, statuses
 from ..errors import (
     MykeyError,
     ValidationError,
@@ -30,12 +30,20 @@ from .keys import Dbs
 from .readmodel import Snapshot
 from .store import current_generation, open_live_readonly, read_meta_last_seq
 
+_PREFIXES: dict[str, bytes] = {}  # business IDs seen, as key prefixes (at most 260,000 of them)
+_BY_CODE = tuple(Status)
+
 
 def _business_prefix(business_id: str) -> bytes:
     # The prefix must be exactly a business ID, or keys of one business could reach another's.
+    if type(business_id) is str:
+        prefix = _PREFIXES.get(business_id)
+        if prefix is not None:
+            return prefix
     if type(business_id) is not str or not BUSINESS_ID_RE.match(business_id):
         raise ValidationError(f"business_id {business_id!r} is not a business ID (a letter and 4 digits)")
-    return business_id.encode("ascii")
+    prefix = _PREFIXES[business_id] = business_id.encode("ascii")
+    return prefix
 
 
 RECHECK_SECONDS = 0.25  # how often an open resolver looks for a rebuilt index
@@ -46,11 +54,13 @@ _log = logging.getLogger("mykey.resolver")
 class _View:
     """One index generation as this resolver sees it: env, its database handles and a reader."""
 
-    __slots__ = ("env", "dbs", "reader", "generation")
+    __slots__ = ("env", "dbs", "svc", "reader", "resolve_one", "generation")
 
     def __init__(self, env, dbs: Dbs, generation: Path | None) -> None:
         self.env, self.dbs, self.generation = env, dbs, generation
+        self.svc = dbs.svc
         self.reader = env.reader()
+        self.resolve_one = self.reader.resolve_one
 
 
 class Resolver:
@@ -100,14 +110,15 @@ class Resolver:
 
     def resolve(self, business_id: str, service_id: str) -> Status:
         """Status of one service ID of this business."""
-        prefix = _business_prefix(business_id)
+        # The common case first, inline: a business ID seen before (see _business_prefix).
+        prefix = _PREFIXES.get(business_id) if type(business_id) is str else None
+        if prefix is None:
+            prefix = _business_prefix(business_id)
+        view = self._view
         try:
-            key = service_id.encode("ascii")
+            return _BY_CODE[view.resolve_one(view.svc, prefix, service_id)] if service_id else Status.UNKNOWN
         except UnicodeEncodeError:
             return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
-        view = self._view
-        raw = view.reader.get(view.dbs.svc, prefix + key) if key else None
-        return status_of(raw[0]) if raw else Status.UNKNOWN
 
     def resolve_many(self, business_id: str, service_ids: Sequence[bytes | str], *, method: str = "auto") -> bytes:
         """One status code byte per service ID, in input order (see Status and statuses())."""

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+
+import msgspec
 
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
 from ..errors import (
     EnvNotFoundError,
-    IndexError_,
     IndexGapError,
     IndexLockedError,
+    IndexSchemaError,
     NoIndexError,
 )
 from ..fs import (
@@ -30,7 +33,6 @@ from ..fs import (
     check_private_dir,
     fsync_dir,
     fsync_path,
-    make_private,
     private_dir,
 )
 from ..log.store import LogStore
@@ -43,7 +45,10 @@ GENERATION_PREFIX = "index-"
 
 
 def open_dbs(env, *, create: bool) -> Dbs:
-    """Open every named database of the index in env."""
+    """Open every named database of the index in env, once its schema is known to be this
+    mykey's (IndexSchemaError saying to run `mykey rebuild` if not; a new index gets it)."""
+    meta = env.open_db(b"meta", create=create)
+    _check_schema(env, meta, write=create and not env.readonly)
     return Dbs(**{name.decode(): env.open_db(name, create=create) for name in k.DB_NAMES})
 
 
@@ -98,6 +103,34 @@ def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nord
     return env, dbs, gen
 
 
+_ENVELOPES = msgspec.msgpack.Decoder(list[Envelope])
+
+
+def _array_header(n: int) -> bytes:
+    """MessagePack's header of an array of n items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    return b"\xdc" + struct.pack(">H", n) if n < 1 << 16 else b"\xdd" + struct.pack(">I", n)
+
+
+def decode_envelopes(payloads: Sequence[bytes]) -> list[Envelope]:
+    """decode_envelope of every record, in one call for the whole list (the records side by
+    side are an array's items); a record of an older schema version, or any that does not
+    decode, is decoded on its own as decode_envelope does."""
+    if len(payloads) < 2:
+        return [decode_envelope(p) for p in payloads]
+    try:
+        envs = _ENVELOPES.decode(_array_header(len(payloads)) + b"".join(payloads))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return [decode_envelope(p) for p in payloads]
+    if len(envs) != len(payloads):
+        return [decode_envelope(p) for p in payloads]
+    for i, env in enumerate(envs):
+        if env.v != env.body.VERSION:
+            envs[i] = decode_envelope(payloads[i])
+    return envs
+
+
 def envelope_chunks(
     log: LogStore, from_seq: int, max_events: int, to_seq: int | None = None
 ) -> Iterator[list[Envelope]]:
@@ -111,7 +144,7 @@ def envelope_chunks(
         if to_seq is not None and first_seq + len(payloads) - 1 > to_seq:
             break
         skip = from_seq - first_seq if first_seq < from_seq else 0
-        pending.extend(decode_envelope(p) for p in payloads[skip:])
+        pending.extend(decode_envelopes(payloads[skip:] if skip else payloads))
         if len(pending) >= max_events:
             yield pending
             pending = []
@@ -164,7 +197,6 @@ class Index:
             env = binding.Env(str(gen), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=sync, metasync=False)
             try:
                 dbs = open_dbs(env, create=True)
-                _check_schema(env, dbs)
             except BaseException:
                 env.close()
                 raise
@@ -238,7 +270,7 @@ def _first_generation(data: DataDir, binding: ModuleType) -> Path:
     private_dir(target, files=LMDB_FILES)
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS)
     try:
-        _check_schema(env, open_dbs(env, create=True))
+        open_dbs(env, create=True)  # records the schema
     finally:
         env.close()
     fsync_path(target / "data.mdb")
@@ -262,14 +294,16 @@ def _take_index_lock(data: DataDir) -> OwnerLock:
     return OwnerLock.acquire(data.root / "index.lock", held_by=held_by)
 
 
-def _check_schema(env, dbs: Dbs) -> None:
-    with env.begin(write=True) as txn:
-        raw = txn.get(dbs.meta, b"schema")
-        if raw is None:
-            txn.put(dbs.meta, b"schema", k.u64(k.INDEX_SCHEMA))
-        elif k.parse_u64(raw) != k.INDEX_SCHEMA:
-            raise IndexError_(
-                f"index schema {k.parse_u64(raw)} is not {k.INDEX_SCHEMA}; run `mykey rebuild` to rebuild it from the log"
+def _check_schema(env, meta: int, *, write: bool) -> None:
+    """IndexSchemaError unless the index's layout is INDEX_SCHEMA; with write, a new index gets it."""
+    with env.begin(write=write) as txn:
+        raw = txn.get(meta, b"schema")
+        if raw is None and write:
+            txn.put(meta, b"schema", k.u64(k.INDEX_SCHEMA))
+        elif raw is not None and k.parse_u64(raw) != k.INDEX_SCHEMA:
+            raise IndexSchemaError(
+                f"index schema {k.parse_u64(raw)} is not {k.INDEX_SCHEMA} (this mykey's layout); "
+                "run `mykey rebuild` to rebuild it from the log"
             )
 
 
@@ -281,7 +315,7 @@ def build_generation(
     into: Path | None = None,
     binding: ModuleType | None = None,
     progress: Callable[[int], None] | None = None,
-    batch_events: int = 100_000,
+    batch_events: int = 50_000,
 ) -> Path:
     """Replay the log (up to to_seq, at a batch boundary at or before it) into a fresh env directory."""
     binding = binding or default_binding()
@@ -304,19 +338,18 @@ def _fill_generation(target: Path, log: LogStore, binding: ModuleType, to_seq: i
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
-        _check_schema(env, dbs)
         for chunk in envelope_chunks(log, 1, batch_events, to_seq):
             commit_envelopes(env, dbs, chunk)
             if progress:
                 progress(len(chunk))
-        # Large write transactions leave free pages behind: keep a compacted copy
-        # (about half the size). LMDB's copy does not fsync, so we do.
+        # Keys written out of order leave pages part empty, and large write transactions
+        # free pages behind them: the generation kept is a repacked copy, every database
+        # rewritten in key order with appends so that every page is full.
         compact = target.with_name(target.name + ".compact")
         if compact.exists():
             shutil.rmtree(compact)
-        private_dir(compact)
-        env.copy(str(compact), compact=True)
-        make_private(compact / "data.mdb")  # LMDB makes the copy with its own mode
+        private_dir(compact, files=LMDB_FILES)  # the repacked environment opens them as they are
+        env.copy(str(compact), repack=True)
     finally:
         env.close()
     fsync_path(compact / "data.mdb")
