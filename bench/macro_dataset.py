@@ -330,12 +330,13 @@ def build(spec: Spec, data_root: Path, *, progress: Callable[[str, int], object]
 
     binding: "native" or "pure" for the index writer (default: mykey's default choice).
     """
-    from mykey.datadir import DataDir
+    from mykey.datadir import DataDir, ensure_subject_key
     from mykey.index.binding import binding_by_name
     from mykey.index.store import Index
     from mykey.log.filelog import FileLog
 
     data = DataDir(data_root)
+    ensure_subject_key(data)  # the dataset records MyKey IDs: an engine opened on it needs the key
     log = FileLog.open(data.log, fsync="never")
     n = 0
     t0 = time.perf_counter()

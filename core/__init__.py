@@ -13,7 +13,7 @@ The public face, over packages that each hold one layer::
 
 Layers, bottom to top (a package imports only from those below it):
 ``errors``, ``fs``, ``native``, ``datadir`` → ``domain`` (pure) → ``log`` → ``index``
-→ ``audit`` → ``auth`` → ``engine`` → ``cli``. Names are imported on first use, so
+→ ``audit`` → ``auth`` → ``engine``, ``client`` → ``gateway`` → ``cli``. Names are imported on first use, so
 ``import mykey`` stays cheap.
 """
 

@@ -88,6 +88,8 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
         index_bytes=res.index_bytes,
         log_bytes=res.log_bytes,
         example_table=res.example_table,
+        gateway=res.gateway,
+        gateway_seconds=res.gateway_seconds,
     )
     return 0
 
