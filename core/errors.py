@@ -362,4 +362,27 @@ class GatewayRefusedError(GatewayError):
         self.problem = problem
 
 
+# --- status lists (mykey.domain.statuslist, the list builder, the terminal's offline check) ---
+
+
+class StatusListError(MykeyError):
+    """A status list could not be built, read or trusted."""
+
+
+class StatusListFormatError(StatusListError):
+    """A status list token is not a well-formed status list (wrong typ, claims, encoding, or too large)."""
+
+
+class StatusListSignatureError(StatusListError):
+    """A status list token's signature does not verify under the published key (JWKS): do not use it."""
+
+
+class StatusListExpiredError(StatusListError):
+    """A status list token is past its exp: fetch a fresh one before answering offline."""
+
+
+class StatusListKeyError(StatusListError):
+    """The status-list signing key (DATA/keys/status-list.key) or its JWKS is missing or damaged."""
+
+
 __all__ = sorted(n for n, v in list(globals().items()) if isinstance(v, type) and issubclass(v, MykeyError))

@@ -71,7 +71,8 @@ EVENT_STRATEGIES = {
     ),
     ev.TerminalRevoked: st.builds(ev.TerminalRevoked, terminal_ids, reasons),
     ev.ServiceIdRegistered: st.builds(
-        ev.ServiceIdRegistered, business_ids, opaque_ids, st.one_of(st.none(), opaque_ids), st.booleans()
+        ev.ServiceIdRegistered, business_ids, opaque_ids, st.one_of(st.none(), opaque_ids), st.booleans(),
+        st.one_of(st.none(), st.integers(0, 2**32 - 1)),
     ),
     ev.ServiceIdLinked: st.builds(ev.ServiceIdLinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
     ev.ServiceIdUnlinked: st.builds(ev.ServiceIdUnlinked, business_ids, opaque_ids, mykey_ids, st.booleans()),
@@ -81,6 +82,10 @@ EVENT_STRATEGIES = {
         ev.CaSuccessorDesignated, st.binary(min_size=1, max_size=20), st.binary(min_size=1, max_size=20), names
     ).filter(lambda e: e.old_key_id != e.new_key_id),
     ev.ConsumerRegistered: st.builds(ev.ConsumerRegistered, opaque_ids, st.from_regex(r"[0-9]{5,6}", fullmatch=True)),
+    ev.ServiceStatusIdxAssigned: st.builds(
+        lambda b, pairs: ev.ServiceStatusIdxAssigned(b, tuple(pairs), tuple(range(len(pairs)))),
+        business_ids, st.lists(opaque_ids, min_size=1, max_size=5, unique=True),
+    ),
 }
 events = st.one_of(*EVENT_STRATEGIES.values())
 actors = st.builds(ev.Actor, st.sampled_from(["operator", "user", "terminal", "system"]), opaque_ids)

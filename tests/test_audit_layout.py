@@ -9,7 +9,7 @@ import mykey.audit
 
 PACKAGE = Path(mykey.audit.__file__).parent
 # The order of the package docstring: a module may import only modules before it.
-ORDER = ["merkle", "merkle_store", "checkpoint", "checkpoints", "keys", "replay", "trail", "proofs", "verify", "history"]
+ORDER = ["merkle", "merkle_store", "checkpoint", "checkpoints", "keys", "replay", "trail", "proofs", "verify", "history", "statuslist_keys"]
 
 
 def relative_imports(module: str) -> list[tuple[int, str]]:

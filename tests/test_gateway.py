@@ -96,6 +96,7 @@ def test_session_token_is_bound_to_the_terminal_and_its_business(api, ds):
     assert resp.headers["cache-control"] == "no-store"
     for sid in ("M-001", "M-002", "M-003", "SHARED", "NOPE"):
         got = api.get(f"/v1/status/{sid}", headers=bearer(doc["token"])).json()
+        assert (got.pop("idx") is None) == (ds.expected[("A0001", sid)] == "unknown")  # its status list position
         assert got == {"service_id": sid, "status": ds.expected[("A0001", sid)]}
 
 
@@ -170,7 +171,8 @@ def test_batch_answers_in_input_order(api, ds):
     token = api.sign_in(ds, A)
     ids = ["NOPE", "M-003", "M-001", "M-002", "M-001", "B-100", "SHARED"]
     resp = api.post("/v1/status", json={"service_ids": ids}, headers=bearer(token))
-    assert resp.json() == {"statuses": [{"service_id": s, "status": ds.expected[("A0001", s)]} for s in ids]}
+    got = [{k: v for k, v in item.items() if k != "idx"} for item in resp.json()["statuses"]]
+    assert got == [{"service_id": s, "status": ds.expected[("A0001", s)]} for s in ids]
     full = [f"X{i}" for i in range(MAX_BATCH)]
     statuses = api.post("/v1/status", json={"service_ids": full}, headers=bearer(token)).json()["statuses"]
     assert [s["service_id"] for s in statuses] == full and {s["status"] for s in statuses} == {"unknown"}

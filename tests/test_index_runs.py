@@ -56,7 +56,8 @@ def workload(rnd: random.Random) -> list[list[ev._Event]]:
                 created.append(mk)
             elif kk == "register":
                 b, s = rnd.choice(BIDS), rnd.choice(SIDS)
-                events.append(ev.ServiceIdRegistered(b, s, rnd.choice([None, "C1", "C2"])))
+                idx = rnd.choice([None, rnd.randrange(1 << 20)])  # a status list position, or none (v1)
+                events.append(ev.ServiceIdRegistered(b, s, rnd.choice([None, "C1", "C2"]), status_idx=idx))
                 registered.append((b, s))
             elif kk == "link":
                 events.append(ev.ServiceIdLinked(b, s, mk))
@@ -161,11 +162,12 @@ def test_service_records_decode_with_fields_added_later():
         reg_seq: int
         ref: int = 0
         customer_id: str | None = None
-        status_list_index: int | None = None
+        idx: int | None = None
+        added_later: int | None = None
 
     old = k.encode(k.ServiceRecord(7, 3))
-    assert msgspec.msgpack.decode(old, type=Later) == Later(7, 3, None, None)
-    assert k.decode(k.ServiceRecord, msgspec.msgpack.encode(Later(7, 3, "C", 12))) == k.ServiceRecord(7, 3, "C")
+    assert msgspec.msgpack.decode(old, type=Later) == Later(7, 3, None, None, None)
+    assert k.decode(k.ServiceRecord, msgspec.msgpack.encode(Later(7, 3, "C", 12, 5))) == k.ServiceRecord(7, 3, "C", 12)
 
 
 def test_decode_envelopes_is_decode_envelope_of_each(tmp_path):

@@ -14,6 +14,7 @@ One module per concept; a module imports only modules listed before it:
   checked offline with only the log's public key.
 - ``verify``: ``verify_data_dir``, the full audit behind ``mykey audit verify``.
 - ``history``: a person's own history, each event with its inclusion proof.
+- ``statuslist_keys``: the platform's status-list signing key and its public JWKS (DATA/keys/).
 
 Logs are opened with ``mykey.log.backend.open_log`` and used through the LogStore
 interface, so every tool here works on any log backend; ``verify`` adds the file log's own

@@ -34,6 +34,9 @@ GROUPS = [audit_cmds, engine_cmds, index_cmds, log_cmds]
 from . import client_cmds, serve_cmds  # noqa: E402
 
 GROUPS += [serve_cmds, client_cmds]
+from . import statuslist_cmds  # noqa: E402
+
+GROUPS += [statuslist_cmds]
 DEV_PACKAGE = "mykey_dev"
 
 

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         description="The reference client: a terminal signs in to the gateway with its key, then asks; "
         "a person asks for their own history with their card (no terminal).",
     )
-    p.add_argument("--gateway", required=True, metavar="URL", help="the gateway's base URL, e.g. http://127.0.0.1:8750")
+    p.add_argument("--gateway", metavar="URL", help="the gateway's base URL, e.g. http://127.0.0.1:8750 (all but "
+                   "`status-list check`, which works offline)")
     p.add_argument("--terminal", metavar="TERMINAL_ID", help="this terminal's ID, e.g. A0001-T0001 (terminal commands)")
     p.add_argument("--key", metavar="TERMINAL.key", help="this terminal's private key file, PEM (terminal commands)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the gateway (default 30)")
@@ -50,6 +51,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="the platform's published checkpoint verifier key (a copy of DATA/keys/checkpoint.vkey, "
                    "or its text); never take it from the gateway you are checking")
     s.set_defaults(func=cmd_history)
+    s = g.add_parser("status-list", help="fetch this business's signed status list; check service IDs offline",
+                     parents=[common])
+    sl = s.add_subparsers(dest="status_list_command", metavar="SUBCOMMAND")
+    sl.required = True
+    f = sl.add_parser("fetch", parents=[common], help="save the list, its key set and the positions of service IDs",
+                      description="Writes FILE (the token), FILE.jwks.json (the gateway's key set) and FILE.idx.json "
+                      "(the positions of the SERVICE_IDs named, merged with those saved before).")
+    f.add_argument("--out", required=True, metavar="FILE", help="where to keep the list")
+    f.add_argument("service_ids", nargs="*", metavar="SERVICE_ID", help="service IDs whose positions to keep")
+    f.set_defaults(func=cmd_status_list_fetch)
+    c = sl.add_parser("check", parents=[common], help="answer service IDs from a fetched list, offline",
+                      description="Verifies the list's signature (against FILE.jwks.json or --jwks), typ, sub and "
+                      "exp, then reads each service ID's entry at its position (from FILE.idx.json, or given as "
+                      "SERVICE_ID=IDX). An expired or wrongly signed list is refused (exit 1).")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("service_ids", nargs="+", metavar="SERVICE_ID[=IDX]")
+    c.add_argument("--jwks", metavar="FILE", help="a key set obtained out of band (default FILE.jwks.json)")
+    c.set_defaults(func=cmd_status_list_check)
 
 
 def _card_args(s: argparse.ArgumentParser) -> None:
@@ -68,9 +87,16 @@ def _card(args: argparse.Namespace):
 def _terminal(args: argparse.Namespace):
     from ..client.gateway import GatewayClient
 
+    _gateway(args)
     if not args.terminal or not args.key:
         raise ValidationError(f"`mykey client {args.client_command}` runs as a terminal: pass --terminal ID --key FILE")
     return GatewayClient(args.gateway, args.terminal, args.key, timeout=args.timeout)
+
+
+def _gateway(args: argparse.Namespace) -> str:
+    if not args.gateway:
+        raise ValidationError(f"`mykey client {args.client_command}` talks to a gateway: pass --gateway URL")
+    return args.gateway
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -121,7 +147,7 @@ def cmd_history(args: argparse.Namespace, out: Output) -> int:
     from ..client.gateway import PersonClient, check_history
 
     card = _card(args)
-    with PersonClient(args.gateway, timeout=args.timeout) as me:
+    with PersonClient(_gateway(args), timeout=args.timeout) as me:
         history = me.history(card)
     checked = check_history(history, args.checkpoint_key)
     proven = sum(1 for e in history["events"] if e.get("proof"))
@@ -133,4 +159,37 @@ def cmd_history(args: argparse.Namespace, out: Output) -> int:
     for line in format_history(history):
         out.line(line)
     out.line(summary)
+    return 0
+
+
+def cmd_status_list_fetch(args: argparse.Namespace, out: Output) -> int:
+    from pathlib import Path
+
+    from ..client.statuslist import save
+
+    with _terminal(args) as gw:
+        token, etag = gw.status_list()
+        jwks = gw.jwks()
+        positions = gw.positions(args.service_ids) if args.service_ids else {}
+        business = gw.business_id
+    assert token is not None
+    known = save(Path(args.out), token, jwks, business, positions)
+    missing = sorted(sid for sid, idx in positions.items() if idx is None)
+    note = f"; no position for {', '.join(missing)} (unknown to {business})" if missing else ""
+    out.result(f"saved the status list of {business} ({len(token)} bytes) to {args.out}; {known} positions known"
+               f"{note}", business_id=business, out=args.out, bytes=len(token), etag=etag, positions=known,
+               without_position=missing)
+    return 0
+
+
+def cmd_status_list_check(args: argparse.Namespace, out: Output) -> int:
+    from pathlib import Path
+
+    from ..client.statuslist import check
+
+    verified, answers = check(Path(args.file), args.service_ids, jwks_path=Path(args.jwks) if args.jwks else None)
+    for a in answers:
+        out.line(f"{a.service_id} {a.status}" + ("" if a.idx is None else f" (idx {a.idx})"))
+        out.record({"service_id": a.service_id, "status": a.status, "idx": a.idx, "list": verified.sub,
+                    "iat": verified.iat, "exp": verified.exp})
     return 0

@@ -69,7 +69,17 @@ def cmd_resolve(args: argparse.Namespace, out: Output) -> int:
     else:
         with Resolver.open(data.root) as r:
             answers = statuses(r.resolve_many(args.business, args.service_ids))
-    for sid, st in zip(args.service_ids, answers, strict=True):
+    idxs = _positions(data, args.business, args.service_ids) if out.json_mode else [None] * len(answers)
+    for sid, st, idx in zip(args.service_ids, answers, idxs, strict=True):
         out.line(f"{sid} {st.label}")
-        out.record({"service_id": sid, "status": st.label})
+        out.record({"service_id": sid, "status": st.label, "idx": idx})
     return 0
+
+
+def _positions(data: DataDir, business_id: str, service_ids: list[str]) -> list[int | None]:
+    """Each service ID's status list position (positions never change: read from the live index)."""
+    ascii_ids = [sid if sid.isascii() else "" for sid in service_ids]
+    with Resolver.open(data.root) as r, r.snapshot() as snap:
+        found = snap.status_idxs(business_id, [s for s in ascii_ids if s])
+    it = iter(found)
+    return [next(it) if s else None for s in ascii_ids]

@@ -261,6 +261,46 @@ class GatewayClient:
                 self.sign_in()
         raise AssertionError("unreachable")
 
+    # --- status lists (see mykey.client.statuslist) -------------------------------------------
+
+    def positions(self, service_ids: Iterable[str]) -> dict[str, int | None]:
+        """Each service ID's position in this business's status list (None: unknown or none yet)."""
+        ids = list(service_ids)
+        out: dict[str, int | None] = {}
+        for start in range(0, len(ids), MAX_BATCH):
+            doc = self._authorised("POST", "/v1/status", json={"service_ids": ids[start : start + MAX_BATCH]})
+            out.update((str(item["service_id"]), item.get("idx")) for item in doc["statuses"])
+        return out
+
+    def status_list(self, etag: str | None = None) -> tuple[bytes | None, str | None]:
+        """(token, ETag) of this business's signed list; token None when it is still the one of etag (304)."""
+        headers = {"if-none-match": etag} if etag else {}
+        for attempt in (1, 2):
+            try:
+                resp = self._http.get("/v1/status-list", headers={**headers, "authorization": f"Bearer {self._token()}"})
+            except httpx.HTTPError as exc:
+                raise GatewayError(f"cannot reach the gateway at {self.gateway}: {exc}") from None
+            if resp.status_code == 304:
+                return None, resp.headers.get("etag")
+            if resp.status_code == 200:
+                return resp.content, resp.headers.get("etag")
+            try:
+                problem = resp.json()
+            except ValueError:
+                problem = {"detail": resp.text[:200]}
+            exc = GatewayRefusedError(resp.status_code, problem if isinstance(problem, dict) else {})
+            if attempt == 2 or exc.status != 401 or exc.problem.get("type") not in _RETRY_KINDS:
+                raise exc
+            self.sign_in()
+        raise AssertionError("unreachable")
+
+    def jwks(self) -> dict[str, Any]:
+        """The key set status lists are signed with (GET /.well-known/jwks.json, no token)."""
+        doc = self._send("GET", "/.well-known/jwks.json")
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+            raise GatewayProtocolError("the gateway's JWKS is not a key set")
+        return doc
+
     def close(self) -> None:
         if self._owns_http:
             self._http.close()

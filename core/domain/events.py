@@ -373,17 +373,25 @@ class ServiceIdRegistered(_Event, tag="svc.registered"):
     """A business registered one of its service IDs, not yet linked to a MyKey ID.
 
     numeric_declared is set only when the business declared 12-digit service IDs.
+
+    v2: status_idx, the service ID's position in its business's status list, drawn at random
+    by the writer among the positions never given (None: registered before v2; such service IDs
+    get theirs later with ServiceStatusIdxAssigned).
     """
 
+    VERSION: ClassVar[int] = 2
     business_id: str
     service_id: str
     customer_id: str | None = None
     numeric_declared: bool = False
+    status_idx: int | None = None
 
     def check(self) -> None:
         ids.check_business_id(self.business_id)
         ids.check_service_id(self.service_id, numeric_declared=self.numeric_declared)
         ids.check_customer_id(self.customer_id)
+        if self.status_idx is not None:
+            _status_idx(self.status_idx)
 
 
 def _check_link(e: ServiceIdLinked | ServiceIdUnlinked) -> None:
@@ -453,6 +461,42 @@ class ServiceIdUnlinked(_Event, tag="svc.unlinked"):
         _check_link(self)
 
 
+MAX_STATUS_IDX = 2**32 - 1  # a position in a status list is stored as 4 bytes
+MAX_IDX_BATCH = 10_000  # positions in one ServiceStatusIdxAssigned
+
+
+def _status_idx(value: int) -> None:
+    if not 0 <= value <= MAX_STATUS_IDX:
+        raise ValidationError(f"status list position {value} must be 0-{MAX_STATUS_IDX}")
+
+
+class ServiceStatusIdxAssigned(_Event, tag="svc.idx_assigned"):
+    """Service IDs registered before status lists (ServiceIdRegistered v1) got their positions.
+
+    service_ids[i] gets position idxs[i] in the business's status list, drawn at random by the
+    writer among the positions never given; written once, by the system, the first time the
+    writer is asked to (`mykey status-list assign`). numeric_declared: the business declared
+    12-digit service IDs.
+    """
+
+    business_id: str
+    service_ids: tuple[str, ...]
+    idxs: tuple[int, ...]
+    numeric_declared: bool = False
+
+    def check(self) -> None:
+        ids.check_business_id(self.business_id)
+        if not 1 <= len(self.service_ids) <= MAX_IDX_BATCH or len(self.idxs) != len(self.service_ids):
+            raise ValidationError(f"an assignment names 1-{MAX_IDX_BATCH} service IDs, each with one position")
+        if len(set(self.idxs)) != len(self.idxs) or len(set(self.service_ids)) != len(self.service_ids):
+            raise ValidationError("an assignment gives each position and each service ID once")
+        for sid, idx in zip(self.service_ids, self.idxs, strict=True):
+            if type(sid) is not str or type(idx) is not int:
+                raise ValidationError("an assignment pairs service IDs (text) with positions (integers)")
+            ids.check_service_id(sid, numeric_declared=self.numeric_declared)
+            _status_idx(idx)
+
+
 # --- linked systems ------------------------------------------------------------
 
 
@@ -503,6 +547,7 @@ Event = Union[
     TrustAnchorRemoved,
     CaSuccessorDesignated,
     ConsumerRegistered,
+    ServiceStatusIdxAssigned,
 ]
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # type: ignore[attr-defined]
 TAGS: dict[str, type] = {t.__struct_config__.tag: t for t in EVENT_TYPES}
@@ -590,6 +635,11 @@ def _business_registered_v1(fields: list[Any]) -> list[Any]:
     if len(out) < 4:
         out.append(False)
     return [*out[:4], True]
+
+
+@upcaster("svc.registered", 1)
+def _service_id_registered_v1(fields: list[Any]) -> list[Any]:
+    return list(fields)  # v2 adds the status list position, None for these (assigned later)
 
 
 def now_us() -> int:

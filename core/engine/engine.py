@@ -7,7 +7,8 @@ The commands are grouped by flow, one module each; this module puts them togethe
 - ``businesses``: businesses and terminals;
 - ``services``: service ID registration (rows or CSV), linking, unlinking;
 - ``revocation``: trusted CAs and CRLs;
-- ``feed``: the sync feed for linked systems.
+- ``feed``: the sync feed for linked systems;
+- ``statuslists``: status list positions and the signed lists.
 
 The rules about a MyKey ID's state live in ``mykey.domain.transitions``; the engine
 looks up the facts they need and asks.
@@ -22,6 +23,7 @@ from .feed import FeedCommands, FeedItem
 from .mykeys import MyKeyCommands, MyKeyView
 from .revocation import CrlReport, RevocationCommands
 from .services import ServiceCommands
+from .statuslists import StatusListCommands
 
 __all__ = [
     "CrlReport",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class Engine(RevocationCommands, MyKeyCommands, BusinessCommands, ServiceCommands, FeedCommands):
+class Engine(RevocationCommands, MyKeyCommands, BusinessCommands, ServiceCommands, FeedCommands, StatusListCommands):
     """The write side of mykey over one data directory (holds the log's and the index's writer locks).
 
     Open with ``Engine.open(data_dir, log=None | location | LogStore, ...)``. Commands run

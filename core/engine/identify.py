@@ -34,6 +34,7 @@ class LinkedServiceId:
 
     service_id: str
     status: Status
+    idx: int | None = None  # its position in the business's status list
 
 
 class Snapshots(Protocol):
@@ -114,7 +115,7 @@ class CardReader:
                 at=self.now(), crl_policy=self.crl_policy,
             )
             links = state.linked_service_ids(card_holder(state, info), business_id)
-        return [LinkedServiceId(sid, value.status) for sid, value in links]
+        return [LinkedServiceId(sid, value.status, value.idx) for sid, value in links]
 
     def own_mykey_id(self, certificate: bytes, signature: bytes, challenge: bytes) -> str:
         """The MyKey ID whose current certificate the card holds, proven over a "history" challenge.

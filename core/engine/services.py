@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from msgspec.structs import replace
+
 from ..domain import events as ev
 from ..domain import ids, transitions
 from ..domain.status import Status
@@ -28,6 +30,7 @@ from .base import EngineCore
 from .identify import CardReader, card_holder
 from .lookups import require_business, require_mykey
 from .service_csv import read_service_csv_file
+from .statuslists import draw_positions
 
 
 def registration_events(
@@ -56,7 +59,8 @@ def registration_events(
     for i, registered in enumerate(state.registered(business_id, (e.service_id for e in events))):
         if registered:
             raise AlreadyExistsError(f"{where(i)}: service ID {events[i].service_id!r} is already registered")
-    return events
+    positions = draw_positions(state, business_id, len(events))
+    return [replace(e, status_idx=p) for e, p in zip(events, positions, strict=True)]
 
 
 class ServiceCommands(EngineCore):
@@ -160,6 +164,7 @@ class ServiceCommands(EngineCore):
             svc = state.service(business_id, service_id)
             if svc is not None and svc.linked and state.mykey_by_ref(svc.ref) == mykey_id:
                 return svc.status  # already this person's
+            position = None if svc is not None else draw_positions(state, business_id, 1)[0]
         numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
         link = ev.ServiceIdLinked(
             business_id,
@@ -170,7 +175,7 @@ class ServiceCommands(EngineCore):
             cert_fingerprint=info.fingerprint,
             relayed_by=f"{relay.kind}:{relay.id}",
         )
-        self._commit(_link_events(rec, service_id, svc, numeric, link), ev.Actor("user", mykey_id))
+        self._commit(_link_events(rec, service_id, svc, numeric, link, position), ev.Actor("user", mykey_id))
         return Status.VALID
 
     def link_in_person(
@@ -199,9 +204,10 @@ class ServiceCommands(EngineCore):
             holder = require_mykey(state, mykey_id)
             transitions.check_linkable(holder.state, mykey_id)
             svc = state.service(business_id, service_id)
+            position = None if svc is not None else draw_positions(state, business_id, 1)[0]
         numeric = rec.numeric_service_ids and ids.is_individual_number(service_id)
         link = ev.ServiceIdLinked(business_id, service_id, mykey_id, numeric, "in-person", reason)
-        self._commit(_link_events(rec, service_id, svc, numeric, link), by)
+        self._commit(_link_events(rec, service_id, svc, numeric, link, position), by)
         return holder.state.status
 
     def card_reader(self) -> CardReader:
@@ -231,7 +237,8 @@ class ServiceCommands(EngineCore):
 
 
 def _link_events(
-    rec: BusinessRecord, service_id: str, svc: SvcValue | None, numeric: bool, link: ev.ServiceIdLinked
+    rec: BusinessRecord, service_id: str, svc: SvcValue | None, numeric: bool, link: ev.ServiceIdLinked,
+    position: int | None = None,
 ) -> list[ev.Event]:
     """The link, after the registration at first use (if the business allows it); refused if linked already."""
     business_id = link.business_id
@@ -241,7 +248,7 @@ def _link_events(
                 f"service ID {service_id} is not registered at business {business_id}, which registers its service "
                 "IDs itself (no registration at first use); register it first, then link it"
             )
-        return [ev.ServiceIdRegistered(business_id, service_id, None, numeric), link]
+        return [ev.ServiceIdRegistered(business_id, service_id, None, numeric, position), link]
     if svc.linked:
         raise AlreadyExistsError(
             f"service ID {service_id} of {business_id} is already linked to a MyKey ID; unlink it first"

@@ -50,7 +50,9 @@ from ..domain import events as ev
 from ..domain import ids
 from ..domain.ids import OPAQUE_ID_RE, TERMINAL_ID_RE
 from ..domain.status import Status
+from ..domain.statuslist import MEDIA_TYPE as STATUS_LIST_MEDIA_TYPE
 from ..engine.identify import CardReader
+from ..engine.statuslists import StatusListStore
 from ..errors import (
     AlreadyExistsError,
     CertificateError,
@@ -276,6 +278,7 @@ class Gateway:
         self.challenges: LmdbChallengeStore | None = None
         self.cards: CardReader | None = None
         self.log = None
+        self.status_lists: StatusListStore | None = None
         self.metrics: Metrics | None = None
         self.limiter = RateLimiter(config.rate, config.burst)
         # Sign-ins cost an Ed25519 verification: limited apart (and off when the limit is off).
@@ -331,9 +334,11 @@ class Gateway:
         self.resolver, self.auth, self.challenges, self.log = resolver, auth, challenges, log
         # Identify reads this worker's own index: LMDB allows one open of it per process.
         self.cards = CardReader(resolver, challenges)
+        self.status_lists = StatusListStore(data, resolver, log)
 
     def _close_index(self) -> None:
         self.cards = None
+        self.status_lists = None
         for name in ("auth", "challenges", "log", "resolver"):
             thing = getattr(self, name)
             setattr(self, name, None)
@@ -555,8 +560,10 @@ class Gateway:
     async def status_one(self, scope, proto, service_id: str) -> Response:
         _terminal, business = self._authorise(scope, time.time())
         _check_service_id(service_id, "the path's service ID")
-        status = self._index().resolve(business, service_id)
-        return _json(200, {"service_id": service_id, "status": _LABELS[status]})
+        resolver = self._index()
+        status = resolver.resolve(business, service_id)
+        return _json(200, {"service_id": service_id, "status": _LABELS[status],
+                           "idx": resolver.status_idx(business, service_id)})
 
     async def status_batch(self, scope, proto, arg: str) -> Response:
         _terminal, business = self._authorise(scope, time.time())
@@ -566,10 +573,13 @@ class Gateway:
             raise problem("malformed-request", f"service_ids must hold 1-{MAX_BATCH} service IDs, not {len(service_ids)}")
         for i, sid in enumerate(service_ids):
             _check_service_id(sid, f"service_ids[{i}]")
-        codes = self._index().resolve_many(business, service_ids)
+        resolver = self._index()
+        codes = resolver.resolve_many(business, service_ids)
         labels = _LABELS
+        idxs = _positions(resolver, business, service_ids)
         return _json(200, {"statuses": [
-            {"service_id": sid, "status": labels[code]} for sid, code in zip(service_ids, codes, strict=True)
+            {"service_id": sid, "status": labels[code], "idx": idx}
+            for sid, code, idx in zip(service_ids, codes, idxs, strict=True)
         ]})
 
     # --- the card flows: challenges, identify, first-use links ---------------------------------
@@ -606,7 +616,7 @@ class Gateway:
         except MykeyError as exc:
             raise self._refusal(exc, terminal, business) from None
         return _json(200, {"service_ids": [
-            {"service_id": item.service_id, "status": item.status.label} for item in linked
+            {"service_id": item.service_id, "status": item.status.label, "idx": item.idx} for item in linked
         ]})
 
     async def link(self, scope, proto, arg: str) -> Response:
@@ -722,6 +732,39 @@ class Gateway:
         return _json(200, jsonable(history))
 
 
+def _positions(resolver: Resolver, business_id: str, service_ids: list[str]) -> list[int | None]:
+    """Each service ID's position in the business's status list (None: unknown, or none yet)."""
+    if not all(sid.isascii() for sid in service_ids):
+        return [None] * len(service_ids)
+    with resolver.snapshot() as snap:
+        return snap.status_idxs(business_id, service_ids)
+
+
+# --- status lists (see mykey.engine.statuslists) --------------------------------------------------
+
+JWKS_HEADERS = (("content-type", "application/json"), ("cache-control", "public, max-age=3600"))
+
+
+async def _status_list(self: Gateway, scope, proto, arg: str) -> Response:
+    """The token's business's signed status list; 304 when If-None-Match names its ETag."""
+    _terminal, business = self._authorise(scope, time.time())
+    self._index()
+    assert self.status_lists is not None
+    built = self.status_lists.token(business)
+    headers = (("etag", built.etag), ("cache-control", f"private, max-age={int(self.status_lists.refresh)}"))
+    wanted = scope.headers.get("if-none-match") or ""
+    if built.etag in (tag.strip() for tag in wanted.split(",")) or wanted.strip() == "*":
+        return 304, headers, b""
+    return 200, (("content-type", STATUS_LIST_MEDIA_TYPE), *headers), built.body
+
+
+async def _jwks(self: Gateway, scope, proto, arg: str) -> Response:
+    """The public key set status lists are signed with (no token: a terminal fetches it to verify offline)."""
+    self._index()
+    assert self.status_lists is not None
+    return 200, JWKS_HEADERS, _encode(self.status_lists.jwks())
+
+
 def _signature_ok(public_key: bytes, signature: bytes, message: bytes) -> bool:
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
@@ -745,5 +788,7 @@ EXACT_ROUTES: dict[str, tuple[str, dict[str, Handler]]] = {
     "/v1/service-ids": ("/v1/service-ids", {"POST": Gateway.register_service_ids}),
     "/v1/people/challenges": ("/v1/people/challenges", {"POST": Gateway.person_challenge}),
     "/v1/people/history": ("/v1/people/history", {"POST": Gateway.person_history}),
+    "/v1/status-list": ("/v1/status-list", {"GET": _status_list}),
+    "/.well-known/jwks.json": ("/.well-known/jwks.json", {"GET": _jwks}),
 }
 STATUS_ROUTE: tuple[str, dict[str, Handler]] = ("/v1/status/{service_id}", {"GET": Gateway.status_one})

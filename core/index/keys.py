@@ -58,6 +58,10 @@ class Dbs:
     mfeed: int
     svcrec: int  # business_id + service_id -> ServiceRecord (the rest of what svc's key carries)
     mkstate: int  # mykey_id -> state (1 byte) + ref (u64 BE): what a link reads of the MyKey record
+    # Status list positions: business_id + idx (u32 BE) -> service key (a position is never given
+    # twice; the list is built by a range scan in position order); business_id -> u64 BE how many
+    # positions the business has given (its list's length follows from it)
+    slidx: int
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -69,7 +73,8 @@ MAX_DBS = len(DB_NAMES) + 2
 #: 2: feed consumers and the per-municipality feed.
 #: 3: svc holds only the status byte; ref, registration seq and customer ID moved to svcrec;
 #:    mkstate beside the MyKey records.
-INDEX_SCHEMA = 3
+#: 4: status list positions (slidx; ServiceRecord.idx).
+INDEX_SCHEMA = 4
 
 _U64 = struct.Struct(">Q")
 _STATE_REF = struct.Struct(">BQ")
@@ -106,6 +111,7 @@ class ServiceRecord(msgspec.Struct, array_like=True, frozen=True, omit_defaults=
     reg_seq: int  # seq of the registration event
     ref: int = 0  # the linked MyKey ID's reference (its creation seq); 0 when unlinked
     customer_id: str | None = None
+    idx: int | None = None  # the position in the business's status list (None: not given yet)
 
 
 class SvcValue(NamedTuple):
@@ -115,6 +121,7 @@ class SvcValue(NamedTuple):
     ref: int  # the linked MyKey ID's reference (its creation seq); 0 when unlinked
     reg_seq: int  # seq of the registration event
     customer_id: str | None
+    idx: int | None = None  # the position in the business's status list (None: not given yet)
 
     @property
     def linked(self) -> bool:
@@ -124,7 +131,7 @@ class SvcValue(NamedTuple):
 def parse_svc_value(status: bytes, record: bytes) -> SvcValue:
     """svc's status byte and svcrec's record of one service key, as a SvcValue."""
     rec = decode(ServiceRecord, record)
-    return SvcValue(Status(status[0]) if status else Status.UNKNOWN, rec.ref, rec.reg_seq, rec.customer_id)
+    return SvcValue(Status(status[0]) if status else Status.UNKNOWN, rec.ref, rec.reg_seq, rec.customer_id, rec.idx)
 
 
 #: An unsigned integer as 8 bytes, big-endian (so keys sort in number order).
@@ -298,3 +305,21 @@ def municipality_prefix(code: str) -> bytes:
 
 def feed_entry_key(code: str, seq: int) -> bytes:
     return municipality_prefix(code) + u64(seq)
+
+
+_U32 = struct.Struct(">I")
+
+
+def slidx_key(business_id: str, idx: int) -> bytes:
+    """slidx: a business's status list position (business ID + u32 BE) -> the service key holding it."""
+    return business_id.encode("ascii") + _U32.pack(idx)
+
+
+def slidx_count_key(business_id: str) -> bytes:
+    """slidx: business ID alone -> u64 BE, how many positions the business has given (sorts first)."""
+    return business_id.encode("ascii")
+
+
+def parse_slidx_key(key: bytes) -> int:
+    """The position of an slidx position key (business ID + u32 BE)."""
+    return _U32.unpack_from(key, 5)[0]

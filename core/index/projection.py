@@ -284,7 +284,7 @@ _UNLINKED = k.STATUS_VALUES[Status.UNLINKED]
 
 def _service_record(env: ev.Envelope, b: ev.ServiceIdRegistered) -> bytes:
     """svcrec's value for a new registration."""
-    return k.encode(k.ServiceRecord(env.seq, 0, b.customer_id))
+    return k.encode(k.ServiceRecord(env.seq, 0, b.customer_id, b.status_idx))
 
 
 @handles(ev.ServiceIdRegistered)
@@ -292,6 +292,8 @@ def _svc_registered(txn, dbs, env, b: ev.ServiceIdRegistered) -> None:
     skey = k.service_key(b.business_id, b.service_id)
     txn.put(dbs.svc, skey, _UNLINKED)
     txn.put(dbs.svcrec, skey, _service_record(env, b))
+    if b.status_idx is not None:
+        _give_positions(txn, dbs, b.business_id, [k.slidx_key(b.business_id, b.status_idx)], [skey])
 
 
 def _service_of(txn: Any, dbs: Dbs, skey: bytes) -> k.ServiceRecord | None:
@@ -444,6 +446,14 @@ def _svc_registered_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     skeys = [(e.body.business_id + e.body.service_id).encode("ascii") for e in envs]
     txn.put_keys(dbs.svc, skeys, _UNLINKED, sort=True)
     txn.put_keys(dbs.svcrec, skeys, [_service_record(e, e.body) for e in envs], sort=True)
+    by_business: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    for e, skey in zip(envs, skeys, strict=True):
+        if e.body.status_idx is not None:
+            pos, held = by_business.setdefault(e.body.business_id, ([], []))
+            pos.append(k.slidx_key(e.body.business_id, e.body.status_idx))
+            held.append(skey)
+    for business_id, (pos, held) in by_business.items():
+        _give_positions(txn, dbs, business_id, pos, held)
 
 
 @handles_runs(ev.ServiceIdLinked)
@@ -564,6 +574,28 @@ def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
             entries.append(entry)
     if keys:
         txn.put_keys(dbs.mfeed, keys, entries, sort=True)
+
+
+# --- status list positions (see mykey.domain.statuslist) ----------------------------------
+
+
+def _give_positions(txn: Any, dbs: Dbs, business_id: str, positions: list[bytes], skeys: list[bytes]) -> None:
+    """Record positions (slidx keys) as held by these service keys, and count them for the business."""
+    txn.put_keys(dbs.slidx, positions, skeys, sort=True)
+    ckey = k.slidx_count_key(business_id)
+    old = txn.get(dbs.slidx, ckey)
+    txn.put(dbs.slidx, ckey, k.u64((0 if old is None else k.parse_u64(old)) + len(positions)))
+
+
+@handles(ev.ServiceStatusIdxAssigned)
+def _svc_idx_assigned(txn, dbs, env, b: ev.ServiceStatusIdxAssigned) -> None:
+    skeys = [k.service_key(b.business_id, sid) for sid in b.service_ids]
+    olds = txn.get_many(dbs.svcrec, skeys)
+    for skey, old, idx in zip(skeys, olds, b.idxs, strict=True):
+        if old is None:
+            raise _lacks(env, f"gives a status list position to service ID {skey[5:].decode('ascii')}")
+        txn.put(dbs.svcrec, skey, k.encode(replace(k.decode(k.ServiceRecord, old), idx=idx)))
+    _give_positions(txn, dbs, b.business_id, [k.slidx_key(b.business_id, i) for i in b.idxs], skeys)
 
 
 def check_handlers(handlers: dict[type, Handler], event_types: Iterable[type]) -> None:

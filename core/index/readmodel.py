@@ -241,6 +241,59 @@ class Snapshot:
         prefix = mykey_id.encode("ascii")
         return sorted(k.split_service_key(key[len(prefix) :]) for key, _ in scan(self._txn, self._dbs.mksvc, prefix, prefix))
 
+    # --- status lists (positions: see mykey.domain.statuslist) ---------------------------------
+
+    def status_positions(self, business_id: str) -> int:
+        """How many status list positions the business has given (its list's length follows from it)."""
+        raw = self._txn.get(self._dbs.slidx, k.slidx_count_key(business_id))
+        return 0 if raw is None else k.parse_u64(raw)
+
+    def positions_taken(self, business_id: str, idxs: list[int]) -> list[bool]:
+        """For each position, in order: has the business given it already?"""
+        keys = [k.slidx_key(business_id, i) for i in idxs]
+        return [v is not None for v in self._txn.get_many(self._dbs.slidx, keys)]
+
+    def status_idxs(self, business_id: str, service_ids: Iterable[str]) -> list[int | None]:
+        """Each (ASCII) service ID's status list position, in order (None: not registered, or none yet)."""
+        prefix = business_id.encode("ascii")
+        keys = [prefix + sid.encode("ascii") for sid in service_ids]
+        dec = k.decoder(k.ServiceRecord)
+        return [None if raw is None else dec(raw).idx for raw in self._txn.get_many(self._dbs.svcrec, keys)]
+
+    def status_list_entries(self, business_id: str, chunk: int = 65536) -> Iterator[tuple[int, int]]:
+        """(position, Status code) of every position the business gave, in position order."""
+        prefix = business_id.encode("ascii")
+        positions: list[int] = []
+        skeys: list[bytes] = []
+        for key, skey in scan(self._txn, self._dbs.slidx, prefix + b"\0\0\0\0", prefix):
+            positions.append(k.parse_slidx_key(key))
+            skeys.append(skey)
+            if len(skeys) >= chunk:
+                yield from self._status_codes(positions, skeys)
+                positions, skeys = [], []
+        yield from self._status_codes(positions, skeys)
+
+    def _status_codes(self, positions: list[int], skeys: list[bytes]) -> Iterator[tuple[int, int]]:
+        for idx, raw in zip(positions, self._txn.get_many(self._dbs.svc, skeys), strict=True):
+            yield idx, raw[0] if raw else 0
+
+    def service_status_entries(self, business_id: str, service_ids: Iterable[str]) -> list[tuple[int, int]]:
+        """(position, Status code) of those of the business's service IDs that have a position."""
+        prefix = business_id.encode("ascii")
+        skeys = [prefix + sid.encode("ascii") for sid in service_ids]
+        dec = k.decoder(k.ServiceRecord)
+        recs = self._txn.get_many(self._dbs.svcrec, skeys)
+        have = [(dec(r).idx, s) for r, s in zip(recs, skeys, strict=True) if r is not None]
+        have = [(i, s) for i, s in have if i is not None]
+        return list(self._status_codes([i for i, _ in have], [s for _, s in have]))
+
+    def services_without_position(self) -> Iterator[tuple[str, str]]:
+        """(business ID, service ID) of every service ID registered before status lists had positions."""
+        dec = k.decoder(k.ServiceRecord)
+        for key, raw in scan(self._txn, self._dbs.svcrec):
+            if dec(raw).idx is None:
+                yield k.split_service_key(key)
+
 
 class ReadModel:
     """Snapshots of an open index environment (the engine's, or a read-only one of the live index)."""

@@ -147,6 +147,15 @@ class Resolver:
         raw = view.reader.get(view.dbs.business, business_id.encode("ascii"))
         return None if raw is None else k.decode(k.BusinessRecord, raw)
 
+    def status_idx(self, business_id: str, service_id: str) -> int | None:
+        """The service ID's position in its business's status list (None: unknown, or none yet)."""
+        view = self._view
+        try:
+            raw = view.reader.get(view.dbs.svcrec, _business_prefix(business_id) + service_id.encode("ascii"))
+        except UnicodeEncodeError:
+            return None
+        return None if raw is None else k.decode(k.ServiceRecord, raw).idx
+
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """``with resolver.snapshot() as s:`` one read transaction over the index this resolver answers from.
