@@ -305,7 +305,8 @@ class Mutator:
                 rng.choice(["POST", "GET", "PUT", "post", ""]),
                 rng.choice(["/v1/sessions", "/v1/status", "/v1/challenges", "/v1/identify", "/v1/links",
                             "/v1/service-ids", "/v1/people/history", "/v1/people/challenges", "/v1/status/M-001",
-                            "/v1/status/", "/v1/status/%2F..", "/readyz", "/nope"]),
+                            "/v1/status/", "/v1/status/%2F..", "/v1/status-list", "/.well-known/jwks.json", "/readyz",
+                            "/nope"]),
                 rng.choice(["application/json", "application/json; charset=utf-8", "text/csv", "text/plain",
                             "APPLICATION/JSON", ""]),
             ] + (["chunked"] if rng.random() < 0.3 else [])).encode()

@@ -267,6 +267,8 @@ SEEDS = {
     "csv.txt": b"POST /v1/service-ids text/csv\nservice_id,customer_id\nR-1,c1\nR-2,\n",
     "csv-chunked.txt": b"POST /v1/service-ids text/csv chunked\nservice_id,customer_id\nR-3,\n",
     "ready.txt": b"GET /readyz\n",
+    "status-list.txt": b"GET /v1/status-list\n",
+    "jwks.txt": b"GET /.well-known/jwks.json\n",
 }
 
 
