@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.mykey-installed
 EXT    := $(wildcard ext/*.pyx)
 SYSDEPS_APT := liblmdb-dev zlib1g-dev
 
-.PHONY: all setup sysdeps build test demo bench bench-check clean
+.PHONY: all setup sysdeps build test demo bench bench-check torture clean
 
 all: test
 
@@ -59,6 +59,17 @@ bench: setup
 # The benchmark runner end to end at a tiny size (--quick): every side and peer, checked answers.
 bench-check: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider bench/check_runner.py
+
+# The long fault-injection runs (not part of `make test`, which runs a short version of each):
+# power cuts, full disks (as root), injected I/O errors, thousands of SIGKILLs and a million
+# fuzzed inputs; prints the figures. Fuzzes with atheris when it installs into the venv, else
+# with the built-in mutation fuzzer only. TORTURE_ARGS=--scale 0.1 for a shorter run. A stopped
+# run goes on with the parts it had not finished (their figures are kept in build/).
+torture: setup
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris >/dev/null 2>&1 || \
+	  echo "atheris did not install: fuzzing with the built-in mutation fuzzer only"
+	@mkdir -p build
+	$(BIN)/python -m tests.faults.torture --resume build/torture-state.json $(TORTURE_ARGS)
 
 clean:
 	rm -rf build $(VENV) core/*.so core/*/*.so ext/*.c *.egg-info .pytest_cache .hypothesis

@@ -6,14 +6,15 @@ here, so the rules are written once:
 - ``write_atomic``: readers see the old content or the new, never a mix; the new
   content is on disk (file and directory entry) when it returns.
 - ``write_exclusive``: create a new file and never replace one (keys, proofs);
-  symlinks are not followed.
+  symlinks are not followed; after a power cut the file is whole or absent.
 - ``fsync_dir`` / ``fsync_path``: make a rename, create or unlink durable.
 - ``OwnerLock``: an exclusive ``flock`` that records the holder's pid, so a second
   writer is told which process to stop. Only "somebody holds it" errors become
   ``LockHeldError``; any other failure (permissions, a full disk) is raised as it is.
 - ``private_dir`` / ``check_private_dir`` / ``make_private``: a data directory and
   everything in it is its owner's only (directories 0700, files 0600) whatever the
-  umask, and a directory others may write is refused (they could have changed it).
+  umask, and a directory others may write is refused (they could have changed it);
+  a directory private_dir creates survives a power cut (fsynced into its parent).
 - ``ensure_secret``: a random secret made once in a 0600 file, then read back.
 
 Every file made here is 0600 unless a caller asks otherwise. Pure I/O with no
@@ -66,13 +67,11 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def write_exclusive(path: StrPath, data: bytes, *, mode: int = FILE_MODE, sync: bool = True) -> None:
-    """Create path with data; FileExistsError if anything (a file, a symlink) is there already.
+def _create_synced(path: Path, data: bytes, mode: int, sync: bool) -> None:
+    """Create path (O_EXCL, never through a symlink) with exactly mode and data; fsync it with sync.
 
-    The file gets exactly ``mode`` whatever the umask; on any failure the partly written
-    file is removed. With sync (the default) file and directory are fsynced.
+    On any failure the partly written file is removed.
     """
-    path = Path(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)
@@ -84,6 +83,32 @@ def write_exclusive(path: StrPath, data: bytes, *, mode: int = FILE_MODE, sync: 
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_exclusive(path: StrPath, data: bytes, *, mode: int = FILE_MODE, sync: bool = True) -> None:
+    """Create path with data; FileExistsError if anything (a file, a symlink) is there already.
+
+    The file gets exactly ``mode`` whatever the umask. It appears whole or not at all, even
+    across a power cut: the data is written and fsynced under a temporary name first, then
+    hard-linked to path (which fails if anything is there); the file system cannot show a
+    new name whose data never reached the disk. With sync (the default) file and directory
+    are fsynced. Where hard links are not supported, path is created and written in place.
+    """
+    path = Path(path)
+    tmp = _temp_beside(path)
+    _create_synced(tmp, data, mode, sync)
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        _create_synced(path, data, mode, sync)  # no hard links here: the best we can do
+    finally:
+        tmp.unlink(missing_ok=True)
     if sync:
         fsync_dir(path.parent)
 
@@ -91,8 +116,8 @@ def write_exclusive(path: StrPath, data: bytes, *, mode: int = FILE_MODE, sync: 
 def write_atomic(path: StrPath, data: bytes, *, mode: int = FILE_MODE, sync: bool = True) -> None:
     """Replace path's content atomically: a temporary file beside it, fsynced, renamed over it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    write_exclusive(tmp, data, mode=mode, sync=sync)
+    tmp = _temp_beside(path)
+    _create_synced(tmp, data, mode, sync)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -200,6 +225,7 @@ def private_dir(path: StrPath, *, files: Iterable[str] = ()) -> Path:
                 raise
             continue  # made by a concurrent process: it chose its mode
         os.chmod(d, DIR_MODE)  # mkdir's mode loses bits to the umask (even the owner's)
+        fsync_dir(d.parent)  # until then a power cut may take d, and every file in it, away
     for name in files:
         try:
             fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)

@@ -37,6 +37,7 @@ were not fsynced before the crash, so the caller should compare them with the lo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -44,6 +45,7 @@ import os
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -91,6 +93,16 @@ class Recovery:
     unsynced_from: int  # leaves at index >= this were not fsynced: re-check them against the log
     nodes_rebuilt: int  # interior nodes recomputed from the level below
     notes: tuple[str, ...]  # human-readable findings
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite all of data: a short write (a disk filling up) goes on with the rest, or fails with ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "no progress writing (disk full?)")
+        view, offset = view[n:], offset + n
 
 
 def _level_name(level: int) -> str:
@@ -179,7 +191,7 @@ class MerkleStore:
             new_file = True
         else:
             new_file = False
-        os.pwrite(self._meta_fd, body + _sha256(body).digest(), 0)
+        _pwrite_all(self._meta_fd, body + _sha256(body).digest(), 0)
         if durable:
             os.fsync(self._meta_fd)
         if new_file:
@@ -251,7 +263,7 @@ class MerkleStore:
         fd = self._fd(level, create=True)
         assert fd is not None
         for first, nodes in self._recomputed(level, start, end):
-            os.pwrite(fd, nodes, first * HASH_SIZE)
+            _pwrite_all(fd, nodes, first * HASH_SIZE)
         return end - start
 
     def _recomputed(self, level: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
@@ -396,6 +408,21 @@ class MerkleStore:
         return self._size
 
     def _append_chunk(self, hashes: list[bytes]) -> None:
+        with self._writing("append leaves"):
+            self._append_chunk_io(hashes)
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Report a failed write or fsync (a full disk, an I/O error) as MerkleStoreError, saying what to do."""
+        try:
+            yield
+        except OSError as exc:
+            raise MerkleStoreError(
+                f"could not {what} in the Merkle store at {self._dir} ({exc.strerror or exc}); free disk space "
+                "or check the disk. The event log is the source of truth: the next open repairs the store from it"
+            ) from exc
+
+    def _append_chunk_io(self, hashes: list[bytes]) -> None:
         old = self._size
         nodes = hashes
         level = 0
@@ -403,7 +430,7 @@ class MerkleStore:
             start = old >> level  # nodes at this level before the append
             fd = self._fd(level, create=True)
             assert fd is not None
-            os.pwrite(fd, b"".join(nodes), start * HASH_SIZE)
+            _pwrite_all(fd, b"".join(nodes), start * HASH_SIZE)
             if start & 1:  # pair the old unmatched left sibling with the first new node
                 nodes = [os.pread(fd, HASH_SIZE, (start - 1) * HASH_SIZE), *nodes]
             if len(nodes) < 2:
@@ -423,10 +450,11 @@ class MerkleStore:
         if not 0 <= size <= self._size:
             raise MerkleStoreError(f"cannot truncate to {size}: the tree has {self._size} leaves")
         self._size = size
-        for level in self._level_files():
-            fd = self._fd(level)
-            assert fd is not None
-            os.ftruncate(fd, (size >> level) * HASH_SIZE)
+        with self._writing("truncate"):
+            for level in self._level_files():
+                fd = self._fd(level)
+                assert fd is not None
+                os.ftruncate(fd, (size >> level) * HASH_SIZE)
         if self._synced > size:
             self._synced = size
             self._synced_root = self.root(size)
@@ -435,12 +463,13 @@ class MerkleStore:
     def flush(self) -> None:
         """fsync every level file, then durably record the size as synced in ``meta``."""
         self._require_writer("flush")
-        for fd in self._fds:
-            if fd is not None:
-                os.fsync(fd)
-        self._synced = self._size
-        self._synced_root = self.root(self._size)
-        self._write_meta(durable=True)
+        with self._writing("flush"):
+            for fd in self._fds:
+                if fd is not None:
+                    os.fsync(fd)
+            synced_root = self.root(self._size)
+            self._synced, self._synced_root = self._size, synced_root
+            self._write_meta(durable=True)
 
     def _close_fds(self) -> None:
         for i, fd in enumerate(self._fds):

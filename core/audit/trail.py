@@ -133,7 +133,14 @@ class AuditTrail:
             size = self.store.size
             cp = Checkpoint(origin, size, self.store.root(size), int(time.time()) if now is None else int(now))
             note = sign_checkpoint(cp, origin, key)
-            store_checkpoint(self.data, size, note)
+            try:
+                store_checkpoint(self.data, size, note)
+            except OSError as exc:
+                raise AuditError(
+                    f"could not store the checkpoint of size {size} in {self.data.checkpoints} "
+                    f"({exc.strerror or exc}); nothing was published. Free disk space or check the disk, "
+                    "then sign one again (`mykey audit checkpoint`)"
+                ) from exc
             return note
 
     def close(self) -> None:

@@ -20,7 +20,13 @@ import msgspec
 
 from ..datadir import DataDir
 from ..domain.events import Envelope, decode_envelope
-from ..errors import IndexGapError, IndexLockedError, IndexSchemaError, NoIndexError
+from ..errors import (
+    EnvNotFoundError,
+    IndexGapError,
+    IndexLockedError,
+    IndexSchemaError,
+    NoIndexError,
+)
 from ..fs import (
     LMDB_FILES,
     OwnerLock,
@@ -90,7 +96,10 @@ def open_live_readonly(data: DataDir, binding: ModuleType | None = None, *, nord
     if gen is None or not gen.is_dir():
         raise NoIndexError(f"no index in {data.root}; run `mykey init` (or `mykey rebuild`) first")
     check_private_dir(data.root)
-    env, dbs = open_readonly(gen, binding, nordahead=nordahead)
+    try:
+        env, dbs = open_readonly(gen, binding, nordahead=nordahead)
+    except EnvNotFoundError:  # a crash while an older version created it: nothing was applied
+        raise NoIndexError(f"the index {gen} is empty; open the engine once (or run `mykey rebuild`)") from None
     return env, dbs, gen
 
 
@@ -182,9 +191,7 @@ class Index:
         try:
             gen = current_generation(data)
             if gen is None or not gen.is_dir():
-                gen = _next_generation(data)
-                private_dir(gen, files=LMDB_FILES)
-                _point_index_at(data, gen)
+                gen = _first_generation(data, binding)
             # No meta-page fsync: an OS crash may undo the last commit, never corrupt the env;
             # the log is the source of truth and reopening replays what the index lacks.
             env = binding.Env(str(gen), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=sync, metasync=False)
@@ -252,6 +259,28 @@ class Index:
         self.close()
 
 
+def _first_generation(data: DataDir, binding: ModuleType) -> Path:
+    """Make an empty index (its schema recorded, durably) and only then point DATA/index at it.
+
+    A reader that finds DATA/index finds an environment in it, even after a crash or a
+    power cut during the creation (which leaves only an unfinished build, removed here next time).
+    """
+    _remove_unfinished_builds(data)
+    target = _next_generation(data).with_suffix(".building")
+    private_dir(target, files=LMDB_FILES)
+    env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS)
+    try:
+        open_dbs(env, create=True)  # records the schema
+    finally:
+        env.close()
+    fsync_path(target / "data.mdb")
+    fsync_dir(target)
+    final = target.with_suffix("")
+    os.rename(target, final)
+    _point_index_at(data, final)
+    return final
+
+
 def _take_index_lock(data: DataDir) -> OwnerLock:
     """DATA/index.lock: one index writer (engine, projector or rebuild) per data directory."""
 
@@ -294,6 +323,18 @@ def build_generation(
     if target.exists():
         shutil.rmtree(target)
     private_dir(target, files=LMDB_FILES)
+    try:
+        _fill_generation(target, log, binding, to_seq, progress, batch_events)
+    except BaseException:
+        # A failed build (a full disk, say) leaves nothing behind to take the space freed for the next try.
+        shutil.rmtree(target.with_name(target.name + ".compact"), ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    return target
+
+
+def _fill_generation(target: Path, log: LogStore, binding: ModuleType, to_seq: int | None,
+                     progress: Callable[[int], None] | None, batch_events: int) -> None:
     env = binding.Env(str(target), map_size=64 << 30, max_dbs=k.MAX_DBS, sync=False)
     try:
         dbs = open_dbs(env, create=True)
@@ -316,7 +357,13 @@ def build_generation(
     shutil.rmtree(target)
     os.rename(compact, target)
     fsync_dir(target.parent)
-    return target
+
+
+def _remove_unfinished_builds(data: DataDir) -> None:
+    """Generations a killed rebuild left half built (only the index lock holder may call this)."""
+    for p in data.root.glob(GENERATION_PREFIX + "*"):
+        if p.is_dir() and not p.is_symlink() and p.name.endswith((".building", ".compact")):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
@@ -327,6 +374,7 @@ def rebuild(data: DataDir, log: LogStore, *, binding: ModuleType | None = None,
     """
     lock = _take_index_lock(data)
     try:
+        _remove_unfinished_builds(data)
         building = build_generation(data, log, binding=binding, progress=progress)
         final = building.with_suffix("")
         os.rename(building, final)

@@ -10,10 +10,15 @@ offset, sequence number and reason, and ``advice()`` says what to do.
 The rule for the newest segment's end (the recovery rule): torn means
 
 (a) an incomplete final batch,
-(b) an invalid batch header with no valid header after it and no CRC-valid record behind
-    it (garbage or zeros appended), or
-(c) a complete final batch whose damaged region holds a run of >= 512 zero bytes, or zeros
-    from a 512-aligned offset to the end (blocks left unwritten by a power loss).
+(b) an invalid batch header with no valid header after it and either no CRC-valid record
+    behind it (garbage or zeros appended) or zeros from the batch start to the next
+    512-aligned offset (the write's first sector never reached the disk), or
+(c) a complete final batch that holds a run of >= 512 zero bytes, or zeros from a
+    512-aligned offset to the end (blocks left unwritten by a power loss).
+
+A power cut may drop any sector of a write that was not yet synced, the first one too:
+the disk orders sector writes as it likes. Zeros over whole sectors (or over the part of
+the first or last sector that the batch covers) are the mark of such an unwritten sector.
 
 Anything else is corruption: DAMAGED_MIDDLE when valid data follows (never cut),
 DAMAGED_FINAL for a complete, damaged final batch (it was written in full, so it
@@ -34,7 +39,8 @@ DAMAGED_FINAL = "damaged final batch"  # complete and damaged: refused unless th
 DAMAGED_MIDDLE = "damaged, valid data follows"  # never cut
 
 GAP = -1  # pseudo parse status: a whole batch that does not start at the expected sequence
-ZERO_RUN = b"\0" * 512  # a damaged region holding this is unwritten blocks, i.e. torn
+SECTOR = 512  # the unit a disk writes atomically (or not at all) in a power cut
+ZERO_RUN = b"\0" * SECTOR  # a damaged region holding this is unwritten blocks, i.e. torn
 
 _REPAIR = "`mykey log repair --cut-damaged-tail`"
 
@@ -147,7 +153,7 @@ def _classify(data: bytes, status: int, err_off: int, base: int) -> tuple[str, i
         if later != -1:
             return DAMAGED_MIDDLE, later
         header = data[: framing.HEADER_SIZE]
-        if header.strip(b"\0") and _record_follows(data, framing.HEADER_SIZE):
+        if header.strip(b"\0") and _record_follows(data, framing.HEADER_SIZE) and not _unwritten_head(data, base):
             return DAMAGED_FINAL, -1  # a written batch whose header was damaged afterwards
         return TORN, -1  # garbage or unwritten blocks after the last batch
     # BAD_RECORD or GAP: the header is valid and the body wholly present.
@@ -174,13 +180,39 @@ def _record_follows(data: bytes, start: int) -> bool:
     return 0 < n <= len(data) - body and framing.crc32(data[body : body + n]) == crc
 
 
+def _unwritten_head(data: bytes, base: int) -> bool:
+    """True if data (at file offset base) starts with zeros up to the next 512-aligned offset.
+
+    The first sector a write touched did not reach the disk: the batch's bytes in it read
+    as zeros although later sectors of the same write did.
+    """
+    first = -base % SECTOR or SECTOR
+    return len(data) >= first and not data[:first].strip(b"\0")
+
+
 def _unwritten_tail(data: bytes, base: int, damaged_at: int) -> bool:
-    """True if data ends in zeros covering damaged_at that look like unwritten blocks.
+    """True if data ends in zeros that look like unwritten blocks.
 
     After a power loss the blocks of the last write may read as zeros: a zero run of a
-    sector or more, or zeros from a 512-aligned file offset (base is data[0]'s) to the end.
+    sector or more in the batch, or zeros from a 512-aligned file offset (base is data[0]'s)
+    to the end.
+    The batch's own bytes just before that offset may be zeros too, so the trailing zeros
+    count when they cover a 512-aligned offset that the damaged record (at damaged_at)
+    reaches: damage that ends before the zeros is not explained by them.
     """
-    if data.find(ZERO_RUN, damaged_at) != -1:
+    if data.find(ZERO_RUN) != -1:
+        # A sector of zeros anywhere in the batch: real batches never hold one. Anywhere, not only
+        # after damaged_at: record heads that read as zeros parse as empty records (and a header's
+        # last bytes are zeros), so the damage can show only after the zeros began.
         return True
     zeros_from = len(data.rstrip(b"\0"))  # where the trailing zeros begin
-    return damaged_at <= zeros_from < len(data) and (base + zeros_from) % 512 == 0
+    aligned = zeros_from + (-(base + zeros_from)) % SECTOR  # the first sector start in them
+    return aligned < _record_reach(data, damaged_at)
+
+
+def _record_reach(data: bytes, at: int) -> int:
+    """Where the record framed at `at` ends by its length field (the end of data if its head is zeros or cut)."""
+    head = data[at : at + framing.RECORD_HEAD_SIZE]
+    if len(head) < framing.RECORD_HEAD_SIZE or not head.strip(b"\0"):
+        return len(data)
+    return min(len(data), at + framing.RECORD_HEAD_SIZE + framing.RECORD_HEAD.unpack_from(head)[0])
