@@ -92,6 +92,7 @@ cdef extern from "lmdb.h" nogil:
     char *mdb_strerror(int err)
     int mdb_env_create(MDB_env **env)
     int mdb_env_open(MDB_env *env, const char *path, unsigned int flags, int mode)
+    int mdb_reader_check(MDB_env *env, int *dead)
     void mdb_env_close(MDB_env *env)
     int mdb_env_set_mapsize(MDB_env *env, size_t size)
     int mdb_env_set_maxreaders(MDB_env *env, unsigned int readers)
@@ -1254,6 +1255,10 @@ cdef class Env:
             release(self._key)
             self._key = None
             raise
+        # Free the reader slots of processes that died holding them (a SIGKILLed gateway worker
+        # keeps its slot until someone checks; 126 of them and no new reader could open).
+        cdef int dead = 0
+        mdb_reader_check(env, &dead)
         self._env = env
         self._gen = _fork_gen
         self._maxkey = <size_t>mdb_env_get_maxkeysize(env)

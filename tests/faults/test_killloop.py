@@ -25,14 +25,11 @@ def test_killing_resolvers_leaves_the_index_and_the_writer_unharmed(faults_pki, 
 
 
 @pytest.mark.parametrize("binding_name", ["native", "pure"])
-def test_killed_resolvers_do_not_use_up_the_reader_slots(faults_pki, fast_path, binding_name, request):
+def test_killed_resolvers_do_not_use_up_the_reader_slots(faults_pki, fast_path, binding_name):
     # LMDB keeps a reader slot per process that has a read transaction; a process killed with
     # SIGKILL leaves its slot taken until someone calls mdb_reader_check. While any process
     # (the engine, a projector, another gateway) keeps the index open, 126 killed gateway
     # processes leave no slot, and every new Resolver fails with MDB_READERS_FULL.
-    if binding_name == "native":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the Cython binding never calls mdb_reader_check (ext/_lmdb.pyx; see the fault report)"))
     from mykey.index.binding import binding_by_name
 
     killloop.stale_reader_slots(faults_pki, fast_path, binding_by_name(binding_name), kills=130)
