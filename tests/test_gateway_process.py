@@ -75,6 +75,25 @@ def test_stop_leaves_no_process_and_no_files(request, ds, how):
     api.close()
 
 
+def test_sigterm_with_a_client_connected_to_the_writer_logs_no_traceback(request, ds):
+    """A connection to the writer's socket that is open when the writer stops ends quietly."""
+    import socket
+
+    server = start_server(request, ds.root, ds.root.parent, workers=1)
+    sock_path = ds.root / "run" / "writer.sock"
+    wait_for(sock_path.exists, 20, "the writer's socket")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(str(sock_path))
+        client.sendall(b"\0")  # the writer is now reading a message from this connection
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit() == 0
+        server.wait_group_empty()
+    finally:
+        client.close()
+    assert "Traceback" not in server.log() and "CancelledError" not in server.log()
+
+
 def test_sigkill_of_the_server_leaves_no_orphans(request, ds):
     server = start_server(request, ds.root, ds.root.parent, workers=2)
     assert len(group_members(server.pgid)) == 4

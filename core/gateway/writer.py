@@ -444,6 +444,8 @@ class Writer:
             _log.warning("dropped a connection: %s", exc)
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:  # the writer is stopping with a client still connected
+            return  # the connection ends here (the task ends with it), without a traceback in the log
         finally:
             writer.close()
 
