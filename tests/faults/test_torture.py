@@ -28,3 +28,13 @@ def test_figures_of_another_scale_are_not_reused(tmp_path):
     assert torture._load_state(state, 1.0) == {"disk": "x"}
     state.write_text("{not json")
     assert torture._load_state(state, 1.0) == {}
+
+
+def test_an_unknown_part_is_refused_not_run_as_nothing():
+    """A typo in --only must not print a green summary of an empty run."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tests.faults.torture", "--only", "power,bogus"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "unknown part(s) ['bogus']" in r.stderr and "lost acknowledged" not in r.stdout

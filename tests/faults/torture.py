@@ -149,16 +149,29 @@ def _merge_corpus(target: str, work: Path) -> None:
     )
 
 
+PARTS = ("power", "disk", "kill", "fuzz")
+
+
+def _parts(value: str) -> list[str]:
+    """--only's value: known part names, comma-separated (a typo must not pass as an empty run)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {unknown or [value]}: choose from {', '.join(PARTS)}")
+    return parts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.faults.torture", description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full run (default 1)")
-    ap.add_argument("--only", default="power,disk,kill,fuzz", help="comma-separated parts to run")
+    ap.add_argument("--only", default=",".join(PARTS), type=_parts,
+                    help=f"comma-separated parts to run, of: {', '.join(PARTS)} (default: all)")
     ap.add_argument("--save-corpus", action="store_true", help="merge new interesting fuzz inputs into the corpus")
     ap.add_argument("--resume", metavar="FILE", type=Path,
                     help="keep each finished part's figures in FILE; run again to do only the parts not yet done")
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)  # recovery logs every repair: thousands of them
-    parts = args.only.split(",")
+    parts = args.only
     work = Path(tempfile.mkdtemp(prefix="mykey-torture-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     started = time.monotonic()
     out: list[str] = []
