@@ -388,6 +388,22 @@ def test_stale_lists_are_served_within_refresh_and_rebuilt_after(engine):
 
 
 
+def test_a_current_list_is_built_as_of_the_index_now_whatever_its_age(engine):
+    """`mykey status-list build` asks for current=True: a change made a second ago is in it."""
+    from mykey.engine.statuslists import StatusListStore
+
+    bid = engine.register_business("Library", "131016")
+    engine.register_service_ids(bid, [("S1", None)])
+    clock = [1_000_000.0]
+    store = StatusListStore(engine.data, engine.read_model, engine.log, refresh=60, clock=lambda: clock[0])
+    first = store.token(bid)
+    engine.register_service_ids(bid, [("S2", None)])
+    clock[0] += 1
+    assert store.token(bid).token == first.token  # served: within refresh
+    built = store.token(bid, current=True)
+    assert built.token != first.token and built.seq == engine.log.last_seq
+
+
 # --- the terminal's offline check (files only, no gateway) -------------------------------------
 
 

@@ -45,7 +45,7 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
             if snap.business(args.business) is None:
                 raise NotFoundError(f"business {args.business} is not registered")
             missing = sum(1 for bid, _ in snap.services_without_position() if bid == args.business)
-        built = StatusListStore(data, model, log).token(args.business)
+        built = StatusListStore(data, model, log).token(args.business, current=True)
     fs.write_atomic(args.out, built.body)
     note = f"; {missing} service IDs have no position yet: run `mykey status-list assign`" if missing else ""
     out.result(f"wrote the status list of {args.business} ({len(built.body)} bytes, as of event {built.seq}) "

@@ -208,17 +208,20 @@ class StatusListStore:
         self._lists[business_id] = got
         return got
 
-    def _fresh(self, have: BuiltList | None, last_seq: int, now: float) -> bool:
+    def _fresh(self, have: BuiltList | None, last_seq: int, now: float, current: bool = False) -> bool:
         if have is None or now - have.built >= self.valid_for / 2:
             return False
-        return have.seq >= last_seq or now - have.built < self.refresh
+        return have.seq >= last_seq or (not current and now - have.built < self.refresh)
 
-    def token(self, business_id: str) -> BuiltList:
-        """The business's current signed list, rebuilt first if it is stale (see the module's docstring)."""
+    def token(self, business_id: str, *, current: bool = False) -> BuiltList:
+        """The business's signed list, rebuilt first if it is stale (see the module's docstring).
+
+        current=True: as of the index now, whatever the list's age (`mykey status-list build`).
+        """
         now = self.clock()
         have = self._load(business_id)
         with self.snapshots.snapshot() as snap:
-            if self._fresh(have, snap.last_seq, now):
+            if self._fresh(have, snap.last_seq, now, current):
                 assert have is not None
                 return have
         fs.private_dir(self.dir)
@@ -228,22 +231,22 @@ class StatusListStore:
             try:
                 lock = fs.OwnerLock.acquire(self.dir / f"{business_id}.lock")
             except LockHeldError:
-                if have is not None:
+                if have is not None and not current:
                     return have  # another process is rebuilding it: serve the previous one meanwhile
                 if time.monotonic() > deadline:
                     raise StatusListError(f"another process has been building the list of {business_id} for "
                                           f"{LOCK_WAIT:g} s; retry later") from None
                 time.sleep(0.05)
         try:
-            return self._rebuild(business_id, self.clock())
+            return self._rebuild(business_id, self.clock(), current)
         finally:
             lock.release()
 
-    def _rebuild(self, business_id: str, now: float) -> BuiltList:
+    def _rebuild(self, business_id: str, now: float, current: bool = False) -> BuiltList:
         have = self._load(business_id)  # another process may have built it meanwhile
         with self.snapshots.snapshot() as snap:
             last = snap.last_seq
-            if self._fresh(have, last, now):
+            if self._fresh(have, last, now, current):
                 assert have is not None
                 return have
             array = self._patched(have, snap, business_id, last)
