@@ -407,6 +407,29 @@ def test_a_current_list_is_built_as_of_the_index_now_whatever_its_age(engine):
 # --- the terminal's offline check (files only, no gateway) -------------------------------------
 
 
+def test_the_first_fetch_pins_the_key_set_and_a_gateway_serving_another_key_is_refused(tmp_path):
+    from mykey.client import statuslist as client
+
+    key, rogue, now = _key(), _key(), int(time.time())
+    path = tmp_path / "list.jwt"
+    client.save(path, _token(key, now=now).encode(), _jwks(key), "A0001", {"S1": 1})
+    pinned = (tmp_path / "list.jwt.jwks.json").read_bytes()
+    forged = _token(rogue, now=now).encode()
+    # a gateway that signs with another key and serves that key beside the list: refused, nothing written
+    with pytest.raises(StatusListSignatureError):
+        client.save(path, forged, _jwks(rogue), "A0001", {"S1": 1})
+    # a list signed by the pinned key while the gateway serves another key set: refused too
+    with pytest.raises(StatusListSignatureError, match="other than the one pinned"):
+        client.save(path, _token(key, now=now).encode(), _jwks(rogue), "A0001", {})
+    assert (tmp_path / "list.jwt.jwks.json").read_bytes() == pinned
+    assert client.check(path, ["S1"], now=now)[1][0].status == "valid"
+    # a key set obtained out of band (--jwks) decides from the first fetch on
+    fresh = tmp_path / "fresh.jwt"
+    with pytest.raises(StatusListSignatureError):
+        client.save(fresh, forged, _jwks(rogue), "A0001", {}, pinned=_jwks(key))
+    assert not fresh.exists()
+
+
 def test_the_offline_check_refuses_expired_forged_and_inflating_lists(tmp_path):
     from mykey.client import statuslist as client
     from mykey.errors import ValidationError

@@ -56,9 +56,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     sl = s.add_subparsers(dest="status_list_command", metavar="SUBCOMMAND")
     sl.required = True
     f = sl.add_parser("fetch", parents=[common], help="save the list, its key set and the positions of service IDs",
-                      description="Writes FILE (the token), FILE.jwks.json (the gateway's key set) and FILE.idx.json "
-                      "(the positions of the SERVICE_IDs named, merged with those saved before).")
+                      description="Writes FILE (the token), FILE.jwks.json (the pinned key set) and FILE.idx.json "
+                      "(the positions of the SERVICE_IDs named, merged with those saved before). A list not signed "
+                      "by the pinned key set, or a gateway serving another key set, is refused and nothing is "
+                      "written.")
     f.add_argument("--out", required=True, metavar="FILE", help="where to keep the list")
+    f.add_argument("--jwks", metavar="FILE", help="the platform's status-list key set, obtained out of band: the "
+                   "list must be signed by it, and it is pinned as FILE.jwks.json (default: the key set pinned by "
+                   "an earlier fetch, or at the first fetch the one the gateway serves)")
     f.add_argument("service_ids", nargs="*", metavar="SERVICE_ID", help="service IDs whose positions to keep")
     f.set_defaults(func=cmd_status_list_fetch)
     c = sl.add_parser("check", parents=[common], help="answer service IDs from a fetched list, offline",
@@ -163,9 +168,11 @@ def cmd_history(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status_list_fetch(args: argparse.Namespace, out: Output) -> int:
+    import json
     from pathlib import Path
 
     from ..client.statuslist import save
+    from ..errors import StatusListFormatError
 
     with _terminal(args) as gw:
         token, etag = gw.status_list()
@@ -173,7 +180,14 @@ def cmd_status_list_fetch(args: argparse.Namespace, out: Output) -> int:
         positions = gw.positions(args.service_ids) if args.service_ids else {}
         business = gw.business_id
     assert token is not None
-    known = save(Path(args.out), token, jwks, business, positions)
+    pinned = None
+    if args.jwks:
+        try:
+            pinned = json.loads(Path(args.jwks).read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StatusListFormatError(f"cannot read the key set {args.jwks} ({exc}); pass the platform's "
+                                        "published status-list key set (a JWKS JSON file)") from None
+    known = save(Path(args.out), token, jwks, business, positions, pinned=pinned)
     missing = sorted(sid for sid, idx in positions.items() if idx is None)
     note = f"; no position for {', '.join(missing)} (unknown to {business})" if missing else ""
     out.result(f"saved the status list of {business} ({len(token)} bytes) to {args.out}; {known} positions known"

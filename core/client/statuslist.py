@@ -12,8 +12,10 @@
 typ, sub naming the map's business, exp), then reads each service ID's entry at its position.
 A service ID may be given as ``SERVICE_ID=IDX`` when its position is known otherwise. A
 service ID without a known position answers ``unknown``: the list never vouches for a service
-ID it was not given a position for. Pin the JWKS out of band (``--jwks``) to trust a key
-other than the one fetched beside the list.
+ID it was not given a position for. The first fetch pins the gateway's key set in
+FILE.jwks.json (trust on first use); a later fetch is refused if the gateway serves another key
+set. Pass the platform's key set obtained out of band with ``--jwks`` (to fetch and to check) to
+trust nothing the gateway says about its own key.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, NamedTuple
 
 from .. import fs
 from ..domain import statuslist as sl
-from ..errors import StatusListFormatError, ValidationError
+from ..errors import StatusListFormatError, StatusListSignatureError, ValidationError
 
 
 class OfflineAnswer(NamedTuple):
@@ -54,9 +56,35 @@ def load_positions(path: Path) -> tuple[str | None, dict[str, int]]:
     return doc.get("business_id"), {str(k): int(v) for k, v in doc["idx"].items()}
 
 
-def save(path: Path, token: bytes, jwks: Mapping[str, Any], business_id: str, positions: Mapping[str, int | None]) -> int:
-    """Store a fetched list, its key set and the known positions (merged); how many positions are known."""
+def _keys(jwks: Mapping[str, Any]) -> list[str]:
+    """A key set's public keys, comparable (order and formatting aside)."""
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    return sorted(json.dumps(k, sort_keys=True) for k in keys) if isinstance(keys, list) else []
+
+
+def save(path: Path, token: bytes, jwks: Mapping[str, Any], business_id: str, positions: Mapping[str, int | None],
+         *, pinned: Mapping[str, Any] | None = None) -> int:
+    """Store a fetched list, its key set and the known positions (merged); how many positions are known.
+
+    The key set is pinned: the first fetch keeps it beside the list (or pinned, a key set obtained
+    out of band, is kept), and a later fetch whose list is not signed by the pinned keys is refused,
+    so a gateway that starts serving another key cannot make the terminal trust lists signed with it.
+    Nothing is written when the list is refused.
+    """
     jwks_path, idx_path = sidecars(path)
+    if pinned is None and jwks_path.exists():
+        try:
+            pinned = json.loads(jwks_path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StatusListFormatError(f"cannot read the pinned key set {jwks_path} ({exc}); get the "
+                                        "platform's published status-list key out of band and pass --jwks FILE") from None
+    if pinned is not None:
+        sl.verify(token, pinned, now=time.time())  # signed by the pinned key (StatusListSignatureError if not)
+        if _keys(pinned) != _keys(jwks):
+            raise StatusListSignatureError(
+                f"the gateway serves a status-list key set other than the one pinned in {jwks_path}; check the "
+                "platform's published key out of band, then pass it with --jwks FILE (or delete the pinned file)")
+        jwks = pinned
     old_business, known = load_positions(path) if idx_path.exists() else (None, {})
     if old_business not in (None, business_id):
         known = {}  # another business's map: it says nothing about this list
