@@ -52,8 +52,9 @@ def _register_demo(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
     p.add_argument("--lookups", type=lambda s: int(float(s)), default=d.lookups, help="service IDs the terminal resolves")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--nats", action="store_true",
-                   help="run it on a local 3-server NATS cluster (temporary) with two gateway nodes, kill the writer "
-                   "node half-way and show the takeover; sizes are capped, --data is not used")
+                   help="run it on a local 3-server NATS cluster (temporary) with two gateway nodes, kill the stream's "
+                   "leader server and then the writer node half-way, and show nothing is lost; sizes are capped, "
+                   "--data is not used")
     p.set_defaults(func=cmd_demo)
 
 

@@ -5,7 +5,8 @@ platform is built on a stream there (run_demo, smaller sizes). Then NodesTour:
 gateway node 1 (`mykey serve --log nats://...` on the demo's data directory) holds the
 writer role; node 2 is bootstrapped from a snapshot of node 1's index plus the stream's
 tail and serves as a standby. A terminal works through node 2 (its writes are forwarded
-to node 1); node 1's whole process group is SIGKILLed (a machine dying); node 2 takes the
+to node 1); the NATS server leading the stream is SIGKILLed and a link goes through the
+election, then the server comes back with its disk; node 1's whole process group is SIGKILLed (a machine dying); node 2 takes the
 writer role once the lease runs out and the terminal goes on. At the end every write is
 read back and node 2's index is compared with a fresh rebuild from the stream.
 Everything (gateways, servers, files) is stopped and removed whatever happens.
@@ -64,7 +65,8 @@ def run_nats_demo(config: DemoConfig | None = None, *, on_phase=None, say=print)
             f"ready in {time.monotonic() - t0:.1f} s")
         url = cluster.log_url(stream="DEMO")
         os.environ[ENV_VAR] = url  # every open_log here and in the gateways' processes: the R3 stream
-        return run_demo(root / "node1", config, on_phase=on_phase, tour_class=NodesTour)
+        tour = type("NodesTourOnCluster", (NodesTour,), {"cluster": cluster, "stream": "DEMO"})
+        return run_demo(root / "node1", config, on_phase=on_phase, tour_class=tour)
     finally:
         if before is None:
             os.environ.pop(ENV_VAR, None)
@@ -99,6 +101,9 @@ class NodesTour(GatewayTour):
     """Two gateway nodes on the stream of MYKEY_LOG; the writer node is killed half-way (see the module)."""
 
     gateways: list[_Gateway] = field(default_factory=list)
+    cluster = None  # the LocalCluster the stream lives on (set by run_nats_demo)
+    stream = "DEMO"
+    written: list[str] = field(default_factory=list)  # service IDs linked during faults
 
     def run(self) -> list[str]:
         from mykey.log.backend import ENV_VAR
@@ -193,6 +198,24 @@ class NodesTour(GatewayTour):
                     raise
                 time.sleep(0.2)
 
+    def _kill_stream_leader(self, gw, service_id: str) -> None:
+        """SIGKILL the NATS server leading the stream, link through it, restart it with its disk."""
+        from mykey_dev.nats import wait_stream_everywhere
+
+        leader = self.cluster.stream_leader(self.stream) if self.cluster is not None else None
+        if leader is None:
+            self.say("no stream leader to kill (the cluster is not the demo's own)")
+            return
+        t = time.monotonic()
+        leader.kill()
+        self.say(f"NATS server {leader.name}, the stream's leader, killed (SIGKILL)")
+        self.say(f"first-use link of {service_id} during the election: {self._link(gw, service_id)} "
+                 f"({time.monotonic() - t:.1f} s after the kill)")
+        leader.start()
+        wait_stream_everywhere(self.cluster, self.stream, TAKEOVER_DEADLINE)
+        self.say(f"{leader.name} restarted with its disk and caught up: every server holds the whole stream")
+        self.written.append(service_id)
+
     def _drive_nodes(self, g1: _Gateway, g2: _Gateway, url: str) -> None:
         from mykey.audit.replay import diff_live_index
         from mykey.client.gateway import GatewayClient
@@ -207,6 +230,7 @@ class NodesTour(GatewayTour):
             first = f"NEW{session.business_id}1"
             self.say(f"first-use link of {first} through node 2 (forwarded to the writer, node 1): "
                      f"{gw.link(first, self.card)}")
+            self._kill_stream_leader(gw, f"NEW{session.business_id}L")
             t = time.monotonic()
             g1.proc.kill()  # SIGKILL of node 1's server; then its whole group (workers and node process)
             _stop_group(g1.proc)
@@ -216,9 +240,10 @@ class NodesTour(GatewayTour):
                      f"{LEASE_TTL:g} s; it fenced the stream first: a late append of node 1 would be refused)")
             second = f"NEW{session.business_id}2"
             self.say(f"first-use link of {second} through node 2, now the writer: {self._link(gw, second)}")
-            statuses = gw.statuses([first, second, *self.unlinked])
+            written = [first, *self.written, second]
+            statuses = gw.statuses([*written, *self.unlinked])
             self.say(f"status lookups at node 2: {_pairs(statuses)}")
-            if any(s in ("unknown", "unlinked") for _, s in statuses[:2]):
+            if any(s in ("unknown", "unlinked") for _, s in statuses[: len(written)]):
                 raise MykeyError(f"a write acknowledged before or after the kill is missing: {statuses}")
         set_log_location(url)
         try:
