@@ -462,3 +462,10 @@ def test_the_offline_check_refuses_expired_forged_and_inflating_lists(tmp_path):
     path.write_text(bomb)
     with pytest.raises(StatusListFormatError, match="more than"):
         client.check(path, ["S9"], now=now)
+
+
+def test_a_missing_list_file_is_named_with_the_way_to_get_one(tmp_path):
+    from mykey.client import statuslist as client
+
+    with pytest.raises(StatusListFormatError, match=r"cannot read the status list .*status-list fetch"):
+        client.check(tmp_path / "none.jwt", ["S1"])

@@ -62,6 +62,8 @@ def test_a_key_file_of_the_wrong_kind_is_refused(tmp_path):
     (tmp_path / "junk.key").write_bytes(b"junk")
     with pytest.raises(TerminalKeyError, match="keygen"):
         terminal_keys.load_private_key(tmp_path / "junk.key")
+    with pytest.raises(TerminalKeyError, match=r"cannot read the terminal's key file .*keygen"):
+        terminal_keys.load_private_key(tmp_path / "missing.key")
 
 
 def test_keygen_refuses_to_write_inside_the_data_directory(tmp_path, capsys):

@@ -76,7 +76,12 @@ def write_key_pair(path: str | os.PathLike[str], key: Ed25519PrivateKey | None =
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The terminal's private key from its PEM file (TerminalKeyError if it is not an Ed25519 private key)."""
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), None)
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise TerminalKeyError(f"cannot read the terminal's key file {path} ({exc.strerror or exc}); make one on "
+                               "the terminal with `mykey terminal keygen --out FILE` and have FILE.pub enrolled") from None
+    try:
+        key = serialization.load_pem_private_key(raw, None)
     except (ValueError, TypeError) as exc:
         key = exc
     if not isinstance(key, Ed25519PrivateKey):

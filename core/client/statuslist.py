@@ -113,11 +113,15 @@ def check(path: Path, service_ids: Iterable[str], *, jwks_path: Path | None = No
     own_jwks, _ = sidecars(path)
     jwks_path = jwks_path or own_jwks
     try:
+        with open(path, "rb") as f:
+            token = f.read(sl.MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise StatusListFormatError(f"cannot read the status list {path} ({exc.strerror or exc}); fetch it with "
+                                    "`mykey client ... status-list fetch --out FILE`") from None
+    try:
         jwks = json.loads(jwks_path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise StatusListFormatError(f"cannot read the key set {jwks_path} ({exc}); fetch the list again") from None
-    with open(path, "rb") as f:
-        token = f.read(sl.MAX_TOKEN_BYTES + 1)
     business, known = load_positions(path)
     verified = sl.verify(token, jwks, now=time.time() if now is None else now,
                          sub=None if business is None else sl.list_uri(business))
