@@ -194,6 +194,8 @@ class NodesTour(GatewayTour):
             try:
                 return gw.link(service_id, self.card)
             except GatewayRefusedError as exc:
+                if exc.status == 409 and gw.status(service_id) == "valid":
+                    return "valid (an earlier attempt, answered as unknown, had landed)"
                 if exc.status != 503 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

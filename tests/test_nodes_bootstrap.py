@@ -101,10 +101,11 @@ def test_the_failover_benchmark_quick_mode_loses_nothing(tmp_path):
 
 def test_the_nats_demo_kills_the_writer_node_and_loses_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mykey", "demo", "--nats", "--data", str(tmp_path / "unused")],
-                         capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "through node 2 (forwarded to the writer, node 1): valid" in text
+    assert "the stream's leader, killed (SIGKILL)" in text and "during the election: valid" in text
     assert "node 2 took the writer role" in text and "through node 2, now the writer: valid" in text
     assert "node 2's index equals a fresh rebuild from the stream" in text
     assert text.count("no process left") == 2 and "NATS cluster stopped: no server left" in text
