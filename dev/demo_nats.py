@@ -64,6 +64,7 @@ def run_nats_demo(config: DemoConfig | None = None, *, on_phase=None, say=print)
         say(f"NATS cluster: 3 servers (sync_interval: always) on {', '.join(cluster.urls)}, "
             f"ready in {time.monotonic() - t0:.1f} s")
         url = cluster.log_url(stream="DEMO")
+        _wait_for_stream(url, root / "warmup")
         os.environ[ENV_VAR] = url  # every open_log here and in the gateways' processes: the R3 stream
         tour = type("NodesTourOnCluster", (NodesTour,), {"cluster": cluster, "stream": "DEMO"})
         return run_demo(root / "node1", config, on_phase=on_phase, tour_class=tour)
@@ -76,6 +77,23 @@ def run_nats_demo(config: DemoConfig | None = None, *, on_phase=None, say=print)
             cluster.stop()
             say(f"NATS cluster stopped: {'no server left' if not any(n.running for n in cluster.nodes) else 'servers left!'}")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_stream(url: str, scratch: Path, timeout: float = 60.0) -> None:
+    """Create the demo's stream, retried while a cluster that just started cannot serve it yet."""
+    from mykey.errors import LogUnavailableError
+    from mykey.log.backend import open_log
+
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open_log(scratch, url=url):
+                return
+        except LogUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @dataclass
@@ -124,6 +142,12 @@ class NodesTour(GatewayTour):
             self.say(f"gateway node 2 on {g2.url}: a standby (writes forwarded to node 1), ready in "
                      f"{time.monotonic() - t0:.1f} s")
             self._drive_nodes(g1, g2, url)
+        except MykeyError:  # what the tour did and what the gateways logged, before their files go
+            print("\n".join(self.lines), file=sys.stderr)
+            for g in self.gateways:
+                tail = g.log_path.read_text("utf-8", "replace").splitlines()[-40:] if g.log_path.exists() else []
+                print(f"gateway {g.name}'s log, last lines:\n    " + "\n    ".join(tail), file=sys.stderr)
+            raise
         finally:
             for g in self.gateways:
                 code, gone = _stop_group(g.proc)

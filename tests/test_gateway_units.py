@@ -252,3 +252,20 @@ def test_the_openapi_document_is_well_formed():
         for method, op in ops.items():
             assert op["responses"], f"{method} {path} documents no response"
             assert any(code.startswith("2") for code in op["responses"]), f"{method} {path} has no success"
+
+
+def test_a_replicated_log_that_does_not_answer_is_a_503_to_retry_not_a_500(tmp_path, monkeypatch):
+    from mykey.errors import LogUnavailableError
+    from mykey.gateway import app as app_module
+
+    app = _app(tmp_path)
+
+    async def slow_log(self, scope, proto, arg):
+        raise LogUnavailableError("the NATS servers did not answer within 6.0 s")
+
+    monkeypatch.setitem(app_module.EXACT_ROUTES, "/healthz", ("/healthz", {"GET": slow_log}))
+    proto = _Proto()
+    asyncio.run(app.__rsgi__(_Scope("GET", "/healthz"), proto))
+    (status, headers, body), = proto.responses
+    assert status == 503 and ("retry-after", "1") in headers
+    assert json.loads(body)["type"] == "urn:mykey:problem:not-ready" and "retry shortly" in json.loads(body)["detail"]

@@ -99,13 +99,36 @@ class Card:
         }
 
 
+NOT_READY_TRIES = 3  # tries of a request the gateway answers 503 not-ready
+
+
+def _is_not_ready(resp: httpx.Response) -> bool:
+    try:
+        return resp.json().get("type") == "urn:mykey:problem:not-ready"
+    except (ValueError, AttributeError):
+        return False
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "1")))
+    except ValueError:
+        return 1.0
+
+
 def _send(http: httpx.Client, gateway: str, method: str, path: str, *, token: str | None = None, **kw: Any) -> Any:
     """One request; the JSON answer, or GatewayRefusedError with the gateway's problem JSON."""
     headers = {**kw.pop("headers", {}), **({"authorization": f"Bearer {token}"} if token else {})}
-    try:
-        resp = http.request(method, path, headers=headers or None, **kw)
-    except httpx.HTTPError as exc:
-        raise GatewayError(f"cannot reach the gateway at {gateway}: {exc}") from None
+    for attempt in range(NOT_READY_TRIES):
+        try:
+            resp = http.request(method, path, headers=headers or None, **kw)
+        except httpx.HTTPError as exc:
+            raise GatewayError(f"cannot reach the gateway at {gateway}: {exc}") from None
+        # 503 not-ready: the gateway did nothing (its index or the log's servers were not there);
+        # asking again after Retry-After is safe for any request. Other answers are final.
+        if resp.status_code != 503 or attempt == NOT_READY_TRIES - 1 or not _is_not_ready(resp):
+            break
+        time.sleep(min(5.0, _retry_after(resp)))
     try:
         doc = resp.json()
     except ValueError:

@@ -16,7 +16,7 @@ identify, a person's history); a write (a first-use link, a bulk registration) i
 the writer process (``self.writer().call(op, ...)``, see writer.py) and its refusal comes
 back as the mykey error it raised. The person's endpoints take no token: they are limited
 per client address (``client_address``: X-Forwarded-For only from a trusted proxy). Every refusal is an HttpProblem answered as problem JSON
-(WriterUnavailableError as 503); any other exception is logged and answered 500, so no
+(WriterUnavailableError as 503 writer-unavailable, LogUnavailableError as 503 not-ready); any other exception is logged and answered 500, so no
 request can stop a worker.
 
 Service IDs are taken from the path as granian gives it, percent-decoded (``%2F`` is
@@ -388,6 +388,9 @@ class Gateway:
             status = self._refuse(proto, exc)
         except WriterUnavailableError as exc:  # an operator's command holds the log, or the writer restarts
             status = self._refuse(proto, problem("writer-unavailable", str(exc), headers=(retry_after_header(1),)))
+        except LogUnavailableError as exc:  # the replicated log's servers (and key-value buckets) did not answer
+            _log.warning("%s %s: %s", scope.method, scope.path[:100], exc)
+            status = self._refuse(proto, problem("not-ready", f"{exc}; retry shortly", headers=(retry_after_header(1),)))
         except Exception:
             _log.exception("%s %s failed", scope.method, scope.path[:100])
             status = self._refuse(proto, problem("internal-error", "the gateway failed on this request; it is logged"))

@@ -24,10 +24,12 @@ synchronous callers on a NatsClient (mykey.log.nats_client).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +84,10 @@ def _check_key(key: str) -> None:
         raise ValidationError(f"{key[:40]!r} is not a key-value key (letters, digits, - / _ = .)")
 
 
+NO_SUITABLE_PEERS = 10005  # JetStream: "no suitable peers for placement" (a peer offline or not current)
+PLACEMENT_WAIT = 20.0  # seconds a bucket's creation is retried while peers are missing
+
+
 async def ensure_bucket(nc, bucket: str, *, replicas: int, max_age: float = 0.0) -> None:
     """Create the bucket's stream unless it exists (idempotent; concurrent creators are fine)."""
     config = {
@@ -104,10 +110,17 @@ async def ensure_bucket(nc, bucket: str, *, replicas: int, max_age: float = 0.0)
     except _ApiError as exc:
         if exc.err_code != STREAM_NOT_FOUND:
             raise LogError(f"key-value bucket {bucket}: {exc}") from None
-    try:
-        await _api(nc, f"{API}.STREAM.CREATE.KV_{bucket}", config)
-    except _ApiError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:  # created meanwhile by another node
+    deadline = time.monotonic() + PLACEMENT_WAIT
+    while True:
+        try:
+            await _api(nc, f"{API}.STREAM.CREATE.KV_{bucket}", config)
+            return
+        except _ApiError as exc:
+            if exc.err_code == STREAM_NAME_IN_USE:  # created meanwhile by another node
+                return
+            if exc.err_code == NO_SUITABLE_PEERS and time.monotonic() < deadline:
+                await asyncio.sleep(0.25)  # a server of a cluster that just started is not current yet
+                continue
             raise LogError(f"cannot create key-value bucket {bucket}: {exc}") from None
 
 
