@@ -118,7 +118,7 @@ def test_pure_twin_has_the_stubs_interface(cls, tmp_path):
 def test_env_accepts_every_keyword_of_the_stub(name, tmp_path):
     """stubtest cannot see Cython constructors: call Env with each keyword the stub names."""
     if name == "native" and native_import_error() is not None:
-        pytest.skip("native binding not built")
+        pytest.skip(f"the Cython binding is not built ({native_import_error()}); run `make build`")
     binding = binding_by_name(name)
     params = inspect.signature(_stub_module().Env.__init__).parameters
     assert [p for p in params if p not in ("self", "path")] == [

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +142,7 @@ def _digest(challenge: bytes) -> bytes:
     return hashlib.sha256(challenge).digest()
 
 
-class ChallengeStore:
+class ChallengeStore(ABC):
     """Issues challenges and consumes each at most once. Subclasses keep them (_put, _take, _count)."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
@@ -240,12 +241,13 @@ class ChallengeStore:
 
     # --- storage: a digest of each issued challenge with its expiry -------------------
 
+    @abstractmethod
     def _put(self, key: bytes, expiry: float, now: float) -> None:
-        raise NotImplementedError
+        """Keep key until expiry."""
 
+    @abstractmethod
     def _take(self, key: bytes, now: float) -> float | None:
         """Remove key; its expiry if it was there, else None (once, whatever processes ask at once)."""
-        raise NotImplementedError
 
 
 class MemoryChallengeStore(ChallengeStore):
