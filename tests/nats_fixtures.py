@@ -46,6 +46,20 @@ def start_cluster(directory, nodes: int, **kw):
     return cluster
 
 
+def module_cluster(prefix: str, nodes: int = 3):
+    """A module-scoped pytest fixture: a started cluster of nodes in a temporary directory, always stopped."""
+
+    @pytest.fixture(scope="module")
+    def cluster(tmp_path_factory):
+        cl = start_cluster(tmp_path_factory.mktemp(prefix), nodes)
+        try:
+            yield cl
+        finally:
+            cl.stop()
+
+    return cluster
+
+
 def all_running(cluster):
     """Every node of cluster running (resumed or restarted: a failed test may have left one down) and ready."""
     import signal

@@ -23,31 +23,18 @@ import time
 import pytest
 from mykey.domain import events as ev
 
-from .nats_fixtures import start_cluster, unique_stream
+from .nats_fixtures import all_running, module_cluster, unique_stream
 
 KILLS = int(os.environ.get("MYKEY_NATS_KILLS", "2"))  # leader kills in the drill (the bench does >= 20)
 STALL_LIMIT = 30.0  # seconds a failover may stall appends here (measured: ~4-8 s)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cl = start_cluster(tmp_path_factory.mktemp("faults"), 3)
-    try:
-        yield cl
-    finally:
-        cl.stop()
+cluster = module_cluster("faults")
 
 
 @pytest.fixture
 def healthy(cluster):
-    """The module's cluster with every node running and ready (a failed test may have left one down)."""
-    for node in cluster.nodes:
-        if node.running:
-            node.signal(signal.SIGCONT)
-        else:
-            node.start()
-    cluster.wait_ready(60)
-    return cluster
+    return all_running(cluster)
 
 
 def drill(healthy, js_open, max_msg_bytes: int = 4096):

@@ -18,20 +18,14 @@ import time
 
 import pytest
 
-from .nats_fixtures import all_running, start_cluster, unique_stream
+from .nats_fixtures import all_running, module_cluster, unique_stream
 
 KILLS = int(os.environ.get("MYKEY_NATS_KILLS", "2"))  # stream leader kills here (bench/nats_failover.py: >= 20)
 TTL = 2.0  # the writer lease (short here: takeovers within seconds)
 STALL_LIMIT = 120.0  # a bound, not the figure (bench/nodes_failover.py measures it): this machine is shared
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    cl = start_cluster(tmp_path_factory.mktemp("nodefaults"), 3)
-    try:
-        yield cl
-    finally:
-        cl.stop()
+cluster = module_cluster("nodefaults")
 
 
 @pytest.fixture

@@ -24,8 +24,10 @@ import os
 import shutil
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..errors import EnvAlreadyOpenError, MykeyError
 from ..fs import LMDB_FILES, private_dir
@@ -153,12 +155,14 @@ class OneTimeKeys:
                 self._env.close()
 
 
-_stores: dict[str, OneTimeKeys] = {}
+# This process's stores, shared by their users and closed by the last one: LMDB ones by real
+# path, key-value ones (onetime_kv) by (cluster URL, name).
+_stores: dict[object, Any] = {}
 _stores_lock = threading.Lock()
 
 
 def _forget_after_fork() -> None:
-    # A forked child must not use its parent's LMDB handles: it opens its own on first use.
+    # A forked child must not use its parent's LMDB handles or NATS connections: it opens its own on first use.
     global _stores_lock
     _stores_lock = threading.Lock()
     _stores.clear()
@@ -217,13 +221,18 @@ def acquire(path: Path, binding: ModuleType, name: bytes, *, log: object | None 
         return store
 
 
-def release(store) -> None:
-    """Give back a store from acquire(); the last user closes it."""
-    if not isinstance(store, OneTimeKeys):
-        from . import onetime_kv
+def share(key: object, make: Callable[[], Any]) -> Any:
+    """The store registered under key (made by make() the first time); one more user of it."""
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = make()
+        store._users += 1
+        return store
 
-        onetime_kv.release(store)
-        return
+
+def release(store) -> None:
+    """Give back a store from acquire() (or share()); the last user closes it."""
     with _stores_lock:
         store._users -= 1
         if store._users > 0:

@@ -22,15 +22,16 @@ challenge is issued or used.
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 
 from ..errors import MykeyError
 from ..log.jetstream import NatsLocation
 from ..log.nats_client import acquire as acquire_client
 from ..log.nats_client import release as release_client
 from ..log.nats_kv import KvBucket, bucket_name
+from .onetime import release, share
+
+__all__ = ["KvOneTimeKeys", "acquire", "release"]
 
 MAX_AGE = 3600.0  # seconds: no entry outlives this, whatever its TTL
 _VALUE = struct.Struct(">dc")  # expiry, state
@@ -113,37 +114,6 @@ def _decode(value: bytes) -> tuple[float, bytes]:
         return 0.0, _USED  # not ours: never usable
 
 
-_stores: dict[tuple[str, bytes], KvOneTimeKeys] = {}
-_stores_lock = threading.Lock()
-
-
-def _forget_after_fork() -> None:
-    global _stores_lock
-    _stores_lock = threading.Lock()
-    _stores.clear()  # the parent's connection is not usable here; a new one is made on first use
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
 def acquire(location: NatsLocation, name: bytes) -> KvOneTimeKeys:
     """This process's store for name on the log's cluster (one per location and name); release() it."""
-    key = (location.url, name)
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None:
-            store = _stores[key] = KvOneTimeKeys(location, name)
-        store._users += 1
-        return store
-
-
-def release(store: KvOneTimeKeys) -> None:
-    """Give back a store from acquire(); the last user closes it."""
-    with _stores_lock:
-        store._users -= 1
-        if store._users > 0:
-            return
-        for key, value in list(_stores.items()):
-            if value is store:
-                del _stores[key]
-    store._close()
+    return share((location.url, name), lambda: KvOneTimeKeys(location, name))

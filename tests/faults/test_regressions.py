@@ -243,7 +243,7 @@ def test_a_failed_or_killed_rebuild_leaves_no_half_built_generation(fast_path, f
 
 
 @pytest.mark.xfail(strict=True, reason="recovery counts index-applied events as acknowledged in every fsync mode; "
-                   "needs a way to accept the loss (mykey rebuild or log repair): see the fault report")
+                   "needs a way to accept the loss (mykey rebuild or log repair): a product decision, open")
 def test_after_an_os_crash_of_a_never_syncing_writer_mykey_rebuild_accepts_the_loss(fast_path, faults_pki):
     # fsync="never": the index (LMDB syncs its commits) applied a batch the log had not synced;
     # a power cut tore it. The engine refuses to open, and so do `mykey rebuild` (which the
