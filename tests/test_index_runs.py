@@ -20,6 +20,7 @@ from mykey.index.store import Index, decode_envelopes
 
 OP = ev.Actor("operator", "test")
 BIDS = ["A0001", "A0002"]
+MUNICIPALITIES = {"A0001": "131016", "A0002": "271004"}  # two municipalities: two feeds, two link counts
 MKS = ["".join(random.Random(i).choices(MYKEY_ALPHABET, k=8)) for i in range(5)]
 SIDS = [f"S{i}" for i in range(12)] + ["customer-000000000001", "x"]
 
@@ -34,7 +35,7 @@ BOGUS_MK, BOGUS_SID = "ZZZZZZZZ", "S404"  # records no event makes
 def workload(rnd: random.Random) -> list[list[ev._Event]]:
     """Batches of events, mostly runs of one type, about records earlier events made; now and
     then one about BOGUS_MK or BOGUS_SID, which nothing makes (its batch is refused)."""
-    events: list[ev._Event] = [ev.BusinessRegistered(b, "Biz", "131016") for b in BIDS]
+    events: list[ev._Event] = [ev.BusinessRegistered(b, "Biz", MUNICIPALITIES[b]) for b in BIDS]
     created: list[str] = []
     registered: list[tuple[str, str]] = []
     for _ in range(rnd.randint(1, 14)):
@@ -89,6 +90,17 @@ def contents(idx: Index) -> dict[bytes, list[tuple[bytes, bytes]]]:
         return {name: list(projection.scan(txn, getattr(idx.dbs, name.decode()))) for name in DB_NAMES}
 
 
+def counted_links(idx: Index) -> dict[bytes, bytes]:
+    """mkmuni as the links themselves say it: per MyKey ID and municipality, how many (u32 BE)."""
+    counts: dict[bytes, int] = {}
+    with idx.env.begin() as txn:
+        for key, _ in projection.scan(txn, idx.dbs.mksvc):
+            mk, bid = key[:8], key[8:13].decode()
+            ckey = k.mkmuni_key(mk, MUNICIPALITIES[bid][:5])
+            counts[ckey] = counts.get(ckey, 0) + 1
+    return {c: k.u32(n) for c, n in sorted(counts.items())}
+
+
 def apply(idx: Index, envs: list[ev.Envelope], runs: bool) -> str | None:
     """Apply one batch in one transaction; the refusal's message, if the projection refused it."""
     txn = idx.env.begin(write=True)
@@ -120,6 +132,7 @@ def same_after_every_batch(base, binding, batches: list[list[ev._Event]]) -> int
                 envs = [ev.Envelope(seq + i + 1, 0, OP, type(b).VERSION, b) for i, b in enumerate(batch)]
                 assert apply(fast, envs, runs=True) is None and apply(slow, envs, runs=False) is None
                 assert contents(fast) == contents(slow)
+            assert dict(contents(fast)[b"mkmuni"]) == counted_links(fast)
             seq += len(envs)
             applied += sum(type(b) in projection.RUN_HANDLERS for b in batch)
     return applied

@@ -62,6 +62,9 @@ class Dbs:
     # twice; the list is built by a range scan in position order); business_id -> u64 BE how many
     # positions the business has given (its list's length follows from it)
     slidx: int
+    # mykey_id + municipality (5 digits) -> u32 BE: how many of the MyKey ID's linked service IDs
+    # are at businesses of that municipality (absent: none); the municipality feed reads it
+    mkmuni: int
 
 
 #: Names of the named databases inside the index environment, in Dbs's order.
@@ -74,7 +77,8 @@ MAX_DBS = len(DB_NAMES) + 2
 #: 3: svc holds only the status byte; ref, registration seq and customer ID moved to svcrec;
 #:    mkstate beside the MyKey records.
 #: 4: status list positions (slidx; ServiceRecord.idx).
-INDEX_SCHEMA = 4
+#: 5: links counted per MyKey ID and municipality (mkmuni), so the feed reads counts, not links.
+INDEX_SCHEMA = 5
 
 _U64 = struct.Struct(">Q")
 _STATE_REF = struct.Struct(">BQ")
@@ -318,6 +322,19 @@ def slidx_key(business_id: str, idx: int) -> bytes:
 def slidx_count_key(business_id: str) -> bytes:
     """slidx: business ID alone -> u64 BE, how many positions the business has given (sorts first)."""
     return business_id.encode("ascii")
+
+
+def mkmuni_key(mykey: bytes, municipality: str) -> bytes:
+    """mkmuni: a MyKey ID (ASCII) + a municipality (5 digits) -> u32 BE count of its links there."""
+    return mykey + municipality.encode("ascii")
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def parse_u32(b: bytes) -> int:
+    return _U32.unpack(b)[0]
 
 
 def parse_slidx_key(key: bytes) -> int:

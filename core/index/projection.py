@@ -313,7 +313,10 @@ def _svc_linked(txn, dbs, env, b: ev.ServiceIdLinked) -> None:
     state, ref = k.parse_mykey_state(raw)
     txn.put(dbs.svc, skey, k.STATUS_VALUES[state])
     txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=ref)))
-    txn.put(dbs.mksvc, b.mykey_id.encode("ascii") + skey, b"")
+    mk = b.mykey_id.encode("ascii")
+    if txn.get(dbs.mksvc, mk + skey) is None:
+        txn.put(dbs.mksvc, mk + skey, b"")
+        _count_links(txn, dbs, mk, skey, +1)
     _note_event(txn, dbs, b.mykey_id, old.reg_seq)  # the registration is about them too
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
@@ -325,7 +328,10 @@ def _svc_unlinked(txn, dbs, env, b: ev.ServiceIdUnlinked) -> None:
     if old is not None:
         txn.put(dbs.svc, skey, _UNLINKED)
         txn.put(dbs.svcrec, skey, k.encode(replace(old, ref=0)))
-    txn.delete(dbs.mksvc, b.mykey_id.encode("ascii") + skey)
+    mk = b.mykey_id.encode("ascii")
+    if txn.get(dbs.mksvc, mk + skey) is not None:
+        txn.delete(dbs.mksvc, mk + skey)
+        _count_links(txn, dbs, mk, skey, -1)
     _note_event(txn, dbs, b.mykey_id, env.seq)
 
 
@@ -395,23 +401,29 @@ def _municipality(txn: Any, dbs: Dbs, where: dict[bytes, str], bid: bytes) -> st
     return m
 
 
-def _linked_keys(txn: Any, dbs: Dbs, mykey_id: str) -> list[bytes]:
-    """The service keys linked to the MyKey ID (business ID first: its 5 characters)."""
-    prefix = mykey_id.encode("ascii")
-    return [key[len(prefix) :] for key, _ in scan(txn, dbs.mksvc, prefix, prefix)]
+def _count_links(txn: Any, dbs: Dbs, mk: bytes, skey: bytes, delta: int) -> None:
+    """Count a link of MyKey ID mk to service key skey made (+1) or undone (-1) in mkmuni."""
+    municipality = _municipality(txn, dbs, {}, skey[:5])
+    if not municipality:
+        return  # a business that is not registered belongs to no municipality's feed
+    key = k.mkmuni_key(mk, municipality)
+    old = txn.get(dbs.mkmuni, key)
+    n = (0 if old is None else k.parse_u32(old)) + delta
+    if n > 0:
+        txn.put(dbs.mkmuni, key, k.u32(n))
+    elif old is not None:
+        txn.delete(dbs.mkmuni, key)
 
 
-def _links_by_municipality(
-    txn: Any, dbs: Dbs, mykey_id: str, where: dict[bytes, str] | None = None, skeys: Iterable[bytes] | None = None
-) -> dict[str, int]:
-    """How many linked service IDs the MyKey ID has at the businesses of each municipality (5 digits)."""
-    where = {} if where is None else where
-    counts: dict[str, int] = {}
-    for skey in _linked_keys(txn, dbs, mykey_id) if skeys is None else skeys:
-        m = _municipality(txn, dbs, where, skey[:5])
-        counts[m] = counts.get(m, 0) + 1
-    counts.pop("", None)
-    return counts
+def _links_in(txn: Any, dbs: Dbs, mk: bytes, municipality: str) -> int:
+    """How many linked service IDs MyKey ID mk has at businesses of the municipality."""
+    raw = txn.get(dbs.mkmuni, k.mkmuni_key(mk, municipality))
+    return 0 if raw is None else k.parse_u32(raw)
+
+
+def _municipalities(cur: Any, mk: bytes) -> list[str]:
+    """The municipalities where MyKey ID mk has linked service IDs (cur: a cursor of mkmuni)."""
+    return [key[len(mk):].decode("ascii") for key, _ in cur.iter_from(mk, mk)]
 
 
 def _scoped_feed(txn: Any, dbs: Dbs, env: ev.Envelope, body: Any) -> None:
@@ -419,20 +431,26 @@ def _scoped_feed(txn: Any, dbs: Dbs, env: ev.Envelope, body: Any) -> None:
         entry = k.FeedEntry(env.ts, change, body.mykey_id, state)
         txn.put(dbs.mfeed, k.feed_entry_key(municipality, env.seq), k.encode(entry))
 
-    links = _links_by_municipality(txn, dbs, body.mykey_id)
+    mk = body.mykey_id.encode("ascii")
     if type(body) in (ev.ServiceIdLinked, ev.ServiceIdUnlinked):
         rec = get_business(txn, dbs, body.business_id)
         if rec is None:
             return
         municipality = k.municipality_prefix(rec.municipality_code).decode("ascii")
-        if type(body) is ev.ServiceIdUnlinked and municipality not in links:
+        links = _links_in(txn, dbs, mk, municipality)
+        if type(body) is ev.ServiceIdUnlinked and links == 0:
             add(municipality, "left", None)  # its last link there is gone
-        elif type(body) is ev.ServiceIdLinked and links.get(municipality) == 1:
-            mk = get_mykey(txn, dbs, body.mykey_id)
-            add(municipality, "joined", None if mk is None else mk.state)  # its first link there
+        elif type(body) is ev.ServiceIdLinked and links == 1:
+            mk_rec = get_mykey(txn, dbs, body.mykey_id)
+            add(municipality, "joined", None if mk_rec is None else mk_rec.state)  # its first link there
         return
     change = feed_change(body)
-    for municipality in links:
+    cur = txn.cursor(dbs.mkmuni)
+    try:
+        municipalities = _municipalities(cur, mk)
+    finally:
+        cur.close()
+    for municipality in municipalities:
         add(municipality, change.change, change.state)
 
 
@@ -480,31 +498,43 @@ def _svc_linked_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     txn.put_keys(dbs.svc, skeys, [status[k.mykey_state_status(st)] for st in states], sort=True)
     txn.put_keys(dbs.svcrec, skeys, [encode(replace(o, ref=ref_of(st))) for o, st in zip(olds, states, strict=True)],
                  sort=True)
-    _linked_feed_run(txn, dbs, envs, skeys, raw_states)
-    txn.put_keys(dbs.mksvc, [mk + skey for mk, skey in zip(mks, skeys, strict=True)], b"", sort=True)
+    links = [mk + skey for mk, skey in zip(mks, skeys, strict=True)]
+    _linked_feed_run(txn, dbs, envs, mks, skeys, links, raw_states)
+    txn.put_keys(dbs.mksvc, links, b"", sort=True)
     # The registration is about the MyKey ID too, as the link is.
     events = [mk + u64(o.reg_seq) for mk, o in zip(mks, olds, strict=True)]
     events += [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)]
     txn.put_keys(dbs.mkevents, events, b"", sort=True)
 
 
-def _linked_feed_run(txn, dbs, envs: list[ev.Envelope], skeys: list[bytes], raw_states: dict) -> None:
-    """The feed entries of a run of links, as _scoped_feed would write them one event at a time
-    (read before the run's own links are stored: each MyKey ID's links are followed through it)."""
+def _linked_feed_run(txn, dbs, envs: list[ev.Envelope], mks: list[bytes], skeys: list[bytes], links: list[bytes],
+                     raw_states: dict) -> None:
+    """The link counts (mkmuni) and feed entries of a run of links, as _svc_linked and _scoped_feed
+    would write them one event at a time (read before the run's own links are stored)."""
+    # Links made before the run (mksvc's values are empty: present is "not None").
+    known = {link for link, raw in zip(links, txn.get_many(dbs.mksvc, links), strict=True) if raw is not None}
     where: dict[bytes, str] = {}
-    linked: dict[str, set[bytes]] = {}
+    for bid in {skey[:5] for skey in skeys}:
+        _municipality(txn, dbs, where, bid)
+    municipalities = [where[skey[:5]] for skey in skeys]
+    ckeys = [k.mkmuni_key(mk, m) if m else b"" for mk, m in zip(mks, municipalities, strict=True)]
+    counted = dict.fromkeys(c for c in ckeys if c)
+    counted = dict(zip(counted, [0 if raw is None else k.parse_u32(raw)
+                                 for raw in txn.get_many(dbs.mkmuni, list(counted))], strict=True))
     keys, values = [], []
-    for e, skey in zip(envs, skeys, strict=True):
-        b = e.body
-        have = linked.get(b.mykey_id)
-        if have is None:
-            have = linked[b.mykey_id] = set(_linked_keys(txn, dbs, b.mykey_id))
-        have.add(skey)
-        municipality = _municipality(txn, dbs, where, skey[:5])
-        if municipality and _links_by_municipality(txn, dbs, b.mykey_id, where, have).get(municipality) == 1:
-            state = k.parse_mykey_state(raw_states[b.mykey_id])[0]  # its first link there
-            keys.append(k.feed_entry_key(municipality, e.seq))
-            values.append(k.encode(k.FeedEntry(e.ts, "joined", b.mykey_id, state)))
+    encode, entry, entry_key, state_of = k.encode, k.FeedEntry, k.feed_entry_key, k.parse_mykey_state
+    for e, municipality, ckey, link in zip(envs, municipalities, ckeys, links, strict=True):
+        if not municipality:
+            continue
+        if link not in known:
+            known.add(link)
+            counted[ckey] += 1
+        if counted[ckey] == 1:  # its first link there
+            mykey_id = e.body.mykey_id
+            keys.append(entry_key(municipality, e.seq))
+            values.append(encode(entry(e.ts, "joined", mykey_id, state_of(raw_states[mykey_id])[0])))
+    u32 = k.u32
+    txn.put_keys(dbs.mkmuni, [c for c, n in counted.items() if n], [u32(n) for n in counted.values() if n], sort=True)
     if keys:
         txn.put_keys(dbs.mfeed, keys, values, sort=True)
 
@@ -563,8 +593,11 @@ def _state_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     txn.put_keys(dbs.svc, [s for s, r in zip(skeys, registered, strict=True) if r is not None],
                  [v for v, r in zip(values, registered, strict=True) if r is not None], sort=True)
     # The feed: links do not change in this run, so each MyKey ID's municipalities are read once.
-    where: dict[bytes, str] = {}
-    links = {m: _links_by_municipality(txn, dbs, m, where) for m in ids}
+    cur = txn.cursor(dbs.mkmuni)
+    try:
+        links = {m: _municipalities(cur, mks[m]) for m in ids}
+    finally:
+        cur.close()
     keys, entries = [], []
     for e in envs:
         change = feed_change(e.body)
