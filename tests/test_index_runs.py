@@ -25,8 +25,15 @@ MKS = ["".join(random.Random(i).choices(MYKEY_ALPHABET, k=8)) for i in range(5)]
 SIDS = [f"S{i}" for i in range(12)] + ["customer-000000000001", "x"]
 
 
+def cert_ref(i: int) -> ev.CertRef:
+    return ev.CertRef(f"CN=Root {i % 2}", format(100 + i, "x"), bytes([i]) * 20, bytes([i % 2]) * 20, bytes([i]) * 32)
+
+
 def mykey_created(mk: str, i: int) -> ev.MyKeyCreated:
-    return ev.MyKeyCreated(mk, f"CN=CA {i % 2}", format(i + 1, "x"), bytes([i % 7]) * 32, bytes(32), 1_900_000_000)
+    # Every third without a recorded path (as before v3 of the event); the others leaf, CA(s), anchor.
+    path = () if i % 3 == 0 else tuple(cert_ref(i + j) for j in range(2 + i % 2))
+    return ev.MyKeyCreated(mk, f"CN=CA {i % 2}", format(i + 1, "x"), bytes([i % 7]) * 32, bytes(32), 1_900_000_000,
+                           path=path)
 
 
 BOGUS_MK, BOGUS_SID = "ZZZZZZZZ", "S404"  # records no event makes

@@ -552,8 +552,30 @@ def _created_run(txn, dbs, envs: list[ev.Envelope]) -> None:
     certs += [k.cert_serial_key(e.body.cert_issuer, e.body.cert_serial) for e in envs]
     txn.put_keys(dbs.cert, certs, mks + mks, sort=True)
     txn.put_keys(dbs.mkevents, [mk + u64(e.seq) for mk, e in zip(mks, envs, strict=True)], b"", sort=True)
-    for e in envs:
-        _record_path(txn, dbs, e.body.mykey_id, e.body.path)
+    _record_paths(txn, dbs, envs, mks)
+
+
+def _record_paths(txn: Any, dbs: Dbs, envs: list[ev.Envelope], mks: list[bytes]) -> None:
+    """_record_path of every creation in the run. Each MyKey ID's keys in cas are its own, so the
+    MyKey IDs created once in the run without a recorded path are written together, in key order;
+    the others (a path to replace, an ID created twice) one event at a time, in event order."""
+    olds = txn.get_many(dbs.cas, [k.path_key(e.body.mykey_id) for e in envs])
+    seen: dict[bytes, int] = {}
+    for mk in mks:
+        seen[mk] = seen.get(mk, 0) + 1
+    keys, values = [], []
+    for e, mk, old in zip(envs, mks, olds, strict=True):
+        path = e.body.path
+        if old is not None or seen[mk] > 1:
+            _record_path(txn, dbs, e.body.mykey_id, path)
+        elif path:
+            keys.append(k.path_key(e.body.mykey_id))
+            values.append(k.encode(path))
+            for c in path[1:]:
+                keys += (k.ca_serial_prefix(c.issuer, c.serial) + mk, k.ca_fp_prefix(c.fingerprint) + mk)
+                values += (b"", b"")
+    if keys:
+        txn.put_keys(dbs.cas, keys, values, sort=True)
 
 
 @handles_runs(ev.MyKeySuspended, ev.MyKeyResumed, ev.MyKeyInvalidated)
