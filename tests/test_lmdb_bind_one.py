@@ -13,18 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mykey.index.envguard import LmdbError
 
-from tests.test_lmdb_binding import BINDINGS, PREFIX, in_both_bindings, needs_native
-
-
-@pytest.fixture(params=BINDINGS)
-def binding(request):
-    from mykey.index import binding as lmdbenv
-
-    return lmdbenv.binding_by_name(request.param)
+from tests.test_lmdb_binding import PREFIX, in_both_bindings, needs_native
 
 
 @pytest.fixture
 def filled(binding, tmp_path):
+    """An environment of either binding (the `binding` fixture of conftest) with a few prefixed keys."""
     e = binding.Env(str(tmp_path / "env"), map_size=16 << 20)
     db = e.open_db(b"ids")
     with e.begin(write=True) as txn:
