@@ -9,7 +9,7 @@ cimport cython
 from libc.stdint cimport uint16_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast_ITEMS
 
@@ -1274,6 +1274,7 @@ cdef class Env:
             except BaseException:
                 pass
 
+    @cython.final
     cdef int _check(self) except -1:
         if self._env == NULL:
             raise LmdbError(f"environment {self.path!r} is closed; open a new Env")
@@ -1336,6 +1337,7 @@ cdef class Env:
             raise _err("mdb_txn_begin", rc)
         return 0
 
+    @cython.final
     cdef int _renew_raw(self, MDB_txn *txn) except -1:
         """Renew a reset read transaction, counted in _active; adopt a grown map once.
         If it cannot be renewed it is aborted."""
@@ -1375,6 +1377,7 @@ cdef class Env:
             raise _err("mdb_txn_commit", rc)
         return 0
 
+    @cython.final
     cdef void _reset_raw(self, MDB_txn *txn) noexcept:
         """Reset a read transaction for a later renew; it leaves _active."""
         mdb_txn_reset(txn)
@@ -2037,12 +2040,14 @@ cdef class Reader:
         self._free_scratch()
         return 0
 
+    @cython.final  # called directly, not through the vtable (the single-lookup path)
     cdef int _check_open(self) except -1:
         if self._closed:
             raise LmdbError("reader is closed; make a new one with env.reader()")
         self.env._check()
         return 0
 
+    @cython.final
     cdef MDB_txn *_take(self) except NULL:
         """A read transaction for one call (a pooled one renewed, or a new one), counted in env._active."""
         cdef MDB_txn *txn = NULL
@@ -2055,6 +2060,7 @@ cdef class Reader:
             self.env._renew_raw(txn)
         return txn
 
+    @cython.final
     cdef int _give(self, MDB_txn *txn) except -1:
         """Reset the transaction and keep it for the next call (abort it if we are closed)."""
         cdef MDB_txn **grown
@@ -2118,23 +2124,42 @@ cdef class Reader:
     def resolve_one(self, db, prefix, key):
         """The first byte of the value at prefix+key (an int), 0 if absent or empty: one
         key of resolve_many, without its batch set-up (and with the GIL held)."""
-        cdef unsigned char kbuf[512]
         cdef const char *pp
-        cdef const char *kp
-        cdef Py_ssize_t plen, klen
-        cdef MDB_val k, v
-        cdef MDB_txn *txn
-        cdef MDB_dbi dbi
-        cdef int rc
-        cdef int answer = 0
+        cdef Py_ssize_t plen
         self._check_open()
         dbi = self.env._dbi(db)
         _key_ptr(prefix, &pp, &plen)
-        _key_ptr(key, &kp, &klen)
-        k.mv_size = <size_t>(plen + klen)
-        if k.mv_size == 0 or k.mv_size > self.env._maxkey or k.mv_size > sizeof(kbuf):
+        return self._code(dbi, pp, <size_t>plen, key, False)
+
+    def bind_one(self, db, prefix):
+        """resolve_one with db and prefix bound: a callable key -> int, for many single calls."""
+        cdef _One one
+        self._check_open()
+        one = _One.__new__(_One)
+        one.dbi = self.env._dbi(db)
+        one.prefix = _key_arg(prefix, "prefix")
+        one.reader = self
+        return one.code
+
+    @cython.final
+    cdef object _code(self, MDB_dbi dbi, const char *pp, size_t plen, object key, bint nonempty):
+        """resolve_one's lookup, the reader checked; nonempty: an empty key answers 0 unlooked."""
+        cdef unsigned char kbuf[512]
+        cdef const char *kp
+        cdef Py_ssize_t klen
+        cdef MDB_val k, v
+        cdef MDB_txn *txn
+        cdef int rc
+        cdef int answer = 0
+        if PyBytes_CheckExact(key):
+            kp = PyBytes_AS_STRING(key)
+            klen = PyBytes_GET_SIZE(key)
+        else:
+            _key_ptr(key, &kp, &klen)
+        k.mv_size = plen + <size_t>klen
+        if (nonempty and klen == 0) or k.mv_size == 0 or k.mv_size > self.env._maxkey or k.mv_size > sizeof(kbuf):
             return 0
-        memcpy(kbuf, pp, <size_t>plen)
+        memcpy(kbuf, pp, plen)
         memcpy(kbuf + plen, kp, <size_t>klen)
         k.mv_data = kbuf
         txn = self._take()
@@ -2202,3 +2227,24 @@ cdef class Reader:
             return
         self._shut()
         self.env._children.discard(self)
+
+
+@cython.final
+cdef class _One:
+    """Reader.resolve_one with its database and prefix bound (made by Reader.bind_one):
+    code(key) is resolve_one(db, prefix, key), except that an empty key answers 0 unlooked."""
+
+    cdef Reader reader
+    cdef MDB_dbi dbi
+    cdef bytes prefix
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("make these with Reader.bind_one(db, prefix)")
+
+    @cython.binding(False)  # a plain builtin method: the cheapest call there is
+    @cython.always_allow_keywords(False)
+    def code(self, key):
+        """The first byte of the value at prefix+key (an int), 0 if absent, empty, or key is empty."""
+        cdef Reader r = self.reader
+        r._check_open()
+        return r._code(self.dbi, PyBytes_AS_STRING(self.prefix), <size_t>PyBytes_GET_SIZE(self.prefix), key, True)

@@ -6,7 +6,7 @@ Database handles are ints from Env.open_db; keys are 1..511 bytes (an ASCII str 
 encoded), values are bytes. Checked against the module in tests/test_index_stub.py.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from typing import Literal
 
@@ -119,6 +119,9 @@ class Reader:
     def get(self, db: int, key: _Key) -> bytes | None: ...
     def resolve_one(self, db: int, prefix: _Key, key: _Key) -> int:
         """The first byte of the value at prefix+key, 0 if absent or empty (one key of resolve_many)."""
+    def bind_one(self, db: int, prefix: _Key) -> Callable[[_Key], int]:
+        """resolve_one with db and prefix bound: a callable key -> int, for many single calls
+        (db and prefix are checked once, here). An empty key answers 0 without a lookup."""
     def resolve_many(
         self, db: int, prefix: _Key, keys: Iterable[_Key], *, method: _Method = "auto", sort_threshold: int = 16
     ) -> bytes:

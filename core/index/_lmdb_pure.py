@@ -727,6 +727,28 @@ class Reader:
             env._end_raw(txn, False)
         return v[0] if v else 0
 
+    def bind_one(self, db: int, prefix: bytes | str) -> Callable[[bytes | str], int]:
+        """resolve_one with db and prefix bound: a callable key -> int, for many single calls.
+
+        An empty key answers 0 without a lookup (resolve_one would look the bare prefix up)."""
+        self._check_open()
+        self.env._db(db)
+        pb = _key_arg(prefix, "prefix")
+        resolve_one = self.resolve_one
+
+        def code(key: bytes | str, /) -> int:
+            if isinstance(key, (bytes, str)) and not key:
+                self._check_open()
+                return 0
+            return resolve_one(db, pb, key)
+
+        return code
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LmdbError("reader is closed; make a new one with env.reader()")
+        self.env._check()
+
     def resolve_many(self, db: int, prefix: bytes, keys: Sequence[bytes], *, method: str = "auto",
                      sort_threshold: int = _SORT_THRESHOLD) -> bytes:
         """One byte per key (input order): first byte of the value at prefix+key, 0 if absent or empty."""

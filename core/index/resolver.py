@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -51,16 +51,28 @@ RETIRE_GRACE = 5.0  # seconds an index replaced by a rebuild stays open for call
 _log = logging.getLogger("mykey.resolver")
 
 
-class _View:
-    """One index generation as this resolver sees it: env, its database handles and a reader."""
+_ONES_KEPT = 4096  # businesses whose single lookup a view keeps bound (it starts over when full)
 
-    __slots__ = ("env", "dbs", "svc", "reader", "resolve_one", "generation")
+
+class _View:
+    """One index generation as this resolver sees it: env, its database handles and a reader,
+    and per business seen, the reader's single lookup with the business's prefix bound."""
+
+    __slots__ = ("env", "dbs", "svc", "reader", "ones", "generation")
 
     def __init__(self, env, dbs: Dbs, generation: Path | None) -> None:
         self.env, self.dbs, self.generation = env, dbs, generation
         self.svc = dbs.svc
         self.reader = env.reader()
-        self.resolve_one = self.reader.resolve_one
+        self.ones: dict[str, Callable[[bytes | str], int]] = {}
+
+    def one(self, business_id: str) -> Callable[[bytes | str], int]:
+        """The single lookup of a business's service IDs (checks the business ID)."""
+        prefix = _business_prefix(business_id)
+        if len(self.ones) >= _ONES_KEPT:
+            self.ones = {}
+        one = self.ones[business_id] = self.reader.bind_one(self.svc, prefix)
+        return one
 
 
 class Resolver:
@@ -110,15 +122,20 @@ class Resolver:
 
     def resolve(self, business_id: str, service_id: str) -> Status:
         """Status of one service ID of this business."""
-        # The common case first, inline: a business ID seen before (see _business_prefix).
-        prefix = _PREFIXES.get(business_id) if type(business_id) is str else None
-        if prefix is None:
-            prefix = _business_prefix(business_id)
-        view = self._view
+        # The common case first, inline: a business this view has seen, its lookup bound (see
+        # _View.one). Only a str gets here: a str subclass could pass for another business ID.
+        # An empty service ID answers 0 (UNKNOWN) without a lookup.
+        if type(business_id) is str:
+            try:
+                return _BY_CODE[self._view.ones[business_id](service_id)]
+            except KeyError:
+                pass  # not seen yet: checked and bound below
+            except UnicodeEncodeError:
+                return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
         try:
-            return _BY_CODE[view.resolve_one(view.svc, prefix, service_id)] if service_id else Status.UNKNOWN
+            return _BY_CODE[self._view.one(business_id)(service_id)]
         except UnicodeEncodeError:
-            return Status.UNKNOWN  # service IDs are ASCII: this one cannot be registered
+            return Status.UNKNOWN
 
     def resolve_many(self, business_id: str, service_ids: Sequence[bytes | str], *, method: str = "auto") -> bytes:
         """One status code byte per service ID, in input order (see Status and statuses())."""
