@@ -378,10 +378,10 @@ def two_threads(resolver, blobs: list[bytes], expected: list[bytes], rounds: int
     """Wall time of 2 batches in one thread, then of 1 batch in each of two threads, in turns."""
     import resource
 
-    one, two, busy, waits = [], [], [], 0
+    one, two, busy, waits, preempted = [], [], [], 0, 0
 
     def work(ids: list[bytes], want: bytes, bad: list[str], go: threading.Barrier | None = None) -> None:
-        nonlocal waits
+        nonlocal waits, preempted
         if go is not None:
             go.wait()
         u0, c0, t0 = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time_ns(), time.perf_counter_ns()
@@ -389,7 +389,9 @@ def two_threads(resolver, blobs: list[bytes], expected: list[bytes], rounds: int
             bad.append(f"{label}: resolve_many in a thread answered differently from the truth")
         if go is not None:  # how much of its time each thread ran, and how often it waited (the GIL)
             busy.append((time.thread_time_ns() - c0) / max(1, time.perf_counter_ns() - t0))
-            waits += resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw - u0.ru_nvcsw
+            u1 = resource.getrusage(resource.RUSAGE_THREAD)
+            waits += u1.ru_nvcsw - u0.ru_nvcsw
+            preempted += u1.ru_nivcsw - u0.ru_nivcsw
 
     for r in range(rounds + 1):
         a, b = r % len(blobs), (r + 1) % len(blobs)
@@ -415,7 +417,8 @@ def two_threads(resolver, blobs: list[bytes], expected: list[bytes], rounds: int
             two.append(t2 - start)
     return {"one_thread_ns": statistics.median(one), "two_threads_ns": statistics.median(two),
             "speedup": statistics.median(one) / statistics.median(two), "rounds": rounds,
-            "cpu_share": statistics.median(busy), "waits_per_call": waits / len(busy)}
+            "cpu_share": statistics.median(busy), "waits_per_call": waits / len(busy),
+            "preempted_per_call": preempted / len(busy)}
 
 
 def page_model(sz: dict, batch: int) -> dict:
@@ -591,8 +594,9 @@ def report(doc: dict) -> str:
         th = rd["threads"]
         lines += ["", f"Two threads: {th['two_threads_ns'] / 1e6:,.1f} ms for two batches against "
                   f"{th['one_thread_ns'] / 1e6:,.1f} ms in one thread (×{th['speedup']:.2f}, wall time); each "
-                  f"thread ran {100 * th['cpu_share']:.0f}% of its time, and waited {th['waits_per_call']:.1f} "
-                  "times per call (for the GIL, or I/O): below 100% and few waits, other processes had the cores.",
+                  f"thread ran {100 * th['cpu_share']:.0f}% of its time, waited {th['waits_per_call']:.1f} "
+                  f"times per call (for the GIL, or I/O) and was preempted {th.get('preempted_per_call', 0):.1f} "
+                  "times per call: below 100% with few waits and many preemptions, other processes had the cores.",
                   f"Page walks {rd['walks'][0]:,}, walks given up for LMDB's cursor {rd['walks'][1]:,}."]
         pm = res["page_model"]
         lines += ["", f"Page visits per key (batches of {rd['batch']:,}, model from page counts: "
