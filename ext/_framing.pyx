@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C loops for batch framing (twin of mykey.log.framing; same bytes, same results).
+"""C loops for batch framing and RFC 9162 hashing (twin of mykey.log.framing; same bytes, same results).
 
 Thin by design: builds and parses the byte layout described in mykey.log.framing,
 which is the one home of the format: every size, the magic, the record limit and
@@ -9,7 +9,8 @@ struct formats on import. All decisions about what an error means stay in Python
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memcmp
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy
 
 from mykey.log import framing as _format
 from mykey.log.framing import (
@@ -155,3 +156,97 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
         got += count
         pos = bend
     return batches, pos, OK, pos, -1
+
+
+# ---------------------------------------------------------------- RFC 9162 hashing
+# SHA-256 of Merkle leaves and interior nodes, a batch per call and without the GIL
+# (OpenSSL's SHA-256 uses the CPU's SHA extensions where it has them; its one-shot
+# SHA256() goes through a provider fetch in OpenSSL 3, hence Init/Update/Final). The prefixes
+# come from mykey.log.framing, which holds the pure twins of these functions.
+
+cdef extern from *:
+    """
+    #define OPENSSL_SUPPRESS_DEPRECATED 1
+    #include <openssl/sha.h>
+    """
+    ctypedef struct SHA256_CTX:
+        pass
+    int SHA256_Init(SHA256_CTX *c) nogil
+    int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
+    int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
+
+
+from mykey.log.framing import HASH_SIZE, LEAF_PREFIX, NODE_PREFIX, NOT_PERFECT
+
+if HASH_SIZE != 32 or len(LEAF_PREFIX) != 1 or len(NODE_PREFIX) != 1:
+    raise ImportError(
+        "mykey.log.framing changed the Merkle hashing that mykey.log._framing was written for; "
+        "update ext/_framing.pyx and rebuild it (make build)"
+    )
+
+cdef unsigned char LEAF_BYTE = LEAF_PREFIX[0]
+cdef unsigned char NODE_BYTE = NODE_PREFIX[0]
+
+
+def leaf_hashes(payloads):
+    """The RFC 9162 leaf hash SHA-256(0x00 || p) of every p in payloads, concatenated (32 bytes each)."""
+    cdef list items = list(payloads)  # holds every payload alive while the GIL is released
+    cdef Py_ssize_t n = len(items), i
+    cdef const char **ptrs = <const char **>malloc((n if n else 1) * sizeof(char *))
+    cdef size_t *lens = <size_t *>malloc((n if n else 1) * sizeof(size_t))
+    cdef bytes p, out
+    cdef unsigned char *o
+    cdef SHA256_CTX ctx
+    cdef unsigned char lead = LEAF_BYTE
+    if ptrs == NULL or lens == NULL:
+        free(ptrs); free(lens)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            if not isinstance(items[i], bytes):
+                items[i] = bytes(memoryview(items[i]))  # any other bytes-like object, as the pure twin takes it
+            p = <bytes>items[i]
+            ptrs[i] = PyBytes_AS_STRING(p)
+            lens[i] = <size_t>PyBytes_GET_SIZE(p)
+        out = PyBytes_FromStringAndSize(NULL, 32 * n)
+        o = <unsigned char *>PyBytes_AS_STRING(out)
+        with nogil:
+            for i in range(n):
+                SHA256_Init(&ctx)
+                SHA256_Update(&ctx, &lead, 1)
+                SHA256_Update(&ctx, ptrs[i], lens[i])
+                SHA256_Final(o + 32 * i, &ctx)
+    finally:
+        free(ptrs); free(lens)
+    return out
+
+
+cdef void fold_level(unsigned char *h, Py_ssize_t pairs) noexcept nogil:
+    """Replace 2*pairs node hashes at h by their pairs' parents, in place (h[0:32*pairs])."""
+    cdef SHA256_CTX ctx
+    cdef unsigned char lead = NODE_BYTE
+    cdef Py_ssize_t j
+    for j in range(pairs):  # parent j overwrites child 2j only once both children were read
+        SHA256_Init(&ctx)
+        SHA256_Update(&ctx, &lead, 1)
+        SHA256_Update(&ctx, h + 64 * j, 64)
+        SHA256_Final(h + 32 * j, &ctx)
+
+
+def perfect_root(const uint8_t[::1] hashes):
+    """Root of the perfect subtree over hashes (32 bytes each, a power of two of them), folded a level at a time."""
+    cdef Py_ssize_t size = hashes.shape[0], n = size // 32
+    if size % 32 or n == 0 or n & (n - 1):
+        raise ValueError(NOT_PERFECT.format(size))
+    cdef unsigned char *work = <unsigned char *>malloc(size)
+    if work == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            memcpy(work, &hashes[0], size)
+            while n > 1:
+                n >>= 1
+                fold_level(work, n)
+        return PyBytes_FromStringAndSize(<const char *>work, 32)
+    finally:
+        free(work)

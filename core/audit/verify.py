@@ -10,9 +10,11 @@ problems also carry their segment and file offset.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,11 +27,14 @@ from ..errors import (
     CorruptLogError,
     MerkleStoreError,
     SigningKeyError,
+    ValidationError,
 )
+from ..fs import check_private_dir
+from ..log.backend import file_log_dir
 from ..log.damage import located
 from ..log.filelog import FileLog, list_segments
 from ..log.store import LogStore
-from ..log.verify import first_bad_record, verify_log
+from ..log.verify import first_bad_record, merkle_hashing, verify_log
 from .checkpoint import (
     Checkpoint,
     VerifierKey,
@@ -38,13 +43,12 @@ from .checkpoint import (
 )
 from .checkpoints import list_checkpoints
 from .keys import load_verifier_key, public_key_arg
-from .merkle import EMPTY_ROOT
+from .merkle import EMPTY_ROOT, HASH_SIZE, node_hash
 from .merkle_store import MerkleStore
 from .trail import log_reader
 
 __all__ = ["AuditProblem", "AuditReport", "verify_data_dir"]
 
-_sha256 = hashlib.sha256
 _decode_current = msgspec.msgpack.Decoder(Envelope).decode  # today's schema only; anything else goes by record_problem
 
 
@@ -114,7 +118,7 @@ def verify_data_dir(
     """
     report = AuditReport()
     signed = AuditReport()  # what the checkpoints and the trail say, merged after the log's own problems
-    with log_reader(data, log) as log:
+    with _reader(data, log) as log:
         cps = _signed_checkpoints(data, _trusted_key(data, vkey, signed), signed)
         store: MerkleStore | None = None
         if (data.merkle / "meta").exists():
@@ -143,20 +147,63 @@ def verify_data_dir(
 # --------------------------------------------------------------------- the log
 
 
-def _check_log(log: LogStore, report: AuditReport, leaves: Callable[[list[bytes]], None]) -> int:
+class _FileLogDir:
+    """The data directory's file log, checked through its files; opened as a reader only to locate a problem.
+
+    (Opening a file log as a reader reads its newest batch to find its end: a second read
+    of the log's tail that verify_log makes anyway.)
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._log: FileLog | None = None
+
+    def record_at(self, seq: int) -> tuple[str, int, bytes] | None:
+        if self._log is None:
+            self._log = FileLog.open(self.directory, readonly=True)
+        return self._log.record_at(seq)
+
+    def __enter__(self) -> _FileLogDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+_Log = LogStore | _FileLogDir
+_Hashed = tuple[bytes, dict[int, bytes]]  # leaf hashes (32 bytes each, concatenated), whole chunks' roots
+_Leaves = Callable[[bytes, dict[int, bytes]], None]
+
+
+def _reader(data: DataDir, log: LogStore | None) -> AbstractContextManager[_Log]:
+    """``log`` itself, the data directory's file log as files, or any other backend opened read-only."""
+    if log is None:
+        try:
+            directory = file_log_dir(data)
+        except ValidationError:  # not files (or not understood: opening it says so)
+            directory = None
+        if directory is not None and directory.is_dir():  # else opening it says what is missing
+            check_private_dir(directory, what="log directory")
+            return _FileLogDir(directory)
+    return log_reader(data, log)
+
+
+def _check_log(log: _Log, report: AuditReport, leaves: _Leaves) -> int:
     """Check the log's own integrity into ``report``; return the last sequence number to trust.
 
-    ``leaves`` receives every sound record, in order, up to the first problem.
+    ``leaves`` receives the hashes of every sound record, in order, up to the first problem.
     """
-    check = _BatchCheck(leaves)
-    if isinstance(log, FileLog):  # every byte of every segment, with file positions and torn tails
-        lr = verify_log(log.directory, check=check)
-        report.events, report.last_seq, report.segments = lr.events, lr.last_seq, lr.segments
-        report.notes.extend(lr.notes)
-        p = lr.problem
-        problem = None if p is None else AuditProblem(f"log damaged: {p.what}", p.seq, p.segment, p.offset)
-    else:
-        problem = _scan_log(log, report, check)
+    with ThreadPoolExecutor(1, thread_name_prefix="mykey-audit-hash") as pool:
+        check = _BatchCheck(leaves, pool)
+        if isinstance(log, (FileLog, _FileLogDir)):  # every byte of every segment, with positions and torn tails
+            lr = verify_log(log.directory, check=check)
+            report.events, report.last_seq, report.segments = lr.events, lr.last_seq, lr.segments
+            report.notes.extend(lr.notes)
+            p = lr.problem
+            problem = None if p is None else AuditProblem(f"log damaged: {p.what}", p.seq, p.segment, p.offset)
+        else:
+            problem = _scan_log(log, report, check)
     if problem is None:
         return report.last_seq
     report.problems.append(problem)
@@ -164,22 +211,44 @@ def _check_log(log: LogStore, report: AuditReport, leaves: Callable[[list[bytes]
     return report.last_seq
 
 
+_POOLED = 4096  # records: a batch at least this long is hashed on the worker thread while it is decoded
+
+
 class _BatchCheck:
     """Checks a batch's records as log.verify.record_problem does, hands the sound ones' leaf hashes on.
 
     A batch whose records all decode with today's schema and carry their sequence numbers
     is checked in one comprehension; any other batch goes record by record (old schema
-    versions are upcast there, and the first bad record is worded).
+    versions are upcast there, and the first bad record is worded). A long batch is hashed
+    on ``pool``'s thread meanwhile (the native hashing runs without the GIL).
     """
 
-    def __init__(self, leaves: Callable[[list[bytes]], None]) -> None:
-        self.leaves = leaves
+    def __init__(self, leaves: _Leaves, pool: Executor | None = None) -> None:
+        self.leaves, self.pool = leaves, pool
+        self.leaf_hashes, self.perfect_root = merkle_hashing()
+
+    def hashed(self, first_seq: int, payloads: list[bytes]) -> _Hashed:
+        """The records' leaf hashes, and the roots of the whole aligned chunks among them by chunk number.
+
+        Record ``seq`` is Merkle leaf ``seq - 1``: batches arrive in order from sequence 1.
+        """
+        hashes = self.leaf_hashes(payloads)
+        view, first, end = memoryview(hashes), first_seq - 1, first_seq - 1 + len(payloads)
+        roots = {}
+        for c in range(-(-first // _CHUNK), end // _CHUNK):
+            at = (c * _CHUNK - first) * _H
+            roots[c] = self.perfect_root(view[at : at + _CHUNK * _H])
+        return hashes, roots
 
     def __call__(self, first_seq: int, payloads: list[bytes]) -> tuple[int, str] | None:
-        bad = _first_bad(first_seq, payloads)
-        sound = payloads if bad is None else payloads[: bad[0] - first_seq]
-        sha = _sha256
-        self.leaves([sha(b"\x00" + p).digest() for p in sound])
+        if self.pool is not None and len(payloads) >= _POOLED:
+            job = self.pool.submit(self.hashed, first_seq, payloads)
+            bad = _first_bad(first_seq, payloads)
+            hashes, roots = job.result()
+        else:
+            bad = _first_bad(first_seq, payloads)
+            hashes, roots = self.hashed(first_seq, payloads if bad is None else payloads[: bad[0] - first_seq])
+        self.leaves(hashes if bad is None else hashes[: (bad[0] - first_seq) * _H], roots)
         return bad
 
 
@@ -211,17 +280,17 @@ def _scan_log(log: LogStore, report: AuditReport, check: _BatchCheck) -> AuditPr
     return None
 
 
-def _locate(log: LogStore, seq: int, what: str) -> AuditProblem:
+def _locate(log: _Log, seq: int, what: str) -> AuditProblem:
     """A problem at ``seq``, with its segment and offset when the log is the file log."""
-    span = log.record_at(seq) if isinstance(log, FileLog) else None
+    span = log.record_at(seq) if isinstance(log, (FileLog, _FileLogDir)) else None
     if span is None:
         return AuditProblem(what, seq)
     return AuditProblem(what, seq, span[0], span[1])
 
 
-def _log_end(log: LogStore) -> tuple[str | None, int | None]:
+def _log_end(log: _Log) -> tuple[str | None, int | None]:
     """(newest segment, its length) for the file log: where missing events would have been."""
-    segs = list_segments(log.directory) if isinstance(log, FileLog) else []
+    segs = list_segments(log.directory) if isinstance(log, (FileLog, _FileLogDir)) else []
     if not segs:
         return None, None
     return segs[-1].path.name, segs[-1].path.stat().st_size
@@ -279,25 +348,18 @@ def _signed_checkpoints(
 # ------------------------------------------------------------------ the roots
 
 _CHUNK = 1 << 16  # leaves folded and compared with the Merkle trail at once (one aligned subtree)
-
-
-def _perfect_root(level: list[bytes]) -> bytes:
-    """Root of a perfect subtree (a power of two of leaf hashes), folded a level at a time."""
-    sha = _sha256
-    while len(level) > 1:
-        pairs = iter(level)
-        level = [sha(b"\x01" + a + b).digest() for a, b in zip(pairs, pairs)]
-    return level[0]
+_H = HASH_SIZE  # leaf hashes travel as bytes, 32 of them per leaf
 
 
 class _Roots:
     """Folds leaf hashes into a compact range: the root at the current size, and where a trail differs."""
 
     def __init__(self, store: MerkleStore | None) -> None:
+        self.perfect_root = merkle_hashing()[1]
         self.stack: list[bytes] = []  # perfect subtrees of the whole chunks: one per set bit, largest first
         self.chunks = 0  # whole chunks folded into stack
-        self.chunk: list[bytes] = []  # leaf hashes of the current, partial aligned chunk
-        self.tail: list[bytes] = []  # perfect subtrees of chunk[:tail_n], for roots inside a chunk
+        self.chunk = bytearray()  # leaf hashes of the current, partial aligned chunk
+        self.tail: list[bytes] = []  # perfect subtrees of the chunk's first tail_n leaves, for roots inside a chunk
         self.tail_n = 0
         self.store = store
         self.store_size = store.size if store is not None else 0
@@ -306,33 +368,40 @@ class _Roots:
 
     @property
     def count(self) -> int:
-        return self.chunks * _CHUNK + len(self.chunk)
+        return self.chunks * _CHUNK + len(self.chunk) // _H
 
-    def add(self, hashes: list[bytes]) -> None:
-        """Append leaf hashes (callers split them so that sizes they need roots for are reached exactly)."""
-        at = 0
-        while at < len(hashes):
-            room = _CHUNK - len(self.chunk)
-            self.chunk.extend(hashes[at : at + room])
+    def leaf(self, k: int) -> bytes:
+        """The hash of the current chunk's k-th leaf."""
+        return bytes(self.chunk[k * _H : (k + 1) * _H])
+
+    def add(self, hashes: bytes | memoryview, roots: dict[int, bytes] | None = None) -> None:
+        """Append leaf hashes (callers split them so that sizes they need roots for are reached exactly).
+
+        ``roots`` may hold the roots of chunks these hashes complete, by chunk number.
+        """
+        view, at, full = memoryview(hashes), 0, _CHUNK * _H
+        while at < len(view):
+            room = full - len(self.chunk)
+            self.chunk += view[at : at + room]
             at += room
-            if len(self.chunk) == _CHUNK:
-                self._fold_chunk()
+            if len(self.chunk) == full:
+                self._fold_chunk(roots.get(self.chunks) if roots else None)
 
-    def _fold_chunk(self) -> None:
-        h, m, sha, stack = _perfect_root(self.chunk), self.chunks, _sha256, self.stack
+    def _fold_chunk(self, root: bytes | None) -> None:
+        h, m, stack = root or self.perfect_root(self.chunk), self.chunks, self.stack
         while m & 1:
-            h = sha(b"\x01" + stack.pop() + h).digest()
+            h = node_hash(stack.pop(), h)
             m >>= 1
         stack.append(h)
         self.chunks += 1
         self._check_chunk()
-        self.chunk, self.tail, self.tail_n = [], [], 0
+        self.chunk, self.tail, self.tail_n = bytearray(), [], 0
 
     def _check_chunk(self) -> None:
         """Compare the chunk just completed with the trail (one node read when they agree)."""
         if self.store is None or self.first_diff is not None:
             return
-        count = self.count - len(self.chunk)
+        count = self.chunks * _CHUNK
         if count <= self.store_size:
             level = (count & -count).bit_length() - 1  # the last stack entry's height
             try:
@@ -343,13 +412,13 @@ class _Roots:
         self._check_leaves(count - _CHUNK)
 
     def _check_leaves(self, start: int) -> None:
-        end = min(start + len(self.chunk), self.store_size)
+        end = min(start + len(self.chunk) // _H, self.store_size)
         for i in range(start, end):
             try:
                 stored = self.store.subtree(0, i) if self.store is not None else None
             except MerkleStoreError:
                 stored = None
-            if stored != self.chunk[i - start]:
+            if stored != self.leaf(i - start):
                 self.first_diff = i
                 return
         if end == start + _CHUNK:
@@ -358,25 +427,24 @@ class _Roots:
     def finish(self) -> None:
         """Compare the last, partial chunk with the trail leaf by leaf."""
         if self.store is not None and self.first_diff is None and self.chunk:
-            self._check_leaves(self.count - len(self.chunk))
+            self._check_leaves(self.count - len(self.chunk) // _H)
 
     def root(self) -> bytes:
         """RFC 9162 root of the leaves added so far."""
-        stack, n, sha = self.tail, self.tail_n, _sha256
-        for h in self.chunk[n:]:  # the partial chunk, one leaf at a time (only where a checkpoint asks)
-            m = n
+        stack, n = self.tail, self.tail_n
+        for n in range(n, len(self.chunk) // _H):  # the partial chunk, a leaf at a time (only where a checkpoint asks)
+            h, m = self.leaf(n), n
             while m & 1:
-                h = sha(b"\x01" + stack.pop() + h).digest()
+                h = node_hash(stack.pop(), h)
                 m >>= 1
             stack.append(h)
-            n += 1
-        self.tail_n = n
+        self.tail_n = len(self.chunk) // _H
         nodes = self.stack + stack
         if not nodes:
             return EMPTY_ROOT
         acc = nodes[-1]
         for h in reversed(nodes[:-1]):
-            acc = sha(b"\x01" + h + acc).digest()
+            acc = node_hash(h, acc)
         return acc
 
 
@@ -402,18 +470,21 @@ class _RootCheck:
                 self.good_below = size
             self.wi += 1
 
-    def leaves(self, hashes: list[bytes]) -> None:
-        """The leaf hashes of the next sound records of the log."""
-        want, roots = self.want, self.roots
-        while hashes:
-            upto = len(hashes)
+    def leaves(self, hashes: bytes, chunk_roots: dict[int, bytes] | None = None) -> None:
+        """The leaf hashes (32 bytes each, concatenated) of the next sound records of the log.
+
+        ``chunk_roots``: the roots of the whole chunks among them, by chunk number, when known.
+        """
+        want, roots, view = self.want, self.roots, memoryview(hashes)
+        while view:
+            upto = len(view) // _H
             if self.wi < len(want):
                 upto = min(upto, want[self.wi][0] - roots.count)
-            roots.add(hashes[:upto] if upto < len(hashes) else hashes)
-            hashes = hashes[upto:]
+            roots.add(view[: upto * _H], chunk_roots)
+            view = view[upto * _H :]
             self._due()
 
-    def judge(self, log: LogStore, report: AuditReport, last_good: int) -> None:
+    def judge(self, log: _Log, report: AuditReport, last_good: int) -> None:
         """Add what the roots and the trail say to ``report``, once the log has been read to last_good."""
         roots, want, wi, mismatched, good_below, store = (
             self.roots, self.want, self.wi, self.mismatched, self.good_below, self.store

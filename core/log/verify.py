@@ -101,6 +101,12 @@ def first_bad_record(first_seq: int, payloads: list[bytes]) -> tuple[int, str] |
     return None
 
 
+def merkle_hashing() -> tuple[Callable[[list[bytes]], bytes], Callable[[bytes | bytearray | memoryview], bytes]]:
+    """(leaf_hashes, perfect_root) of the framing implementation in use: RFC 9162 hashing a batch at a time."""
+    frames = framing_module()
+    return frames.leaf_hashes, frames.perfect_root
+
+
 def verify_log(directory: str | Path, *, decode: bool = True, check: BatchCheck | None = None) -> VerifyReport:
     """Verify the log in directory; decode=True also decodes every record.
 

@@ -1,0 +1,54 @@
+"""Merkle hashing in the framing twins: the native batch SHA-256 against its pure twin and RFC 9162."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mykey.audit.merkle import leaf_hash, node_hash, root_from_leaf_hashes
+from mykey.log import framing
+from mykey.log.accel import framing_module
+
+records = st.lists(st.binary(max_size=200), max_size=70)
+
+
+@settings(max_examples=300)
+@given(records)
+def test_native_leaf_hashes_match_the_pure_twin_byte_for_byte(payloads):
+    native, pure = framing_module("native").leaf_hashes(payloads), framing_module("pure").leaf_hashes(payloads)
+    assert native == pure
+    assert native == b"".join(leaf_hash(p) for p in payloads)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 9), st.binary(min_size=32, max_size=32))
+def test_native_perfect_root_matches_the_pure_twin_and_rfc9162(k, seed):
+    hashes = [node_hash(seed, i.to_bytes(4, "big")) for i in range(1 << k)]
+    flat = b"".join(hashes)
+    native, pure = framing_module("native").perfect_root(flat), framing_module("pure").perfect_root(flat)
+    assert native == pure == root_from_leaf_hashes(hashes)
+    assert framing_module("native").perfect_root(memoryview(bytearray(flat))) == native
+
+
+def test_perfect_root_of_one_hash_is_that_hash(framing_impl):
+    h = leaf_hash(b"only")
+    assert framing_module(framing_impl).perfect_root(h) == h
+
+
+@pytest.mark.parametrize("size", [0, 31, 33, 96, 32 * 6])
+def test_perfect_root_refuses_anything_but_a_power_of_two_of_hashes(framing_impl, size):
+    with pytest.raises(ValueError, match="power of two") as exc:
+        framing_module(framing_impl).perfect_root(bytes(size))
+    assert str(exc.value) == framing.NOT_PERFECT.format(size)
+
+
+def test_leaf_hashes_take_any_bytes_like_record_and_refuse_the_rest(framing_impl):
+    f = framing_module(framing_impl)
+    assert f.leaf_hashes([bytearray(b"ab"), memoryview(b"cd"), b"ef"]) == f.leaf_hashes([b"ab", b"cd", b"ef"])
+    for wrong in ("not bytes", 5, None):
+        with pytest.raises(TypeError):
+            f.leaf_hashes([b"ok", wrong])
+
+
+def test_the_native_twin_takes_its_hash_constants_from_the_format_module():
+    native = framing_module("native")
+    for name in ("HASH_SIZE", "LEAF_PREFIX", "NODE_PREFIX", "NOT_PERFECT"):
+        assert getattr(native, name) is getattr(framing, name), name
