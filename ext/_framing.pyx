@@ -31,6 +31,61 @@ from mykey.log.framing import (
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
+# zlib's CRC-32 is fast on long buffers; on a record of a few dozen bytes it goes a byte
+# at a time, so short ones take the slice-by-8 table below (the same CRC, 8 bytes a step).
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static uint32_t mk_crc_table[8][256];
+
+    static void mk_crc_init(void) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = c & 1 ? (c >> 1) ^ 0xEDB88320u : c >> 1;  /* the reflected CRC-32 polynomial */
+            mk_crc_table[0][i] = c;
+        }
+        for (int i = 0; i < 256; i++)
+            for (int t = 1; t < 8; t++)
+                mk_crc_table[t][i] = (mk_crc_table[t - 1][i] >> 8) ^ mk_crc_table[0][mk_crc_table[t - 1][i] & 0xff];
+    }
+
+    static uint32_t mk_crc32_short(const uint8_t *p, size_t n) {
+        uint32_t c = 0xFFFFFFFFu;
+        while (n >= 8) {
+            uint32_t lo, hi;
+            memcpy(&lo, p, 4);
+            memcpy(&hi, p + 4, 4);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            lo = __builtin_bswap32(lo);
+            hi = __builtin_bswap32(hi);
+    #endif
+            lo ^= c;
+            c = mk_crc_table[7][lo & 0xff] ^ mk_crc_table[6][(lo >> 8) & 0xff] ^
+                mk_crc_table[5][(lo >> 16) & 0xff] ^ mk_crc_table[4][lo >> 24] ^
+                mk_crc_table[3][hi & 0xff] ^ mk_crc_table[2][(hi >> 8) & 0xff] ^
+                mk_crc_table[1][(hi >> 16) & 0xff] ^ mk_crc_table[0][hi >> 24];
+            p += 8;
+            n -= 8;
+        }
+        while (n--)
+            c = (c >> 8) ^ mk_crc_table[0][(c ^ *p++) & 0xff];
+        return c ^ 0xFFFFFFFFu;
+    }
+    """
+    void mk_crc_init()
+    uint32_t mk_crc32_short(const uint8_t *p, size_t n) nogil
+
+mk_crc_init()
+
+
+cdef inline uint32_t record_crc(const uint8_t *p, size_t n) noexcept nogil:
+    """CRC-32 of a record (zlib's crc32)."""
+    if n < 1024:
+        return mk_crc32_short(p, n)
+    return <uint32_t>crc32(0, p, <unsigned int>n)
+
 # The C code below reads and writes the fields at fixed offsets: magic 0, hcrc 4,
 # first_seq 8, count 16, body_len 20, flags 24, reserved 28; record len 0, crc 4.
 if _format.HEADER.format != "<4sIQIIII" or _format.RECORD_HEAD.format != "<II" or len(MAGIC) != 4:
@@ -92,7 +147,7 @@ def encode_batch(uint64_t first_seq, list payloads):
         plen = PyBytes_GET_SIZE(p)
         src = PyBytes_AS_STRING(p)
         put32(w, <uint32_t>plen)
-        put32(w + 4, <uint32_t>crc32(0, <const unsigned char *>src, <unsigned int>plen))
+        put32(w + 4, record_crc(<const uint8_t *>src, <size_t>plen))
         memcpy(w + RSIZE, src, plen)
         w += RSIZE + plen
     return out
@@ -117,12 +172,81 @@ def parse_header(const uint8_t[::1] buf, Py_ssize_t pos):
 
 def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records):
     """Parse consecutive batches from pos; same contract as mykey.log.framing.parse_batches."""
+    return _parse(buf, pos, max_records, False)
+
+
+def parse_records(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records):
+    """parse_batches, with each batch's payloads a Records sequence: each bytes object made when it is read."""
+    return _parse(buf, pos, max_records, True)
+
+
+cdef class Records:
+    """A parsed batch's payloads: a read-only sequence of bytes, each copied out of the buffer when read.
+
+    parse_records checked every record's framing and CRC before it made this; it holds the
+    buffer, so a payload read later is the one that was checked (the buffer must not change:
+    it is the bytes read from a segment file).
+    """
+
+    cdef const uint8_t[::1] buf
+    cdef const uint8_t *base
+    cdef Py_ssize_t *offs  # each payload's offset in buf; its length is the u32 just before its CRC
+    cdef Py_ssize_t n
+
+    def __dealloc__(self):
+        free(self.offs)
+
+    def __len__(self):
+        return self.n
+
+    cdef inline bytes item(self, Py_ssize_t i):
+        cdef Py_ssize_t o = self.offs[i]
+        return PyBytes_FromStringAndSize(<const char *>(self.base + o), get32(self.base + o - RSIZE))
+
+    def __getitem__(self, i):
+        cdef Py_ssize_t j
+        if isinstance(i, slice):
+            return [self.item(j) for j in range(*i.indices(self.n))]
+        j = i
+        if j < 0:
+            j += self.n
+        if not 0 <= j < self.n:
+            raise IndexError("record index out of range")
+        return self.item(j)
+
+    def __iter__(self):
+        return _RecordIter(self)
+
+    def __repr__(self):
+        return f"Records({self.n} payloads)"
+
+
+cdef class _RecordIter:
+    cdef Records records
+    cdef Py_ssize_t i
+
+    def __cinit__(self, Records records):
+        self.records = records
+        self.i = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.records.n:
+            raise StopIteration
+        self.i += 1
+        return self.records.item(self.i - 1)
+
+
+cdef tuple _parse(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records, bint lazy):
     cdef Py_ssize_t end = buf.shape[0], rpos, bend, got = 0, i
     cdef uint32_t count, body_len, n, crc
     cdef uint64_t first_seq
     cdef const uint8_t *base = &buf[0] if end > 0 else NULL
     cdef list batches = []
-    cdef list payloads
+    cdef list payloads = None
+    cdef Records records = None
     if pos < 0:
         raise ValueError(NEGATIVE_POS)
     while pos < end and got < max_records:
@@ -137,7 +261,15 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
             return batches, pos, INCOMPLETE, pos, -1
         rpos = pos + HSIZE
         bend = rpos + body_len
-        payloads = []
+        if lazy:  # count <= body_len / RSIZE (header_ok), and the body is in buf
+            records = Records.__new__(Records)
+            records.offs = <Py_ssize_t *>malloc((count if count else 1) * sizeof(Py_ssize_t))
+            if records.offs == NULL:
+                raise MemoryError()
+            records.buf = buf
+            records.base = base
+        else:
+            payloads = []
         for i in range(count):
             if bend - rpos < RSIZE:
                 return batches, pos, BAD_RECORD, rpos, i
@@ -146,13 +278,20 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
             rpos += RSIZE
             if n > bend - rpos or n > MAXREC:
                 return batches, pos, BAD_RECORD, rpos - RSIZE, i
-            if crc32(0, base + rpos, n) != crc:
+            if record_crc(base + rpos, n) != crc:
                 return batches, pos, BAD_RECORD, rpos - RSIZE, i
-            payloads.append(PyBytes_FromStringAndSize(<const char *>(base + rpos), n))
+            if lazy:
+                records.offs[i] = rpos
+            else:
+                payloads.append(PyBytes_FromStringAndSize(<const char *>(base + rpos), n))
             rpos += n
         if rpos != bend:
             return batches, pos, BAD_RECORD, rpos, count
-        batches.append((pos, first_seq, payloads))
+        if lazy:
+            records.n = count
+            batches.append((pos, first_seq, records))
+        else:
+            batches.append((pos, first_seq, payloads))
         got += count
         pos = bend
     return batches, pos, OK, pos, -1
@@ -188,16 +327,25 @@ cdef unsigned char LEAF_BYTE = LEAF_PREFIX[0]
 cdef unsigned char NODE_BYTE = NODE_PREFIX[0]
 
 
+cdef inline void prefixed_sha256(unsigned char lead, const void *data, size_t n, unsigned char *out) noexcept nogil:
+    """SHA-256(lead || data[0:n]) into out[0:32]; every byte of data is read before out is written."""
+    cdef SHA256_CTX ctx
+    SHA256_Init(&ctx)
+    SHA256_Update(&ctx, &lead, 1)
+    SHA256_Update(&ctx, data, n)
+    SHA256_Final(out, &ctx)
+
+
 def leaf_hashes(payloads):
     """The RFC 9162 leaf hash SHA-256(0x00 || p) of every p in payloads, concatenated (32 bytes each)."""
+    if isinstance(payloads, Records):
+        return _records_leaf_hashes(<Records>payloads)
     cdef list items = list(payloads)  # holds every payload alive while the GIL is released
     cdef Py_ssize_t n = len(items), i
     cdef const char **ptrs = <const char **>malloc((n if n else 1) * sizeof(char *))
     cdef size_t *lens = <size_t *>malloc((n if n else 1) * sizeof(size_t))
     cdef bytes p, out
     cdef unsigned char *o
-    cdef SHA256_CTX ctx
-    cdef unsigned char lead = LEAF_BYTE
     if ptrs == NULL or lens == NULL:
         free(ptrs); free(lens)
         raise MemoryError()
@@ -212,10 +360,7 @@ def leaf_hashes(payloads):
         o = <unsigned char *>PyBytes_AS_STRING(out)
         with nogil:
             for i in range(n):
-                SHA256_Init(&ctx)
-                SHA256_Update(&ctx, &lead, 1)
-                SHA256_Update(&ctx, ptrs[i], lens[i])
-                SHA256_Final(o + 32 * i, &ctx)
+                prefixed_sha256(LEAF_BYTE, ptrs[i], lens[i], o + 32 * i)
     finally:
         free(ptrs); free(lens)
     return out
@@ -223,14 +368,9 @@ def leaf_hashes(payloads):
 
 cdef void fold_level(unsigned char *h, Py_ssize_t pairs) noexcept nogil:
     """Replace 2*pairs node hashes at h by their pairs' parents, in place (h[0:32*pairs])."""
-    cdef SHA256_CTX ctx
-    cdef unsigned char lead = NODE_BYTE
     cdef Py_ssize_t j
     for j in range(pairs):  # parent j overwrites child 2j only once both children were read
-        SHA256_Init(&ctx)
-        SHA256_Update(&ctx, &lead, 1)
-        SHA256_Update(&ctx, h + 64 * j, 64)
-        SHA256_Final(h + 32 * j, &ctx)
+        prefixed_sha256(NODE_BYTE, h + 64 * j, 64, h + 32 * j)
 
 
 def perfect_root(const uint8_t[::1] hashes):
@@ -250,3 +390,17 @@ def perfect_root(const uint8_t[::1] hashes):
         return PyBytes_FromStringAndSize(<const char *>work, 32)
     finally:
         free(work)
+
+
+cdef bytes _records_leaf_hashes(Records records):
+    """leaf_hashes of a Records sequence, straight from its buffer."""
+    cdef Py_ssize_t n = records.n, i, o
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 32 * n)
+    cdef unsigned char *h = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef const uint8_t *base = records.base
+    cdef Py_ssize_t *offs = records.offs
+    with nogil:
+        for i in range(n):
+            o = offs[i]
+            prefixed_sha256(LEAF_BYTE, base + o, get32(base + o - RSIZE), h + 32 * i)
+    return out

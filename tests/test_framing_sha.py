@@ -52,3 +52,37 @@ def test_the_native_twin_takes_its_hash_constants_from_the_format_module():
     native = framing_module("native")
     for name in ("HASH_SIZE", "LEAF_PREFIX", "NODE_PREFIX", "NOT_PERFECT"):
         assert getattr(native, name) is getattr(framing, name), name
+
+
+@given(st.lists(st.tuples(st.integers(1, 2**40), records), max_size=5), st.data())
+def test_parse_records_gives_what_parse_batches_gives(batches, data):
+    """The native lazy Records (and the pure twin's lists) hold the same payloads as parse_batches."""
+    native = framing_module("native")
+    buf = bytearray(b"".join(native.encode_batch(s, p) for s, p in batches))
+    if buf and data.draw(st.booleans()):
+        buf[data.draw(st.integers(0, len(buf) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+    buf = bytes(buf[: data.draw(st.integers(0, len(buf)))])
+    limit = data.draw(st.integers(1, 80))
+    want = native.parse_batches(buf, 0, limit)
+    for name in ("native", "pure"):
+        f = framing_module(name)
+        got, *rest = f.parse_records(buf, 0, limit)
+        assert rest == list(want[1:])
+        assert [(off, seq, list(p)) for off, seq, p in got] == want[0]
+        for (_off, _seq, lazy), (_o, _s, payloads) in zip(got, want[0], strict=True):
+            assert len(lazy) == len(payloads)
+            assert f.leaf_hashes(lazy) == framing.leaf_hashes(payloads)
+            if payloads:
+                i = data.draw(st.integers(-len(payloads), len(payloads) - 1))
+                assert lazy[i] == payloads[i]
+                j = data.draw(st.integers(0, len(payloads)))
+                assert list(lazy[i:j]) == payloads[i:j]
+
+
+def test_records_refuse_an_index_past_either_end():
+    native = framing_module("native")
+    (_off, _seq, lazy), = native.parse_records(native.encode_batch(1, [b"a", b"bc"]), 0, 1 << 62)[0]
+    assert (lazy[0], lazy[-1], lazy[-2], list(lazy)) == (b"a", b"bc", b"a", [b"a", b"bc"])
+    for i in (2, -3):
+        with pytest.raises(IndexError):
+            lazy[i]

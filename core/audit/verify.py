@@ -10,7 +10,7 @@ problems also carry their segment and file offset.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -227,7 +227,7 @@ class _BatchCheck:
         self.leaves, self.pool = leaves, pool
         self.leaf_hashes, self.perfect_root = merkle_hashing()
 
-    def hashed(self, first_seq: int, payloads: list[bytes]) -> _Hashed:
+    def hashed(self, first_seq: int, payloads: Sequence[bytes]) -> _Hashed:
         """The records' leaf hashes, and the roots of the whole aligned chunks among them by chunk number.
 
         Record ``seq`` is Merkle leaf ``seq - 1``: batches arrive in order from sequence 1.
@@ -240,7 +240,7 @@ class _BatchCheck:
             roots[c] = self.perfect_root(view[at : at + _CHUNK * _H])
         return hashes, roots
 
-    def __call__(self, first_seq: int, payloads: list[bytes]) -> tuple[int, str] | None:
+    def __call__(self, first_seq: int, payloads: Sequence[bytes]) -> tuple[int, str] | None:
         if self.pool is not None and len(payloads) >= _POOLED:
             job = self.pool.submit(self.hashed, first_seq, payloads)
             bad = _first_bad(first_seq, payloads)
@@ -252,13 +252,15 @@ class _BatchCheck:
         return bad
 
 
-def _first_bad(first_seq: int, payloads: list[bytes]) -> tuple[int, str] | None:
-    try:  # -1 for a record of an older schema version: record_problem upcasts it
-        seqs = [e.seq if e.v == e.body.VERSION else -1 for e in map(_decode_current, payloads)]
-    except Exception:  # noqa: BLE001 - record_problem below says what, or accepts an older schema
-        seqs = None
-    if seqs == list(range(first_seq, first_seq + len(payloads))):
-        return None
+def _first_bad(first_seq: int, payloads: Sequence[bytes]) -> tuple[int, str] | None:
+    try:
+        for seq, e in enumerate(map(_decode_current, payloads), first_seq):
+            if e.seq != seq or e.v != e.body.VERSION:  # an older schema version: record_problem upcasts it
+                break
+        else:
+            return None
+    except Exception:  # noqa: BLE001, S110 - record_problem below says what, or accepts an older schema
+        pass
     return first_bad_record(first_seq, payloads)
 
 

@@ -1,5 +1,8 @@
 """Type stub of the Cython batch framing (ext/_framing.pyx), twin of mykey.log.framing."""
 
+from collections.abc import Sequence
+from typing import overload
+
 from typing_extensions import Buffer
 
 __test__: dict[str, str]  # Cython adds it to every module
@@ -26,5 +29,16 @@ def parse_header(buf: Buffer, pos: int) -> tuple[int, int, int] | None: ...
 def parse_batches(
     buf: Buffer, pos: int, max_records: int
 ) -> tuple[list[tuple[int, int, list[bytes]]], int, int, int, int]: ...
-def leaf_hashes(payloads: list[bytes]) -> bytes: ...
+def parse_records(
+    buf: Buffer, pos: int, max_records: int
+) -> tuple[list[tuple[int, int, Records]], int, int, int, int]: ...
+
+class Records(Sequence[bytes]):
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...  # type: ignore[override]
+
+def leaf_hashes(payloads: Sequence[bytes]) -> bytes: ...
 def perfect_root(hashes: Buffer) -> bytes: ...

@@ -9,7 +9,7 @@ end counts as a torn tail only by the writer's rule (mykey.log.damage.judge_dama
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,10 +89,10 @@ def record_problem(seq: int, payload: bytes) -> str | None:
     return None
 
 
-BatchCheck = Callable[[int, list[bytes]], "tuple[int, str] | None"]
+BatchCheck = Callable[[int, Sequence[bytes]], "tuple[int, str] | None"]
 
 
-def first_bad_record(first_seq: int, payloads: list[bytes]) -> tuple[int, str] | None:
+def first_bad_record(first_seq: int, payloads: Sequence[bytes]) -> tuple[int, str] | None:
     """The first record of a batch that record_problem finds wrong, as (seq, what); None when all are sound."""
     for seq, p in enumerate(payloads, first_seq):
         what = record_problem(seq, p)
@@ -101,7 +101,7 @@ def first_bad_record(first_seq: int, payloads: list[bytes]) -> tuple[int, str] |
     return None
 
 
-def merkle_hashing() -> tuple[Callable[[list[bytes]], bytes], Callable[[bytes | bytearray | memoryview], bytes]]:
+def merkle_hashing() -> tuple[Callable[[Sequence[bytes]], bytes], Callable[[bytes | bytearray | memoryview], bytes]]:
     """(leaf_hashes, perfect_root) of the framing implementation in use: RFC 9162 hashing a batch at a time."""
     frames = framing_module()
     return frames.leaf_hashes, frames.perfect_root
@@ -131,7 +131,7 @@ def verify_log(directory: str | Path, *, decode: bool = True, check: BatchCheck 
             report.problem = Problem(seg.name, 0, expected, "bad segment header")
             return report
         batch_starts: dict[int, int] = {}
-        batches, pos, status, err_off, err_rec = frames.parse_batches(data, SEGMENT_HEADER_SIZE, ALL)
+        batches, pos, status, err_off, err_rec = frames.parse_records(data, SEGMENT_HEADER_SIZE, ALL)
         for off, first_seq, payloads in batches:
             if first_seq != expected:
                 report.problem = Problem.of(gap_damage(seg.name, off, expected, first_seq))
