@@ -10,7 +10,7 @@ problems also carry their segment and file offset.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -353,6 +353,16 @@ _CHUNK = 1 << 16  # leaves folded and compared with the Merkle trail at once (on
 _H = HASH_SIZE  # leaf hashes travel as bytes, 32 of them per leaf
 
 
+def _aligned_blocks(start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Leaves [start, end) as perfect aligned blocks (k, first leaf) of 2^k leaves each, left to right, largest first."""
+    while start < end:
+        k = (end - start).bit_length() - 1
+        if start:
+            k = min(k, (start & -start).bit_length() - 1)
+        yield k, start
+        start += 1 << k
+
+
 class _Roots:
     """Folds leaf hashes into a compact range: the root at the current size, and where a trail differs."""
 
@@ -414,17 +424,27 @@ class _Roots:
         self._check_leaves(count - _CHUNK)
 
     def _check_leaves(self, start: int) -> None:
+        """Find the first leaf of the chunk at ``start`` that the trail holds otherwise (a block, then its leaves)."""
         end = min(start + len(self.chunk) // _H, self.store_size)
-        for i in range(start, end):
-            try:
-                stored = self.store.subtree(0, i) if self.store is not None else None
-            except MerkleStoreError:
-                stored = None
-            if stored != self.leaf(i - start):
-                self.first_diff = i
-                return
+        for k, p in _aligned_blocks(0, end - start):
+            if self._stored(k, (start + p) >> k) == self.block_root(k, p):
+                continue
+            for i in range(start + p, start + p + (1 << k)):
+                if self._stored(0, i) != self.leaf(i - start):
+                    self.first_diff = i
+                    return
         if end == start + _CHUNK:
             self.interior_damaged = True
+
+    def _stored(self, level: int, index: int) -> bytes | None:
+        try:
+            return self.store.subtree(level, index) if self.store is not None else None
+        except MerkleStoreError:
+            return None
+
+    def block_root(self, k: int, p: int) -> bytes:
+        """Root of the current chunk's 2^k leaves from its p-th (p a multiple of 2^k)."""
+        return self.perfect_root(memoryview(self.chunk)[p * _H : (p + (1 << k)) * _H])
 
     def finish(self) -> None:
         """Compare the last, partial chunk with the trail leaf by leaf."""
@@ -433,14 +453,14 @@ class _Roots:
 
     def root(self) -> bytes:
         """RFC 9162 root of the leaves added so far."""
-        stack, n = self.tail, self.tail_n
-        for n in range(n, len(self.chunk) // _H):  # the partial chunk, a leaf at a time (only where a checkpoint asks)
-            h, m = self.leaf(n), n
+        stack, end = self.tail, len(self.chunk) // _H
+        for k, p in _aligned_blocks(self.tail_n, end):  # the partial chunk's new leaves, in aligned blocks
+            h, m = self.block_root(k, p), p >> k
             while m & 1:
                 h = node_hash(stack.pop(), h)
                 m >>= 1
             stack.append(h)
-        self.tail_n = len(self.chunk) // _H
+        self.tail_n = end
         nodes = self.stack + stack
         if not nodes:
             return EMPTY_ROOT
