@@ -298,21 +298,149 @@ cdef tuple _parse(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
 
 
 # ---------------------------------------------------------------- RFC 9162 hashing
-# SHA-256 of Merkle leaves and interior nodes, a batch per call and without the GIL
-# (OpenSSL's SHA-256 uses the CPU's SHA extensions where it has them; its one-shot
-# SHA256() goes through a provider fetch in OpenSSL 3, hence Init/Update/Final). The prefixes
-# come from mykey.log.framing, which holds the pure twins of these functions.
+# SHA-256 of Merkle leaves and interior nodes, a batch per call and without the GIL,
+# two messages at a time. OpenSSL's SHA-256 uses the CPU's SHA extensions (SHA-NI) where
+# it has them, one message at a time; their round instructions wait on each other, so on
+# x86-64 CPUs with them two short messages are hashed here side by side (about 1.5 times
+# the throughput). Everything else goes through OpenSSL's SHA256_Init/Update/Final (its
+# one-shot SHA256() goes through a provider fetch in OpenSSL 3). The prefixes come from
+# mykey.log.framing, which holds the pure twins of these functions.
 
 cdef extern from *:
     """
     #define OPENSSL_SUPPRESS_DEPRECATED 1
     #include <openssl/sha.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    /* SHA-256(lead || d[0:n]) into out[0:32]; every byte of d is read before out is written. */
+    static void mk_sha256_one(unsigned char lead, const uint8_t *d, size_t n, uint8_t *out) {
+        SHA256_CTX ctx;
+        SHA256_Init(&ctx);
+        SHA256_Update(&ctx, &lead, 1);
+        SHA256_Update(&ctx, d, n);
+        SHA256_Final(out, &ctx);
+    }
+
+    static int mk_sha_x2 = 0;  /* hash pairs with the SHA extensions (set on import) */
+
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <cpuid.h>
+    #include <immintrin.h>
+    #define MK_HAVE_SHA_X2 1
+
+    static int mk_cpu_has_sha(void) {
+        unsigned int a, b, c, d;
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 9)) || !(c & (1u << 19)))  /* SSSE3, SSE4.1 */
+            return 0;
+        if (__get_cpuid_max(0, 0) < 7)
+            return 0;
+        __cpuid_count(7, 0, a, b, c, d);
+        return (b >> 29) & 1;  /* SHA */
+    }
+    static const uint32_t MK_K[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+    /* Two independent messages' blocks at once: SHA-NI round instructions are latency-bound, so two
+       chains in flight nearly double the throughput. Each message is `blocks` padded 64-byte blocks. */
+    __attribute__((target("sha,sse4.1,ssse3")))
+    static void mk_sha256_x2(const uint8_t *da, const uint8_t *db, size_t blocks, uint8_t *outa, uint8_t *outb) {
+        const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+        /* the initial state, as ABEF / CDGH */
+        const __m128i abef0 = _mm_set_epi32(0x6a09e667, 0xbb67ae85, 0x510e527f, 0x9b05688c);
+        const __m128i cdgh0 = _mm_set_epi32(0x3c6ef372, 0xa54ff53a, 0x1f83d9ab, 0x5be0cd19);
+        __m128i a0 = abef0, a1 = cdgh0, b0 = abef0, b1 = cdgh0;
+        while (blocks--) {
+            __m128i sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1, wa[16], wb[16], ma, mb;
+            _Pragma("GCC unroll 16")
+            for (int i = 0; i < 16; i++) {
+                if (i < 4) {
+                    wa[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(da + 16 * i)), mask);
+                    wb[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(db + 16 * i)), mask);
+                } else {
+                    wa[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(wa[i - 4], wa[i - 3]),
+                                                               _mm_alignr_epi8(wa[i - 1], wa[i - 2], 4)), wa[i - 1]);
+                    wb[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(wb[i - 4], wb[i - 3]),
+                                                               _mm_alignr_epi8(wb[i - 1], wb[i - 2], 4)), wb[i - 1]);
+                }
+                const __m128i k = _mm_loadu_si128((const __m128i *)&MK_K[4 * i]);
+                ma = _mm_add_epi32(wa[i], k);
+                mb = _mm_add_epi32(wb[i], k);
+                a1 = _mm_sha256rnds2_epu32(a1, a0, ma);
+                b1 = _mm_sha256rnds2_epu32(b1, b0, mb);
+                a0 = _mm_sha256rnds2_epu32(a0, a1, _mm_shuffle_epi32(ma, 0x0E));
+                b0 = _mm_sha256rnds2_epu32(b0, b1, _mm_shuffle_epi32(mb, 0x0E));
+            }
+            a0 = _mm_add_epi32(a0, sa0); a1 = _mm_add_epi32(a1, sa1);
+            b0 = _mm_add_epi32(b0, sb0); b1 = _mm_add_epi32(b1, sb1);
+            da += 64; db += 64;
+        }
+        /* ABEF/CDGH back to A..H, big-endian bytes */
+        const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+        __m128i t, u;
+        t = _mm_shuffle_epi32(a0, 0x1B); u = _mm_shuffle_epi32(a1, 0xB1);
+        _mm_storeu_si128((__m128i *)outa, _mm_shuffle_epi8(_mm_blend_epi16(t, u, 0xF0), bswap));
+        _mm_storeu_si128((__m128i *)(outa + 16), _mm_shuffle_epi8(_mm_alignr_epi8(u, t, 8), bswap));
+        t = _mm_shuffle_epi32(b0, 0x1B); u = _mm_shuffle_epi32(b1, 0xB1);
+        _mm_storeu_si128((__m128i *)outb, _mm_shuffle_epi8(_mm_blend_epi16(t, u, 0xF0), bswap));
+        _mm_storeu_si128((__m128i *)(outb + 16), _mm_shuffle_epi8(_mm_alignr_epi8(u, t, 8), bswap));
+    }
+
+    /* lead || d[0:n] padded into buf (at most 4 blocks); returns the number of blocks, 0 if it does not fit. */
+    static inline size_t mk_pad(unsigned char lead, const uint8_t *d, size_t n, uint8_t *buf) {
+        size_t blocks = (n + 1 + 8) / 64 + 1;
+        if (blocks > 4) return 0;
+        uint64_t bits = (uint64_t)(n + 1) * 8;
+        buf[0] = lead;
+        memcpy(buf + 1, d, n);
+        buf[n + 1] = 0x80;
+        memset(buf + n + 2, 0, blocks * 64 - 8 - (n + 2));
+        for (int i = 0; i < 8; i++) buf[blocks * 64 - 1 - i] = (uint8_t)(bits >> (8 * i));
+        return blocks;
+    }
+
+    #else
+    static int mk_cpu_has_sha(void) { return 0; }
+    #endif
+
+    /* SHA-256(lead || da[0:na]) into oa and SHA-256(lead || db[0:nb]) into ob (32 bytes each);
+       every input byte is read before an output is written over it (oa may overlap da, ob db or da). */
+    static void mk_sha256_pair(unsigned char lead, const uint8_t *da, size_t na, const uint8_t *db, size_t nb,
+                               uint8_t *oa, uint8_t *ob) {
+    #ifdef MK_HAVE_SHA_X2
+        uint8_t ba[256], bb[256];
+        size_t k;
+        if (mk_sha_x2 && (k = mk_pad(lead, da, na, ba)) != 0 && mk_pad(lead, db, nb, bb) == k) {
+            mk_sha256_x2(ba, bb, k, oa, ob);
+            return;
+        }
+    #endif
+        mk_sha256_one(lead, da, na, oa);
+        mk_sha256_one(lead, db, nb, ob);
+    }
     """
-    ctypedef struct SHA256_CTX:
-        pass
-    int SHA256_Init(SHA256_CTX *c) nogil
-    int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
-    int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
+    int mk_sha_x2
+    int mk_cpu_has_sha() nogil
+    void mk_sha256_one(unsigned char lead, const uint8_t *d, size_t n, uint8_t *out) nogil
+    void mk_sha256_pair(unsigned char lead, const uint8_t *da, size_t na, const uint8_t *db, size_t nb,
+                        uint8_t *oa, uint8_t *ob) nogil
+
+mk_sha_x2 = mk_cpu_has_sha()
+
+
+def _sha_pairs(on=None):
+    """Whether pairs of hashes go through the SHA extensions here; on=False: OpenSSL only (for tests)."""
+    global mk_sha_x2
+    if on is not None:
+        mk_sha_x2 = mk_cpu_has_sha() if on else 0
+    return bool(mk_sha_x2)
 
 
 from mykey.log.framing import HASH_SIZE, LEAF_PREFIX, NODE_PREFIX, NOT_PERFECT
@@ -325,15 +453,6 @@ if HASH_SIZE != 32 or len(LEAF_PREFIX) != 1 or len(NODE_PREFIX) != 1:
 
 cdef unsigned char LEAF_BYTE = LEAF_PREFIX[0]
 cdef unsigned char NODE_BYTE = NODE_PREFIX[0]
-
-
-cdef inline void prefixed_sha256(unsigned char lead, const void *data, size_t n, unsigned char *out) noexcept nogil:
-    """SHA-256(lead || data[0:n]) into out[0:32]; every byte of data is read before out is written."""
-    cdef SHA256_CTX ctx
-    SHA256_Init(&ctx)
-    SHA256_Update(&ctx, &lead, 1)
-    SHA256_Update(&ctx, data, n)
-    SHA256_Final(out, &ctx)
 
 
 def leaf_hashes(payloads):
@@ -359,8 +478,11 @@ def leaf_hashes(payloads):
         out = PyBytes_FromStringAndSize(NULL, 32 * n)
         o = <unsigned char *>PyBytes_AS_STRING(out)
         with nogil:
-            for i in range(n):
-                prefixed_sha256(LEAF_BYTE, ptrs[i], lens[i], o + 32 * i)
+            for i in range(0, n - 1, 2):
+                mk_sha256_pair(LEAF_BYTE, <const uint8_t *>ptrs[i], lens[i], <const uint8_t *>ptrs[i + 1], lens[i + 1],
+                               o + 32 * i, o + 32 * i + 32)
+            if n & 1:
+                mk_sha256_one(LEAF_BYTE, <const uint8_t *>ptrs[n - 1], lens[n - 1], o + 32 * (n - 1))
     finally:
         free(ptrs); free(lens)
     return out
@@ -369,8 +491,10 @@ def leaf_hashes(payloads):
 cdef void fold_level(unsigned char *h, Py_ssize_t pairs) noexcept nogil:
     """Replace 2*pairs node hashes at h by their pairs' parents, in place (h[0:32*pairs])."""
     cdef Py_ssize_t j
-    for j in range(pairs):  # parent j overwrites child 2j only once both children were read
-        prefixed_sha256(NODE_BYTE, h + 64 * j, 64, h + 32 * j)
+    for j in range(0, pairs - 1, 2):  # parents j, j+1 overwrite children 2j.. only once those were read
+        mk_sha256_pair(NODE_BYTE, h + 64 * j, 64, h + 64 * j + 64, 64, h + 32 * j, h + 32 * j + 32)
+    if pairs & 1:
+        mk_sha256_one(NODE_BYTE, h + 64 * (pairs - 1), 64, h + 32 * (pairs - 1))
 
 
 def perfect_root(const uint8_t[::1] hashes):
@@ -394,13 +518,17 @@ def perfect_root(const uint8_t[::1] hashes):
 
 cdef bytes _records_leaf_hashes(Records records):
     """leaf_hashes of a Records sequence, straight from its buffer."""
-    cdef Py_ssize_t n = records.n, i, o
+    cdef Py_ssize_t n = records.n, i, o, p
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 32 * n)
     cdef unsigned char *h = <unsigned char *>PyBytes_AS_STRING(out)
     cdef const uint8_t *base = records.base
     cdef Py_ssize_t *offs = records.offs
     with nogil:
-        for i in range(n):
-            o = offs[i]
-            prefixed_sha256(LEAF_BYTE, base + o, get32(base + o - RSIZE), h + 32 * i)
+        for i in range(0, n - 1, 2):
+            o, p = offs[i], offs[i + 1]
+            mk_sha256_pair(LEAF_BYTE, base + o, get32(base + o - RSIZE), base + p, get32(base + p - RSIZE),
+                           h + 32 * i, h + 32 * i + 32)
+        if n & 1:
+            o = offs[n - 1]
+            mk_sha256_one(LEAF_BYTE, base + o, get32(base + o - RSIZE), h + 32 * (n - 1))
     return out
