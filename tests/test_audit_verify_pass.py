@@ -29,7 +29,7 @@ def _record(seq: int, kind: str) -> bytes:
 def test_batch_check_finds_what_record_problem_finds(first_seq: int, kinds: list[str]) -> None:
     payloads = [_record(seq, kind) for seq, kind in enumerate(kinds, first_seq)]
     leaves: list[bytes] = []
-    bad = verify._BatchCheck(lambda hashes, _roots: leaves.append(hashes))(first_seq, payloads)
+    bad = verify._BatchCheck(leaves.append)(first_seq, payloads)
     assert bad == first_bad_record(first_seq, payloads)
     sound = len(payloads) if bad is None else bad[0] - first_seq
     assert leaves == [b"".join(leaf_hash(p) for p in payloads[:sound])]
@@ -38,8 +38,8 @@ def test_batch_check_finds_what_record_problem_finds(first_seq: int, kinds: list
 def test_batch_check_of_sound_records_reports_nothing() -> None:
     payloads = [_record(seq, "ok") for seq in range(5, 50)]
     leaves: list[bytes] = []
-    assert verify._BatchCheck(lambda hashes, _roots: leaves.append(hashes))(5, payloads) is None
-    assert verify._BatchCheck(lambda hashes, _roots: leaves.append(hashes))(6, payloads) == (6, "record says sequence 5")
+    assert verify._BatchCheck(leaves.append)(5, payloads) is None
+    assert verify._BatchCheck(leaves.append)(6, payloads) == (6, "record says sequence 5")
     assert [len(h) for h in leaves] == [32 * len(payloads), 0]
 
 

@@ -11,7 +11,6 @@ problems also carry their segment and file offset.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,8 +171,6 @@ class _FileLogDir:
 
 
 _Log = LogStore | _FileLogDir
-_Hashed = tuple[bytes, dict[int, bytes]]  # leaf hashes (32 bytes each, concatenated), whole chunks' roots
-_Leaves = Callable[[bytes, dict[int, bytes]], None]
 
 
 def _reader(data: DataDir, log: LogStore | None) -> AbstractContextManager[_Log]:
@@ -189,21 +186,21 @@ def _reader(data: DataDir, log: LogStore | None) -> AbstractContextManager[_Log]
     return log_reader(data, log)
 
 
-def _check_log(log: _Log, report: AuditReport, leaves: _Leaves) -> int:
+def _check_log(log: _Log, report: AuditReport, leaves: Callable[[bytes], None]) -> int:
     """Check the log's own integrity into ``report``; return the last sequence number to trust.
 
-    ``leaves`` receives the hashes of every sound record, in order, up to the first problem.
+    ``leaves`` receives the leaf hashes (32 bytes each, concatenated) of every sound record,
+    in order, up to the first problem.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="mykey-audit-hash") as pool:
-        check = _BatchCheck(leaves, pool)
-        if isinstance(log, (FileLog, _FileLogDir)):  # every byte of every segment, with positions and torn tails
-            lr = verify_log(log.directory, check=check)
-            report.events, report.last_seq, report.segments = lr.events, lr.last_seq, lr.segments
-            report.notes.extend(lr.notes)
-            p = lr.problem
-            problem = None if p is None else AuditProblem(f"log damaged: {p.what}", p.seq, p.segment, p.offset)
-        else:
-            problem = _scan_log(log, report, check)
+    check = _BatchCheck(leaves)
+    if isinstance(log, (FileLog, _FileLogDir)):  # every byte of every segment, with file positions and torn tails
+        lr = verify_log(log.directory, check=check)
+        report.events, report.last_seq, report.segments = lr.events, lr.last_seq, lr.segments
+        report.notes.extend(lr.notes)
+        p = lr.problem
+        problem = None if p is None else AuditProblem(f"log damaged: {p.what}", p.seq, p.segment, p.offset)
+    else:
+        problem = _scan_log(log, report, check)
     if problem is None:
         return report.last_seq
     report.problems.append(problem)
@@ -211,44 +208,21 @@ def _check_log(log: _Log, report: AuditReport, leaves: _Leaves) -> int:
     return report.last_seq
 
 
-_POOLED = 4096  # records: a batch at least this long is hashed on the worker thread while it is decoded
-
-
 class _BatchCheck:
     """Checks a batch's records as log.verify.record_problem does, hands the sound ones' leaf hashes on.
 
     A batch whose records all decode with today's schema and carry their sequence numbers
-    is checked in one comprehension; any other batch goes record by record (old schema
-    versions are upcast there, and the first bad record is worded). A long batch is hashed
-    on ``pool``'s thread meanwhile (the native hashing runs without the GIL).
+    is checked in one loop; any other batch goes record by record (old schema versions are
+    upcast there, and the first bad record is worded).
     """
 
-    def __init__(self, leaves: _Leaves, pool: Executor | None = None) -> None:
-        self.leaves, self.pool = leaves, pool
-        self.leaf_hashes, self.perfect_root = merkle_hashing()
-
-    def hashed(self, first_seq: int, payloads: Sequence[bytes]) -> _Hashed:
-        """The records' leaf hashes, and the roots of the whole aligned chunks among them by chunk number.
-
-        Record ``seq`` is Merkle leaf ``seq - 1``: batches arrive in order from sequence 1.
-        """
-        hashes = self.leaf_hashes(payloads)
-        view, first, end = memoryview(hashes), first_seq - 1, first_seq - 1 + len(payloads)
-        roots = {}
-        for c in range(-(-first // _CHUNK), end // _CHUNK):
-            at = (c * _CHUNK - first) * _H
-            roots[c] = self.perfect_root(view[at : at + _CHUNK * _H])
-        return hashes, roots
+    def __init__(self, leaves: Callable[[bytes], None]) -> None:
+        self.leaves = leaves
+        self.leaf_hashes = merkle_hashing()[0]
 
     def __call__(self, first_seq: int, payloads: Sequence[bytes]) -> tuple[int, str] | None:
-        if self.pool is not None and len(payloads) >= _POOLED:
-            job = self.pool.submit(self.hashed, first_seq, payloads)
-            bad = _first_bad(first_seq, payloads)
-            hashes, roots = job.result()
-        else:
-            bad = _first_bad(first_seq, payloads)
-            hashes, roots = self.hashed(first_seq, payloads if bad is None else payloads[: bad[0] - first_seq])
-        self.leaves(hashes if bad is None else hashes[: (bad[0] - first_seq) * _H], roots)
+        bad = _first_bad(first_seq, payloads)
+        self.leaves(self.leaf_hashes(payloads if bad is None else payloads[: bad[0] - first_seq]))
         return bad
 
 
@@ -386,21 +360,18 @@ class _Roots:
         """The hash of the current chunk's k-th leaf."""
         return bytes(self.chunk[k * _H : (k + 1) * _H])
 
-    def add(self, hashes: bytes | memoryview, roots: dict[int, bytes] | None = None) -> None:
-        """Append leaf hashes (callers split them so that sizes they need roots for are reached exactly).
-
-        ``roots`` may hold the roots of chunks these hashes complete, by chunk number.
-        """
+    def add(self, hashes: bytes | memoryview) -> None:
+        """Append leaf hashes (callers split them so that sizes they need roots for are reached exactly)."""
         view, at, full = memoryview(hashes), 0, _CHUNK * _H
         while at < len(view):
             room = full - len(self.chunk)
             self.chunk += view[at : at + room]
             at += room
             if len(self.chunk) == full:
-                self._fold_chunk(roots.get(self.chunks) if roots else None)
+                self._fold_chunk()
 
-    def _fold_chunk(self, root: bytes | None) -> None:
-        h, m, stack = root or self.perfect_root(self.chunk), self.chunks, self.stack
+    def _fold_chunk(self) -> None:
+        h, m, stack = self.perfect_root(self.chunk), self.chunks, self.stack
         while m & 1:
             h = node_hash(stack.pop(), h)
             m >>= 1
@@ -492,17 +463,14 @@ class _RootCheck:
                 self.good_below = size
             self.wi += 1
 
-    def leaves(self, hashes: bytes, chunk_roots: dict[int, bytes] | None = None) -> None:
-        """The leaf hashes (32 bytes each, concatenated) of the next sound records of the log.
-
-        ``chunk_roots``: the roots of the whole chunks among them, by chunk number, when known.
-        """
+    def leaves(self, hashes: bytes) -> None:
+        """The leaf hashes (32 bytes each, concatenated) of the next sound records of the log."""
         want, roots, view = self.want, self.roots, memoryview(hashes)
         while view:
             upto = len(view) // _H
             if self.wi < len(want):
                 upto = min(upto, want[self.wi][0] - roots.count)
-            roots.add(view[: upto * _H], chunk_roots)
+            roots.add(view[: upto * _H])
             view = view[upto * _H :]
             self._due()
 
