@@ -7,6 +7,7 @@ every message come from there, and the field layout is checked against its
 struct formats on import. All decisions about what an error means stay in Python.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -176,11 +177,12 @@ def parse_batches(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
 
 
 def parse_records(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records):
-    """parse_batches, with each batch's payloads a Records sequence: each bytes object made when it is read."""
+    """parse_batches, with each batch's payloads a sequence that makes each bytes object when it is read."""
     return _parse(buf, pos, max_records, True)
 
 
-cdef class Records:
+@cython.auto_pickle(False)
+cdef class _Records:
     """A parsed batch's payloads: a read-only sequence of bytes, each copied out of the buffer when read.
 
     parse_records checked every record's framing and CRC before it made this; it holds the
@@ -218,14 +220,15 @@ cdef class Records:
         return _RecordIter(self)
 
     def __repr__(self):
-        return f"Records({self.n} payloads)"
+        return f"<{self.n} records>"
 
 
+@cython.auto_pickle(False)
 cdef class _RecordIter:
-    cdef Records records
+    cdef _Records records
     cdef Py_ssize_t i
 
-    def __cinit__(self, Records records):
+    def __cinit__(self, _Records records):
         self.records = records
         self.i = 0
 
@@ -246,7 +249,7 @@ cdef tuple _parse(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
     cdef const uint8_t *base = &buf[0] if end > 0 else NULL
     cdef list batches = []
     cdef list payloads = None
-    cdef Records records = None
+    cdef _Records records = None
     if pos < 0:
         raise ValueError(NEGATIVE_POS)
     while pos < end and got < max_records:
@@ -262,7 +265,7 @@ cdef tuple _parse(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
         rpos = pos + HSIZE
         bend = rpos + body_len
         if lazy:  # count <= body_len / RSIZE (header_ok), and the body is in buf
-            records = Records.__new__(Records)
+            records = _Records.__new__(_Records)
             records.offs = <Py_ssize_t *>malloc((count if count else 1) * sizeof(Py_ssize_t))
             if records.offs == NULL:
                 raise MemoryError()
@@ -348,8 +351,8 @@ cdef extern from *:
         0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
         0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
 
-    /* Two independent messages' blocks at once: SHA-NI round instructions are latency-bound, so two
-       chains in flight nearly double the throughput. Each message is `blocks` padded 64-byte blocks. */
+    /* SHA-256 of two messages of `blocks` padded 64-byte blocks each, side by side: the SHA-NI round
+       instructions are latency-bound, so two chains in flight give about 1.5 times the throughput. */
     __attribute__((target("sha,sse4.1,ssse3")))
     static void mk_sha256_x2(const uint8_t *da, const uint8_t *db, size_t blocks, uint8_t *outa, uint8_t *outb) {
         const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
@@ -457,8 +460,8 @@ cdef unsigned char NODE_BYTE = NODE_PREFIX[0]
 
 def leaf_hashes(payloads):
     """The RFC 9162 leaf hash SHA-256(0x00 || p) of every p in payloads, concatenated (32 bytes each)."""
-    if isinstance(payloads, Records):
-        return _records_leaf_hashes(<Records>payloads)
+    if isinstance(payloads, _Records):
+        return _records_leaf_hashes(<_Records>payloads)
     cdef list items = list(payloads)  # holds every payload alive while the GIL is released
     cdef Py_ssize_t n = len(items), i
     cdef const char **ptrs = <const char **>malloc((n if n else 1) * sizeof(char *))
@@ -516,8 +519,8 @@ def perfect_root(const uint8_t[::1] hashes):
         free(work)
 
 
-cdef bytes _records_leaf_hashes(Records records):
-    """leaf_hashes of a Records sequence, straight from its buffer."""
+cdef bytes _records_leaf_hashes(_Records records):
+    """leaf_hashes of a _Records sequence, straight from its buffer."""
     cdef Py_ssize_t n = records.n, i, o, p
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 32 * n)
     cdef unsigned char *h = <unsigned char *>PyBytes_AS_STRING(out)
