@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.mykey-installed
 EXT    := $(wildcard ext/*.pyx)
-SYSDEPS_APT := liblmdb-dev zlib1g-dev
+SYSDEPS_APT := liblmdb-dev zlib1g-dev libssl-dev
 
 .PHONY: all setup sysdeps build test demo bench bench-check torture clean
 
@@ -14,15 +14,15 @@ all: test
 
 # System headers the Cython extensions compile against.
 sysdeps:
-	@printf '#include <lmdb.h>\n#include <zlib.h>\nint main(void){return 0;}\n' > /tmp/mykey-sysdeps.c; \
-	if cc /tmp/mykey-sysdeps.c -llmdb -lz -o /tmp/mykey-sysdeps 2>/dev/null; then exit 0; fi; \
+	@printf '#include <lmdb.h>\n#include <zlib.h>\n#include <openssl/sha.h>\nint main(void){return 0;}\n' > /tmp/mykey-sysdeps.c; \
+	if cc /tmp/mykey-sysdeps.c -llmdb -lz -lcrypto -o /tmp/mykey-sysdeps 2>/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing $(SYSDEPS_APT) with apt-get"; \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS_APT) >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEPS_APT) >/dev/null)); \
 	fi; \
-	if ! cc /tmp/mykey-sysdeps.c -llmdb -lz -o /tmp/mykey-sysdeps 2>/dev/null; then \
-	  echo "error: the LMDB and zlib development files are missing. Install them with:"; \
+	if ! cc /tmp/mykey-sysdeps.c -llmdb -lz -lcrypto -o /tmp/mykey-sysdeps 2>/dev/null; then \
+	  echo "error: the LMDB, zlib and OpenSSL development files are missing. Install them with:"; \
 	  echo "    sudo apt-get install -y $(SYSDEPS_APT)"; \
 	  exit 1; \
 	fi

@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 HERE = Path(__file__).parent
 # Where each extension lives, and the system libraries it links against.
 PACKAGES = {"_lmdb": "mykey.index", "_framing": "mykey.log"}
-LIBRARIES = {"_lmdb": ["lmdb"], "_framing": ["z"]}
+LIBRARIES = {"_lmdb": ["lmdb"], "_framing": ["z", "crypto"]}
 
 
 def extensions() -> list:

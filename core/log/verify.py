@@ -9,6 +9,7 @@ end counts as a torn tail only by the writer's rule (mykey.log.damage.judge_dama
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,31 @@ def record_problem(seq: int, payload: bytes) -> str | None:
     return None
 
 
-def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
-    """Verify the log in directory; decode=True also decodes every record."""
+BatchCheck = Callable[[int, Sequence[bytes]], "tuple[int, str] | None"]
+
+
+def first_bad_record(first_seq: int, payloads: Sequence[bytes]) -> tuple[int, str] | None:
+    """The first record of a batch that record_problem finds wrong, as (seq, what); None when all are sound."""
+    for seq, p in enumerate(payloads, first_seq):
+        what = record_problem(seq, p)
+        if what is not None:
+            return seq, what
+    return None
+
+
+def merkle_hashing() -> tuple[Callable[[Sequence[bytes]], bytes], Callable[[bytes | bytearray | memoryview], bytes]]:
+    """(leaf_hashes, perfect_root) of the framing implementation in use: RFC 9162 hashing a batch at a time."""
+    frames = framing_module()
+    return frames.leaf_hashes, frames.perfect_root
+
+
+def verify_log(directory: str | Path, *, decode: bool = True, check: BatchCheck | None = None) -> VerifyReport:
+    """Verify the log in directory; decode=True also decodes every record.
+
+    ``check(first_seq, payloads)`` replaces the record-by-record decode: it is called with
+    every sound batch in log order and returns (seq, what) for its first bad record, or None.
+    """
+    batch_problem = first_bad_record if check is None else check
     frames = framing_module()
     directory = Path(directory)
     report = VerifyReport()
@@ -107,18 +131,17 @@ def verify_log(directory: str | Path, *, decode: bool = True) -> VerifyReport:
             report.problem = Problem(seg.name, 0, expected, "bad segment header")
             return report
         batch_starts: dict[int, int] = {}
-        batches, pos, status, err_off, err_rec = frames.parse_batches(data, SEGMENT_HEADER_SIZE, ALL)
+        batches, pos, status, err_off, err_rec = frames.parse_records(data, SEGMENT_HEADER_SIZE, ALL)
         for off, first_seq, payloads in batches:
             if first_seq != expected:
                 report.problem = Problem.of(gap_damage(seg.name, off, expected, first_seq))
                 return report
             batch_starts[off] = first_seq
             if decode:
-                for seq, p in enumerate(payloads, first_seq):
-                    what = record_problem(seq, p)
-                    if what is not None:
-                        report.problem = Problem(seg.name, off, seq, what)
-                        return report
+                bad = batch_problem(first_seq, payloads)
+                if bad is not None:
+                    report.problem = Problem(seg.name, off, bad[0], bad[1])
+                    return report
             expected += len(payloads)
             report.batches += 1
             report.events += len(payloads)
