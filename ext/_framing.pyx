@@ -32,59 +32,8 @@ from mykey.log.framing import (
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
-# zlib's CRC-32 is fast on long buffers; on a record of a few dozen bytes it goes a byte
-# at a time, so short ones take the slice-by-8 table below (the same CRC, 8 bytes a step).
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    static uint32_t mk_crc_table[8][256];
-
-    static void mk_crc_init(void) {
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = c & 1 ? (c >> 1) ^ 0xEDB88320u : c >> 1;  /* the reflected CRC-32 polynomial */
-            mk_crc_table[0][i] = c;
-        }
-        for (int i = 0; i < 256; i++)
-            for (int t = 1; t < 8; t++)
-                mk_crc_table[t][i] = (mk_crc_table[t - 1][i] >> 8) ^ mk_crc_table[0][mk_crc_table[t - 1][i] & 0xff];
-    }
-
-    static uint32_t mk_crc32_short(const uint8_t *p, size_t n) {
-        uint32_t c = 0xFFFFFFFFu;
-        while (n >= 8) {
-            uint32_t lo, hi;
-            memcpy(&lo, p, 4);
-            memcpy(&hi, p + 4, 4);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-            lo = __builtin_bswap32(lo);
-            hi = __builtin_bswap32(hi);
-    #endif
-            lo ^= c;
-            c = mk_crc_table[7][lo & 0xff] ^ mk_crc_table[6][(lo >> 8) & 0xff] ^
-                mk_crc_table[5][(lo >> 16) & 0xff] ^ mk_crc_table[4][lo >> 24] ^
-                mk_crc_table[3][hi & 0xff] ^ mk_crc_table[2][(hi >> 8) & 0xff] ^
-                mk_crc_table[1][(hi >> 16) & 0xff] ^ mk_crc_table[0][hi >> 24];
-            p += 8;
-            n -= 8;
-        }
-        while (n--)
-            c = (c >> 8) ^ mk_crc_table[0][(c ^ *p++) & 0xff];
-        return c ^ 0xFFFFFFFFu;
-    }
-    """
-    void mk_crc_init()
-    uint32_t mk_crc32_short(const uint8_t *p, size_t n) nogil
-
-mk_crc_init()
-
-
 cdef inline uint32_t record_crc(const uint8_t *p, size_t n) noexcept nogil:
     """CRC-32 of a record (zlib's crc32)."""
-    if n < 1024:
-        return mk_crc32_short(p, n)
     return <uint32_t>crc32(0, p, <unsigned int>n)
 
 # The C code below reads and writes the fields at fixed offsets: magic 0, hcrc 4,
@@ -302,12 +251,9 @@ cdef tuple _parse(const uint8_t[::1] buf, Py_ssize_t pos, Py_ssize_t max_records
 
 # ---------------------------------------------------------------- RFC 9162 hashing
 # SHA-256 of Merkle leaves and interior nodes, a batch per call and without the GIL,
-# two messages at a time. OpenSSL's SHA-256 uses the CPU's SHA extensions (SHA-NI) where
-# it has them, one message at a time; their round instructions wait on each other, so on
-# x86-64 CPUs with them two short messages are hashed here side by side (about 1.5 times
-# the throughput). Everything else goes through OpenSSL's SHA256_Init/Update/Final (its
-# one-shot SHA256() goes through a provider fetch in OpenSSL 3). The prefixes come from
-# mykey.log.framing, which holds the pure twins of these functions.
+# through OpenSSL's SHA256_Init/Update/Final (it uses the CPU's SHA extensions where there
+# are any; its one-shot SHA256() goes through a provider fetch in OpenSSL 3, about 570 ns a
+# call). The prefixes come from mykey.log.framing, which holds the pure twins of these functions.
 
 cdef extern from *:
     """
@@ -325,126 +271,19 @@ cdef extern from *:
         SHA256_Final(out, &ctx);
     }
 
-    static int mk_sha_x2 = 0;  /* hash pairs with the SHA extensions (set on import) */
-
-    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    #include <cpuid.h>
-    #include <immintrin.h>
-    #define MK_HAVE_SHA_X2 1
-
-    static int mk_cpu_has_sha(void) {
-        unsigned int a, b, c, d;
-        if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 9)) || !(c & (1u << 19)))  /* SSSE3, SSE4.1 */
-            return 0;
-        if (__get_cpuid_max(0, 0) < 7)
-            return 0;
-        __cpuid_count(7, 0, a, b, c, d);
-        return (b >> 29) & 1;  /* SHA */
-    }
-    static const uint32_t MK_K[64] = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-    /* SHA-256 of two messages of `blocks` padded 64-byte blocks each, side by side: the SHA-NI round
-       instructions are latency-bound, so two chains in flight give about 1.5 times the throughput. */
-    __attribute__((target("sha,sse4.1,ssse3")))
-    static void mk_sha256_x2(const uint8_t *da, const uint8_t *db, size_t blocks, uint8_t *outa, uint8_t *outb) {
-        const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-        /* the initial state, as ABEF / CDGH */
-        const __m128i abef0 = _mm_set_epi32(0x6a09e667, 0xbb67ae85, 0x510e527f, 0x9b05688c);
-        const __m128i cdgh0 = _mm_set_epi32(0x3c6ef372, 0xa54ff53a, 0x1f83d9ab, 0x5be0cd19);
-        __m128i a0 = abef0, a1 = cdgh0, b0 = abef0, b1 = cdgh0;
-        while (blocks--) {
-            __m128i sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1, wa[16], wb[16], ma, mb;
-            _Pragma("GCC unroll 16")
-            for (int i = 0; i < 16; i++) {
-                if (i < 4) {
-                    wa[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(da + 16 * i)), mask);
-                    wb[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(db + 16 * i)), mask);
-                } else {
-                    wa[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(wa[i - 4], wa[i - 3]),
-                                                               _mm_alignr_epi8(wa[i - 1], wa[i - 2], 4)), wa[i - 1]);
-                    wb[i] = _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32(wb[i - 4], wb[i - 3]),
-                                                               _mm_alignr_epi8(wb[i - 1], wb[i - 2], 4)), wb[i - 1]);
-                }
-                const __m128i k = _mm_loadu_si128((const __m128i *)&MK_K[4 * i]);
-                ma = _mm_add_epi32(wa[i], k);
-                mb = _mm_add_epi32(wb[i], k);
-                a1 = _mm_sha256rnds2_epu32(a1, a0, ma);
-                b1 = _mm_sha256rnds2_epu32(b1, b0, mb);
-                a0 = _mm_sha256rnds2_epu32(a0, a1, _mm_shuffle_epi32(ma, 0x0E));
-                b0 = _mm_sha256rnds2_epu32(b0, b1, _mm_shuffle_epi32(mb, 0x0E));
-            }
-            a0 = _mm_add_epi32(a0, sa0); a1 = _mm_add_epi32(a1, sa1);
-            b0 = _mm_add_epi32(b0, sb0); b1 = _mm_add_epi32(b1, sb1);
-            da += 64; db += 64;
-        }
-        /* ABEF/CDGH back to A..H, big-endian bytes */
-        const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-        __m128i t, u;
-        t = _mm_shuffle_epi32(a0, 0x1B); u = _mm_shuffle_epi32(a1, 0xB1);
-        _mm_storeu_si128((__m128i *)outa, _mm_shuffle_epi8(_mm_blend_epi16(t, u, 0xF0), bswap));
-        _mm_storeu_si128((__m128i *)(outa + 16), _mm_shuffle_epi8(_mm_alignr_epi8(u, t, 8), bswap));
-        t = _mm_shuffle_epi32(b0, 0x1B); u = _mm_shuffle_epi32(b1, 0xB1);
-        _mm_storeu_si128((__m128i *)outb, _mm_shuffle_epi8(_mm_blend_epi16(t, u, 0xF0), bswap));
-        _mm_storeu_si128((__m128i *)(outb + 16), _mm_shuffle_epi8(_mm_alignr_epi8(u, t, 8), bswap));
-    }
-
-    /* lead || d[0:n] padded into buf (at most 4 blocks); returns the number of blocks, 0 if it does not fit. */
-    static inline size_t mk_pad(unsigned char lead, const uint8_t *d, size_t n, uint8_t *buf) {
-        size_t blocks = (n + 1 + 8) / 64 + 1;
-        if (blocks > 4) return 0;
-        uint64_t bits = (uint64_t)(n + 1) * 8;
-        buf[0] = lead;
-        memcpy(buf + 1, d, n);
-        buf[n + 1] = 0x80;
-        memset(buf + n + 2, 0, blocks * 64 - 8 - (n + 2));
-        for (int i = 0; i < 8; i++) buf[blocks * 64 - 1 - i] = (uint8_t)(bits >> (8 * i));
-        return blocks;
-    }
-
-    #else
-    static int mk_cpu_has_sha(void) { return 0; }
-    #endif
-
     /* SHA-256(lead || da[0:na]) into oa and SHA-256(lead || db[0:nb]) into ob (32 bytes each);
        every input byte is read before an output is written over it (oa may overlap da, ob db or da). */
     static void mk_sha256_pair(unsigned char lead, const uint8_t *da, size_t na, const uint8_t *db, size_t nb,
                                uint8_t *oa, uint8_t *ob) {
-    #ifdef MK_HAVE_SHA_X2
-        uint8_t ba[256], bb[256];
-        size_t k;
-        if (mk_sha_x2 && (k = mk_pad(lead, da, na, ba)) != 0 && mk_pad(lead, db, nb, bb) == k) {
-            mk_sha256_x2(ba, bb, k, oa, ob);
-            return;
-        }
-    #endif
-        mk_sha256_one(lead, da, na, oa);
+        uint8_t ha[32];
+        mk_sha256_one(lead, da, na, ha);
         mk_sha256_one(lead, db, nb, ob);
+        memcpy(oa, ha, 32);
     }
     """
-    int mk_sha_x2
-    int mk_cpu_has_sha() nogil
     void mk_sha256_one(unsigned char lead, const uint8_t *d, size_t n, uint8_t *out) nogil
     void mk_sha256_pair(unsigned char lead, const uint8_t *da, size_t na, const uint8_t *db, size_t nb,
                         uint8_t *oa, uint8_t *ob) nogil
-
-mk_sha_x2 = mk_cpu_has_sha()
-
-
-def _sha_pairs(on=None):
-    """Whether pairs of hashes go through the SHA extensions here; on=False: OpenSSL only (for tests)."""
-    global mk_sha_x2
-    if on is not None:
-        mk_sha_x2 = mk_cpu_has_sha() if on else 0
-    return bool(mk_sha_x2)
-
 
 from mykey.log.framing import HASH_SIZE, LEAF_PREFIX, NODE_PREFIX, NOT_PERFECT
 

@@ -7,22 +7,12 @@ from mykey.audit.merkle import leaf_hash, node_hash, root_from_leaf_hashes
 from mykey.log import framing
 from mykey.log.accel import framing_module
 
-records = st.lists(st.binary(max_size=300), max_size=70)  # up to 300 bytes: beyond the paired path's 4 blocks
-
-
-@pytest.fixture(params=["pairs", "openssl"])
-def sha_path(request):
-    """The native twin hashing pairs with the CPU's SHA extensions (where it has them), or OpenSSL only."""
-    native = framing_module("native")
-    was = native._sha_pairs()
-    native._sha_pairs(request.param == "pairs")
-    yield request.param
-    native._sha_pairs(was)
+records = st.lists(st.binary(max_size=300), max_size=70)  # up to 300 bytes: several SHA-256 blocks
 
 
 @settings(max_examples=300)
 @given(records)
-def test_native_leaf_hashes_match_the_pure_twin_byte_for_byte(sha_path, payloads):
+def test_native_leaf_hashes_match_the_pure_twin_byte_for_byte(payloads):
     native, pure = framing_module("native").leaf_hashes(payloads), framing_module("pure").leaf_hashes(payloads)
     assert native == pure
     assert native == b"".join(leaf_hash(p) for p in payloads)
@@ -30,7 +20,7 @@ def test_native_leaf_hashes_match_the_pure_twin_byte_for_byte(sha_path, payloads
 
 @settings(max_examples=200)
 @given(st.integers(0, 9), st.binary(min_size=32, max_size=32))
-def test_native_perfect_root_matches_the_pure_twin_and_rfc9162(sha_path, k, seed):
+def test_native_perfect_root_matches_the_pure_twin_and_rfc9162(k, seed):
     hashes = [node_hash(seed, i.to_bytes(4, "big")) for i in range(1 << k)]
     flat = b"".join(hashes)
     native, pure = framing_module("native").perfect_root(flat), framing_module("pure").perfect_root(flat)
@@ -65,7 +55,7 @@ def test_the_native_twin_takes_its_hash_constants_from_the_format_module():
 
 
 @given(st.lists(st.tuples(st.integers(1, 2**40), records), max_size=5), st.data())
-def test_parse_records_gives_what_parse_batches_gives(sha_path, batches, data):
+def test_parse_records_gives_what_parse_batches_gives(batches, data):
     """The native lazy Records (and the pure twin's lists) hold the same payloads as parse_batches."""
     native = framing_module("native")
     buf = bytearray(b"".join(native.encode_batch(s, p) for s, p in batches))
@@ -98,8 +88,8 @@ def test_records_refuse_an_index_past_either_end():
             lazy[i]
 
 
-def test_record_crcs_agree_with_zlib_at_every_length_around_the_short_record_path():
-    """Short records take the native twin's own CRC-32 table, long ones zlib's: both are zlib's CRC-32."""
+def test_record_crcs_agree_with_zlib_at_short_and_long_lengths():
+    """The native twin frames and checks records of every short length and some long ones as the pure one does."""
     native, pure = framing_module("native"), framing_module("pure")
     payloads = [bytes((i * 37 + n) % 256 for i in range(n)) for n in [*range(0, 80), *range(1000, 1050), 4099]]
     frame = native.encode_batch(9, payloads)
@@ -107,7 +97,7 @@ def test_record_crcs_agree_with_zlib_at_every_length_around_the_short_record_pat
     assert native.parse_batches(frame, 0, 1 << 62) == ([(0, 9, payloads)], len(frame), framing.OK, len(frame), -1)
 
 
-def test_pairs_of_every_length_up_to_the_paired_limit_and_past_it_hash_as_hashlib_does(sha_path):
+def test_pairs_of_every_length_hash_as_hashlib_does():
     native = framing_module("native")
     for n in range(0, 260):
         a, b = bytes((i * 7 + n) % 256 for i in range(n)), bytes((i * 11 + 3) % 256 for i in range(n))
