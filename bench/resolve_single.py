@@ -8,7 +8,7 @@ service IDs of business A0001 (python -m bench.perf_targets --keep keeps one). P
 
 - single: Resolver.resolve one ID at a time ÷ the C mdb_get loop with batches of one
   (each CPU time of the measuring thread, per call; runs take turns, medians);
-- threads: resolve_many of two batches of 100,000 in two threads ÷ in one thread
+- threads: resolve_many of batches of 100,000, eight calls in each of two threads ÷ all sixteen in one thread
   (wall time), with each thread's share of CPU and its waits per call;
 - c_threads (--c-threads): two C mdb_get loops in two processes ÷ the same two runs one
   after the other (wall time): what this machine gives two busy lookers at the most.
