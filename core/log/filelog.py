@@ -126,6 +126,8 @@ class FileLog(LogStore):
         self._offset = 0  # end of the active segment
         self._idx_last_offset = -IDX_STRIDE
         self._last_batch: tuple[int, Path, int] | None = None  # writer: (first seq, segment, offset)
+        # reader: where the last refresh stopped (next seq, segment, offset of the next batch)
+        self._read_end: tuple[int, Path, int] | None = None
         self._closed = False
         self._failed: str | None = None
         self._mutex = threading.Lock()
@@ -396,11 +398,21 @@ class FileLog(LogStore):
         if not self.readonly:
             return self._last_seq
         segs = list_segments(self.directory)
+        if not segs:
+            return self._last_seq
         # A segment exists only once every earlier sequence was written (it may hold no batch yet).
-        last = segs[-1].first_seq - 1 if segs else 0
-        hint = max(self._last_seq + 1, checked_index_entry(segs[-1], ALL)[1]) if segs else 1
-        for first_seq, payloads in self._iter_batches(hint, follow=False):
-            last = first_seq + len(payloads) - 1
+        last = segs[-1].first_seq - 1
+        hint = max(self._last_seq + 1, checked_index_entry(segs[-1], ALL)[1])
+        seg, offset, first_seq = self._start_of(hint)
+        end = self._read_end
+        if end is not None and end[1] == seg.path and first_seq <= end[0] <= hint and end[2] <= seg.path.stat().st_size:
+            # Go on from where the last refresh stopped: the batches before it were read whole
+            # then (a batch of a million records costs most of a second to parse again).
+            first_seq, offset = end[0], end[2]
+        with SegmentCursor(self.directory, self._frames, seg, offset, first_seq) as cursor:
+            for first_seq, payloads in cursor.batches():
+                last = first_seq + len(payloads) - 1
+            self._read_end = cursor.position
         self._last_seq = max(self._last_seq, last)
         return self._last_seq
 

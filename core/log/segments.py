@@ -223,6 +223,12 @@ class SegmentCursor:
             self._file.close()
             self._file = None
 
+    @property
+    def position(self) -> tuple[int, Path, int]:
+        """(first sequence number of the next batch, its segment, its file offset): where a new
+        cursor starts to read what this one has not read yet."""
+        return self.expected, self._segment.path, self._base
+
     def __enter__(self) -> SegmentCursor:
         return self
 
