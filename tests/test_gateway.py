@@ -320,7 +320,12 @@ def test_reference_client_status_lines(server, ds):
     assert r.stdout.splitlines() == ["M-002 suspended", "NOPE unknown", "M-003 unlinked"]
     r = subprocess.run([sys.executable, "-m", "mykey", "--json", *cmd[3:], "M-001"], capture_output=True,
                        text=True, timeout=60)
-    assert json.loads(r.stdout) == {"service_id": "M-001", "status": "valid"}
+    answer = json.loads(r.stdout)  # with its position in the business's status list
+    assert answer == {"service_id": "M-001", "status": "valid", "idx": answer["idx"]} and answer["idx"] >= 0
+    r = subprocess.run([sys.executable, "-m", "mykey", "--json", *cmd[3:], "M-001", "NOPE"], capture_output=True,
+                       text=True, timeout=60)
+    both = [json.loads(line) for line in r.stdout.splitlines()]
+    assert both == [answer, {"service_id": "NOPE", "status": "unknown", "idx": None}], r.stdout
     r = subprocess.run([*cmd[:9], str(ds.keys[B]), "status", "M-001"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "401" in r.stderr and not r.stdout
 

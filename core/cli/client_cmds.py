@@ -106,12 +106,12 @@ def _gateway(args: argparse.Namespace) -> str:
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
     with _terminal(args) as gw:
-        answers = gw.statuses(args.service_ids) if len(args.service_ids) > 1 else [
-            (args.service_ids[0], gw.status(args.service_ids[0]))
+        answers = gw.status_answers(args.service_ids) if len(args.service_ids) > 1 else [
+            gw.status_answer(args.service_ids[0])
         ]
-    for sid, status in answers:
-        out.line(f"{sid} {status}")
-        out.record({"service_id": sid, "status": status})
+    for a in answers:
+        out.line(f"{a.service_id} {a.status}")
+        out.record({"service_id": a.service_id, "status": a.status, "idx": a.idx})
     return 0
 
 

@@ -5,6 +5,8 @@
     with GatewayClient("https://gw.example", "A0001-T0001", "A0001-T0001.key") as gw:
         gw.status("123456")                      # -> "valid"
         gw.statuses(["123456", "999999"])        # -> [("123456", "valid"), ("999999", "unknown")]
+        gw.status_answers(["123456"])            # -> [StatusAnswer("123456", "valid", idx=48211)]: with the
+                                                 #    position in the business's status list
         card = Card(certificate_pem, sign)       # what the card reader gives: its certificate, its signing
         gw.identify(card)                        # -> [("123456", "valid")]: this business's IDs of the holder
         gw.link("654321", card)                  # -> "valid": first-use registration, by the card
@@ -67,6 +69,21 @@ _RETRY_KINDS = ("urn:mykey:problem:token-expired", "urn:mykey:problem:token-inva
 
 
 UPLOAD_CHUNK = 256 * 1024  # bytes per chunk of a streamed CSV upload
+
+
+@dataclass(frozen=True)
+class StatusAnswer:
+    """A status answer: the service ID, its status word, and its position in the business's
+    status list (None: it has none, or the service ID is not registered)."""
+
+    service_id: str
+    status: str
+    idx: int | None = None
+
+
+def _answer(item: dict[str, Any], service_id: str) -> StatusAnswer:
+    idx = item.get("idx")
+    return StatusAnswer(service_id, str(item["status"]), idx if isinstance(idx, int) else None)
 
 
 @dataclass(frozen=True)
@@ -222,16 +239,24 @@ class GatewayClient:
 
     def status(self, service_id: str) -> str:
         """The status word of one of this business's service IDs (GET /v1/status/{service_id})."""
-        return str(self._authorised("GET", "/v1/status/" + _quote_path(service_id))["status"])
+        return self.status_answer(service_id).status
+
+    def status_answer(self, service_id: str) -> StatusAnswer:
+        """One service ID's status word and status-list position (GET /v1/status/{service_id})."""
+        return _answer(self._authorised("GET", "/v1/status/" + _quote_path(service_id)), service_id)
 
     def statuses(self, service_ids: Iterable[str]) -> list[tuple[str, str]]:
         """(service_id, status word) for each, in order; batches of MAX_BATCH (POST /v1/status)."""
+        return [(a.service_id, a.status) for a in self.status_answers(service_ids)]
+
+    def status_answers(self, service_ids: Iterable[str]) -> list[StatusAnswer]:
+        """Each service ID's status word and status-list position, in order; batches of MAX_BATCH."""
         ids = list(service_ids)
-        out: list[tuple[str, str]] = []
+        out: list[StatusAnswer] = []
         for start in range(0, len(ids), MAX_BATCH):
             chunk: Sequence[str] = ids[start : start + MAX_BATCH]
             doc = self._authorised("POST", "/v1/status", json={"service_ids": chunk})
-            out.extend((str(item["service_id"]), str(item["status"])) for item in doc["statuses"])
+            out.extend(_answer(item, str(item["service_id"])) for item in doc["statuses"])
         return out
 
     # --- the card flows -------------------------------------------------------------
