@@ -125,9 +125,10 @@ class FileLog(LogStore):
         self._segment: Segment | None = None
         self._offset = 0  # end of the active segment
         self._idx_last_offset = -IDX_STRIDE
-        self._last_batch: tuple[int, Path, int] | None = None  # writer: (first seq, segment, offset)
-        # reader: where the last refresh stopped (next seq, segment, offset of the next batch)
-        self._read_end: tuple[int, Path, int] | None = None
+        # A batch start known near the end of the log, (first seq, segment, offset): the writer's
+        # last batch, or where a reader's last refresh stopped. Reading from a sequence at or past
+        # it starts there rather than at the segment's index entry (which may be a million records back).
+        self._known_batch: tuple[int, Path, int] | None = None
         self._closed = False
         self._failed: str | None = None
         self._mutex = threading.Lock()
@@ -343,7 +344,7 @@ class FileLog(LogStore):
         # The batch is written (and durable for "always"): record it before anything else can fail.
         self._offset = start + len(frame)
         self._last_seq = last_seq
-        self._last_batch = (first_seq, seg.path, start)
+        self._known_batch = (first_seq, seg.path, start)
         if self._idx_fd is not None and start - self._idx_last_offset >= IDX_STRIDE:
             self._write_idx_hint(self._idx_fd, seg, first_seq, start)
 
@@ -403,16 +404,10 @@ class FileLog(LogStore):
         # A segment exists only once every earlier sequence was written (it may hold no batch yet).
         last = segs[-1].first_seq - 1
         hint = max(self._last_seq + 1, checked_index_entry(segs[-1], ALL)[1])
-        seg, offset, first_seq = self._start_of(hint)
-        end = self._read_end
-        if end is not None and end[1] == seg.path and first_seq <= end[0] <= hint and end[2] <= seg.path.stat().st_size:
-            # Go on from where the last refresh stopped: the batches before it were read whole
-            # then (a batch of a million records costs most of a second to parse again).
-            first_seq, offset = end[0], end[2]
-        with SegmentCursor(self.directory, self._frames, seg, offset, first_seq) as cursor:
+        with SegmentCursor(self.directory, self._frames, *self._start_of(hint)) as cursor:
             for first_seq, payloads in cursor.batches():
                 last = first_seq + len(payloads) - 1
-            self._read_end = cursor.position
+            self._known_batch = cursor.position  # the next refresh goes on from here
         self._last_seq = max(self._last_seq, last)
         return self._last_seq
 
@@ -474,9 +469,10 @@ class FileLog(LogStore):
         if not segs:
             raise LogError(f"no log segments in {self.directory}; run `mykey init`")
         seg = segment_holding(segs, seq)
-        last = self._last_batch
-        if last is not None and last[0] <= seq and seg.path == last[1]:
-            return seg, last[2], last[0]  # the writer knows where its last batch is
+        known = self._known_batch
+        if (known is not None and known[0] <= seq and seg.path == known[1]
+                and (not self.readonly or known[2] <= seg.path.stat().st_size)):  # not cut under a reader
+            return seg, known[2], known[0]
         offset, first_seq = checked_index_entry(seg, seq)
         return seg, offset, first_seq
 
