@@ -110,7 +110,8 @@ def unwritable(path: Path):
         undo = lambda: os.chmod(path, 0o700)  # noqa: E731
     else:
         if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("cannot make a directory unwritable for root here (no chattr +i)")
+            pytest.skip("as root only the immutable flag makes a directory unwritable, and `chattr +i` failed here "
+                        "(install e2fsprogs, or run the tests as a non-root user)")
         undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)  # noqa: E731
     try:
         try:
@@ -119,7 +120,8 @@ def unwritable(path: Path):
             pass
         else:
             (path / "probe").unlink()
-            pytest.skip(f"{path} stays writable here")
+            pytest.skip(f"{path} stays writable after chmod/chattr on this file system (root on tmpfs, say); "
+                        "run the tests as a non-root user on a disk file system")
         yield
     finally:
         undo()
